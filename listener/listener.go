@@ -1,0 +1,786 @@
+// Package listener turns an LDAP directory's changes into mailsync events on
+// JetStream, using RFC 4533 content synchronisation (syncrepl,
+// refreshAndPersist) against OpenLDAP's syncprov.
+//
+// Guarantees:
+//   - Identity is the entryUUID: a modrdn (a user moved to another OU) is one
+//     modify event with old_dn, never a delete and an add.
+//   - Every event carries `old`, the state the listener last published for the
+//     entry, kept in the KV bucket "entries" and mirrored in memory.
+//   - Nothing is lost: an event is acked by JetStream before the entry's KV
+//     state is written, and the KV state before the sync cookie. A crash at
+//     any point replays from the previous cookie; the replayed events carry
+//     the same Nats-Msg-Id and are deduplicated.
+//   - Deletes are never lost: refreshDelete, refreshPresent, syncIdSet and
+//     e-syncRefreshRequired are all handled; after a full or present-mode
+//     refresh, every known entryUUID that the directory no longer has becomes a
+//     delete.
+//   - A refresh that would delete a large share of the known entries is held
+//     (mass-delete guard) until an operator confirms it.
+package listener
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-ldap/ldap/v3"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"mailsync/event"
+	"mailsync/stream"
+)
+
+// Keys in the state bucket.
+const (
+	KeyCookie        = "cookie"
+	KeyHeldDeletes   = "held_deletes"
+	KeyConfirmDelete = "confirm_deletes"
+	// KeyEntriesSeq is the stream sequence up to which the entries bucket
+	// holds every published event's state.
+	KeyEntriesSeq = "entries_seq"
+)
+
+// Config is what the listener needs to follow a directory.
+type Config struct {
+	URL          string
+	BindDN       string
+	BindPassword string
+	BaseDN       string
+	// StartTLS upgrades an ldap:// connection; TLS verifies the server.
+	StartTLS bool
+	TLS      *tls.Config
+	// MassDeleteShare and MassDeleteMin: a refresh whose deletes exceed both
+	// (share of the known entries, and count) is held. Defaults 0.10 and 20.
+	MassDeleteShare float64
+	MassDeleteMin   int
+	// ConfirmMassDelete publishes held deletes without waiting for an
+	// operator (the config switch).
+	ConfirmMassDelete bool
+	// BatchSize bounds the events in flight during a refresh (default 1000).
+	BatchSize int
+	// MaxBackoff caps the reconnect delay (default 5s).
+	MaxBackoff time.Duration
+}
+
+// Hooks let tests inject a crash at the places where one matters.
+type Hooks struct {
+	// AfterPublish runs after a batch of events was acked by JetStream and
+	// before their KV states and the cookie are written. An error aborts the
+	// listener there, as a crash would.
+	AfterPublish func() error
+}
+
+// HeldDeletes is the record of a refresh held by the mass-delete guard.
+type HeldDeletes struct {
+	UUIDs []string  `json:"uuids"`
+	Known int       `json:"known"`
+	At    time.Time `json:"at"`
+}
+
+// Status is what `mailsync status` shows of the listener.
+type Status struct {
+	Connected   bool
+	Refreshing  bool
+	Entries     int
+	Published   uint64
+	CookieAt    time.Time
+	HeldDeletes int
+	LastError   string
+}
+
+// Listener follows one directory. Run it once; it reconnects by itself.
+type Listener struct {
+	cfg   Config
+	bus   *stream.Bus
+	log   zerolog.Logger
+	hooks Hooks
+
+	known map[string]event.Entry // mirror of KV "entries"
+
+	// per-session state
+	pending   []pendingPub
+	inflight  []jetstream.PubAckFuture
+	refreshed bool
+
+	// work serialises the session loop and an operator's confirmation,
+	// which both touch known and pending.
+	work    sync.Mutex
+	confirm atomic.Bool
+
+	mu     sync.Mutex
+	status Status
+}
+
+type pendingPub struct {
+	ev    event.Event
+	entry *event.Entry // nil for a delete
+}
+
+// ErrCrash is returned when a test hook aborted the listener.
+var ErrCrash = errors.New("listener aborted by test hook")
+
+// New returns a listener publishing to bus.
+func New(cfg Config, bus *stream.Bus, log zerolog.Logger, hooks Hooks) *Listener {
+	if cfg.MassDeleteShare == 0 {
+		cfg.MassDeleteShare = 0.10
+	}
+	if cfg.MassDeleteMin == 0 {
+		cfg.MassDeleteMin = 20
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 1000
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	return &Listener{cfg: cfg, bus: bus, log: log.With().Str("component", "listener").Logger(), hooks: hooks}
+}
+
+// Status returns a snapshot of the listener's state.
+func (l *Listener) Status() Status {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.status
+}
+
+func (l *Listener) setStatus(f func(*Status)) {
+	l.mu.Lock()
+	f(&l.status)
+	l.mu.Unlock()
+}
+
+// Run follows the directory until ctx ends. Connection failures are retried
+// with backoff forever; only a test hook's crash or ctx ends it.
+func (l *Listener) Run(ctx context.Context) error {
+	if err := l.loadKnown(ctx); err != nil {
+		return err
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = l.cfg.MaxBackoff
+	bo.MaxElapsedTime = 0
+	go l.watchConfirm(ctx)
+	for {
+		started := time.Now()
+		err := l.session(ctx)
+		l.setStatus(func(s *Status) {
+			s.Connected = false
+			if err != nil {
+				s.LastError = err.Error()
+			}
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrCrash) {
+			return err
+		}
+		if time.Since(started) > 30*time.Second {
+			bo.Reset()
+		}
+		d := bo.NextBackOff()
+		l.log.Warn().Err(err).Dur("retry_in", d).Str("url", l.cfg.URL).Msg("directory sync interrupted")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+// loadKnown reads the entries bucket through a watcher (never a key
+// listing, which can come back partial on a cluster, nats-server#4824) and
+// checks the count against the bucket's status.
+func (l *Listener) loadKnown(ctx context.Context) error {
+	known, err := LoadEntries(ctx, l.bus.Entries)
+	if err != nil {
+		return err
+	}
+	l.known = known
+	if err := l.recoverFromStream(ctx); err != nil {
+		return err
+	}
+	l.setStatus(func(s *Status) { s.Entries = len(known) })
+	if h, err := l.heldDeletes(ctx); err == nil && h != nil {
+		l.setStatus(func(s *Status) { s.HeldDeletes = len(h.UUIDs) })
+	}
+	return nil
+}
+
+// recoverFromStream brings the entries bucket up to the stream: events that
+// were acked but whose state was not yet written (a crash between the two)
+// are applied from the stream itself, so the next event for such an entry
+// carries the right old state and a replayed change is no change.
+func (l *Listener) recoverFromStream(ctx context.Context) error {
+	var from uint64
+	if e, err := l.bus.State.Get(ctx, KeyEntriesSeq); err == nil {
+		from, _ = strconv.ParseUint(string(e.Value()), 10, 64)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("read entries sequence: %w", err)
+	}
+	info, err := l.bus.Stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read stream info: %w", err)
+	}
+	last := info.State.LastSeq
+	if from == 0 && len(l.known) == 0 {
+		from = info.State.FirstSeq - 1
+		if info.State.Msgs == 0 {
+			from = last
+		}
+	}
+	for seq := from + 1; seq <= last; seq++ {
+		m, err := l.bus.Stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read event %d from stream: %w", seq, err)
+		}
+		var ev event.Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			return fmt.Errorf("decode event %d: %w", seq, err)
+		}
+		if ev.Op == event.OpDelete {
+			delete(l.known, ev.UUID)
+			l.pending = append(l.pending, pendingPub{ev: ev})
+		} else {
+			e := event.Entry{UUID: ev.UUID, DN: ev.DN, Kind: ev.Kind, Attrs: ev.New, CSN: ev.CSN}
+			l.known[ev.UUID] = e
+			l.pending = append(l.pending, pendingPub{ev: ev, entry: &e})
+		}
+	}
+	if len(l.pending) > 0 {
+		l.log.Warn().Int("events", len(l.pending)).Msg("entry states behind the stream; recovered from it")
+	}
+	if err := l.storeStates(ctx, last); err != nil {
+		return err
+	}
+	l.pending = nil
+	return nil
+}
+
+// LoadEntries reads every entry of the bucket through a watcher and checks
+// that what it read accounts for every message the bucket holds.
+func LoadEntries(ctx context.Context, kv jetstream.KeyValue) (map[string]event.Entry, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read entries bucket status: %w", err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch entries bucket: %w", err)
+	}
+	defer w.Stop()
+	known := make(map[string]event.Entry)
+	var seen uint64
+	for u := range w.Updates() {
+		if u == nil {
+			break
+		}
+		seen++
+		if u.Operation() != jetstream.KeyValuePut {
+			continue
+		}
+		var e event.Entry
+		if err := json.Unmarshal(u.Value(), &e); err != nil {
+			return nil, fmt.Errorf("decode entry %s from bucket: %w", u.Key(), err)
+		}
+		known[u.Key()] = e
+	}
+	if seen < st.Values() {
+		return nil, fmt.Errorf("read entries bucket: got %d records, bucket holds %d", seen, st.Values())
+	}
+	return known, nil
+}
+
+func (l *Listener) dial() (*ldap.Conn, error) {
+	var opts []ldap.DialOpt
+	if l.cfg.TLS != nil {
+		opts = append(opts, ldap.DialWithTLSConfig(l.cfg.TLS))
+	}
+	conn, err := ldap.DialURL(l.cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", l.cfg.URL, err)
+	}
+	if l.cfg.StartTLS {
+		if err := conn.StartTLS(l.cfg.TLS); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("starttls to %s: %w", l.cfg.URL, err)
+		}
+	}
+	if l.cfg.BindDN != "" {
+		if err := conn.Bind(l.cfg.BindDN, l.cfg.BindPassword); err != nil {
+			conn.Close()
+			// the password never appears in the error
+			return nil, fmt.Errorf("bind as %s: %w", l.cfg.BindDN, err)
+		}
+	}
+	return conn, nil
+}
+
+type refresh struct {
+	full    bool // no cookie: the refresh lists every entry
+	present bool // present phase seen: unseen known entries are deleted
+	seen    map[string]struct{}
+	deletes map[string]struct{}
+}
+
+// session runs one syncrepl search until it fails or ctx ends.
+func (l *Listener) session(ctx context.Context) error {
+	conn, err := l.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	cookie, err := l.cookie(ctx)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	attrs := append([]string{"entryCSN"}, event.Followed...)
+	req := ldap.NewSearchRequest(l.cfg.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+		0, 0, false, event.Filter, attrs, nil)
+	resp := conn.Syncrepl(sctx, req, 256, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
+
+	l.pending, l.inflight = nil, nil
+	rf := &refresh{full: cookie == nil, seen: map[string]struct{}{}, deletes: map[string]struct{}{}}
+	refreshing := true
+	l.setStatus(func(s *Status) { s.Connected, s.Refreshing = true, true })
+	l.log.Info().Bool("full", rf.full).Msg("directory sync started")
+
+	for resp.Next() {
+		if err := l.handle(ctx, resp, rf, &refreshing); err != nil {
+			return err
+		}
+	}
+	err = resp.Err()
+	if ldap.IsErrorWithCode(err, ldap.LDAPResultSyncRefreshRequired) {
+		// e-syncRefreshRequired: the server cannot resume from our cookie.
+		// Drop it; the next session is a full refresh whose unseen entries
+		// become deletes.
+		l.log.Warn().Msg("directory asks for a full refresh (e-syncRefreshRequired)")
+		if derr := l.bus.State.Delete(ctx, KeyCookie); derr != nil {
+			return fmt.Errorf("drop sync cookie: %w", derr)
+		}
+		return fmt.Errorf("full refresh required: %w", err)
+	}
+	if err == nil {
+		err = errors.New("sync search ended")
+	}
+	return fmt.Errorf("sync search on %s: %w", l.cfg.URL, err)
+}
+
+// handle processes one syncrepl message: an entry with its sync state, or a
+// sync info message.
+func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, refreshingp *bool) error {
+	l.work.Lock()
+	defer l.work.Unlock()
+	refreshing := *refreshingp
+	defer func() { *refreshingp = refreshing }()
+	{
+		var state *ldap.ControlSyncState
+		var info *ldap.ControlSyncInfo
+		for _, c := range resp.Controls() {
+			switch c := c.(type) {
+			case *ldap.ControlSyncState:
+				state = c
+			case *ldap.ControlSyncInfo:
+				info = c
+			}
+		}
+		var newCookie []byte
+		switch {
+		case resp.Entry() != nil && state != nil:
+			uuid := state.EntryUUID.String()
+			switch state.State {
+			case ldap.SyncStatePresent:
+				rf.seen[uuid] = struct{}{}
+				rf.present = true
+			case ldap.SyncStateAdd, ldap.SyncStateModify:
+				rf.seen[uuid] = struct{}{}
+				delete(rf.deletes, uuid)
+				l.queueEntry(uuid, resp.Entry())
+			case ldap.SyncStateDelete:
+				if refreshing {
+					rf.deletes[uuid] = struct{}{}
+				} else {
+					l.queueDelete(uuid)
+				}
+			}
+			newCookie = state.Cookie
+		case info != nil:
+			switch info.Value {
+			case ldap.SyncInfoNewcookie:
+				newCookie = info.NewCookie.Cookie
+			case ldap.SyncInfoRefreshDelete:
+				newCookie = info.RefreshDelete.Cookie
+				if refreshing && info.RefreshDelete.RefreshDone {
+					if err := l.endRefresh(ctx, rf); err != nil {
+						return err
+					}
+					refreshing = false
+				}
+			case ldap.SyncInfoRefreshPresent:
+				newCookie = info.RefreshPresent.Cookie
+				rf.present = true
+				if refreshing && info.RefreshPresent.RefreshDone {
+					if err := l.endRefresh(ctx, rf); err != nil {
+						return err
+					}
+					refreshing = false
+				}
+			case ldap.SyncInfoSyncIdSet:
+				newCookie = info.SyncIdSet.Cookie
+				for _, u := range info.SyncIdSet.SyncUUIDs {
+					id := u.String()
+					switch {
+					case !info.SyncIdSet.RefreshDeletes:
+						rf.seen[id] = struct{}{}
+						rf.present = true
+					case refreshing:
+						rf.deletes[id] = struct{}{}
+					default:
+						l.queueDelete(id)
+					}
+				}
+			}
+		}
+		// In persist mode every change is flushed at once: the latency from
+		// the LDAP write to the event is one publish round trip.
+		if !refreshing || len(l.pending) >= l.cfg.BatchSize || len(newCookie) > 0 {
+			if err := l.flush(ctx); err != nil {
+				return err
+			}
+		}
+		if len(newCookie) > 0 {
+			if err := l.saveCookie(ctx, newCookie); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (l *Listener) queueEntry(uuid string, e *ldap.Entry) {
+	raw := make(map[string][]string, len(e.Attributes))
+	for _, a := range e.Attributes {
+		raw[a.Name] = a.Values
+	}
+	attrs := event.NewAttrs(raw)
+	kind, ok := event.KindOf(attrs)
+	if !ok {
+		l.queueDelete(uuid)
+		return
+	}
+	old, had := l.known[uuid]
+	if had && old.DN == e.DN && old.Attrs.Equal(attrs) && old.Kind == kind {
+		return // nothing mailsync follows changed
+	}
+	csn := e.GetAttributeValue("entryCSN")
+	ev := event.Event{V: event.Version, Op: event.OpAdd, Kind: kind, UUID: uuid, DN: e.DN,
+		New: attrs, CSN: csn, At: time.Now().UTC()}
+	if had {
+		ev.Op = event.OpModify
+		ev.Old = old.Attrs
+		if old.DN != e.DN {
+			ev.OldDN = old.DN
+		}
+	}
+	entry := event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: attrs, CSN: csn}
+	l.known[uuid] = entry
+	l.pending = append(l.pending, pendingPub{ev: ev, entry: &entry})
+}
+
+func (l *Listener) queueDelete(uuid string) {
+	old, had := l.known[uuid]
+	if !had {
+		return
+	}
+	delete(l.known, uuid)
+	l.pending = append(l.pending, pendingPub{ev: event.Event{V: event.Version, Op: event.OpDelete,
+		Kind: old.Kind, UUID: uuid, DN: old.DN, Old: old.Attrs, CSN: old.CSN, At: time.Now().UTC()}})
+}
+
+// endRefresh turns the known entries the refresh did not mention into
+// deletes (full or present-mode refresh), applies the mass-delete guard,
+// and queues what may be published.
+func (l *Listener) endRefresh(ctx context.Context, rf *refresh) error {
+	if rf.full || rf.present {
+		for uuid := range l.known {
+			if _, ok := rf.seen[uuid]; !ok {
+				rf.deletes[uuid] = struct{}{}
+			}
+		}
+	}
+	// The pending adds already sit in known; count the directory as it was.
+	knownBefore := len(l.known)
+	for _, p := range l.pending {
+		if p.ev.Op == event.OpAdd {
+			knownBefore--
+		}
+	}
+	var dels []string
+	for uuid := range rf.deletes {
+		if _, ok := l.known[uuid]; ok {
+			dels = append(dels, uuid)
+		}
+	}
+	held, err := l.heldDeletes(ctx)
+	if err != nil {
+		return err
+	}
+	if held != nil {
+		// Entries that came back are no longer held.
+		var still []string
+		for _, u := range held.UUIDs {
+			if _, ok := rf.seen[u]; !ok {
+				if _, known := l.known[u]; known {
+					still = append(still, u)
+				}
+			}
+		}
+		held.UUIDs = still
+	}
+	if len(dels) > 0 && !l.cfg.ConfirmMassDelete &&
+		float64(len(dels)) > l.cfg.MassDeleteShare*float64(knownBefore) && len(dels) > l.cfg.MassDeleteMin {
+		l.log.Error().Int("deletes", len(dels)).Int("known", knownBefore).
+			Float64("share", float64(len(dels))/float64(max(knownBefore, 1))).
+			Msg("mass-delete guard: refresh would delete a large share of the directory; deletes held until confirmed (mailsync confirm-deletes)")
+		if held == nil {
+			held = &HeldDeletes{Known: knownBefore, At: time.Now().UTC()}
+		}
+		set := map[string]struct{}{}
+		for _, u := range held.UUIDs {
+			set[u] = struct{}{}
+		}
+		for _, u := range dels {
+			if _, ok := set[u]; !ok {
+				held.UUIDs = append(held.UUIDs, u)
+			}
+		}
+		dels = nil
+	}
+	for _, u := range dels {
+		l.queueDelete(u)
+	}
+	if err := l.storeHeld(ctx, held); err != nil {
+		return err
+	}
+	l.setStatus(func(s *Status) { s.Refreshing = false })
+	l.log.Info().Int("entries", len(l.known)).Int("deletes", len(dels)).Msg("directory refresh done")
+	return l.flush(ctx)
+}
+
+func (l *Listener) heldDeletes(ctx context.Context) (*HeldDeletes, error) {
+	e, err := l.bus.State.Get(ctx, KeyHeldDeletes)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read held deletes: %w", err)
+	}
+	var h HeldDeletes
+	if err := json.Unmarshal(e.Value(), &h); err != nil {
+		return nil, fmt.Errorf("decode held deletes: %w", err)
+	}
+	if len(h.UUIDs) == 0 {
+		return nil, nil
+	}
+	return &h, nil
+}
+
+func (l *Listener) storeHeld(ctx context.Context, h *HeldDeletes) error {
+	n := 0
+	if h != nil {
+		n = len(h.UUIDs)
+	}
+	l.setStatus(func(s *Status) { s.HeldDeletes = n })
+	if n == 0 {
+		if err := l.bus.State.Delete(ctx, KeyHeldDeletes); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("clear held deletes: %w", err)
+		}
+		return nil
+	}
+	data, _ := json.Marshal(h)
+	if _, err := l.bus.State.Put(ctx, KeyHeldDeletes, data); err != nil {
+		return fmt.Errorf("store held deletes: %w", err)
+	}
+	return nil
+}
+
+// ConfirmDeletes asks the running listener to publish the held deletes.
+func ConfirmDeletes(ctx context.Context, bus *stream.Bus) error {
+	if _, err := bus.State.Put(ctx, KeyConfirmDelete, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return fmt.Errorf("confirm held deletes: %w", err)
+	}
+	return nil
+}
+
+// confirmCh carries an operator's confirmation into the session loop.
+func (l *Listener) watchConfirm(ctx context.Context) {
+	w, err := l.bus.State.Watch(ctx, KeyConfirmDelete, jetstream.UpdatesOnly())
+	if err != nil {
+		l.log.Error().Err(err).Msg("watch for delete confirmations")
+		return
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-w.Updates():
+			if u == nil || u.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			l.confirm.Store(true)
+			l.work.Lock()
+			err := l.flush(ctx)
+			l.work.Unlock()
+			if err != nil {
+				l.log.Error().Err(err).Msg("publish confirmed deletes")
+			}
+		}
+	}
+}
+
+// flush publishes the pending events, waits for JetStream's acks, then
+// writes their KV states. Only after flush returns may a cookie be saved.
+func (l *Listener) flush(ctx context.Context) error {
+	if l.confirm.Swap(false) {
+		if err := l.releaseHeld(ctx); err != nil {
+			return err
+		}
+	}
+	if len(l.pending) == 0 {
+		return nil
+	}
+	js := l.bus.JS
+	futures := make([]jetstream.PubAckFuture, 0, len(l.pending))
+	for _, p := range l.pending {
+		data, err := json.Marshal(p.ev)
+		if err != nil {
+			return fmt.Errorf("encode event for %s: %w", p.ev.DN, err)
+		}
+		msg := &nats.Msg{Subject: p.ev.Subject(), Data: data, Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, p.ev.MsgID())
+		f, err := js.PublishMsgAsync(msg)
+		if err != nil {
+			return fmt.Errorf("publish event for %s: %w", p.ev.DN, err)
+		}
+		futures = append(futures, f)
+	}
+	seq, err := waitAcks(ctx, futures)
+	if err != nil {
+		return fmt.Errorf("publish events: %w", err)
+	}
+	l.setStatus(func(s *Status) { s.Published += uint64(len(futures)) })
+	if l.hooks.AfterPublish != nil {
+		if err := l.hooks.AfterPublish(); err != nil {
+			return fmt.Errorf("%w: %v", ErrCrash, err)
+		}
+	}
+	return l.storeStates(ctx, seq)
+}
+
+// storeStates writes the pending events' states into the entries bucket,
+// then records the stream sequence they cover.
+func (l *Listener) storeStates(ctx context.Context, seq uint64) error {
+	js := l.bus.JS
+	futures := make([]jetstream.PubAckFuture, 0, len(l.pending))
+	for _, p := range l.pending {
+		msg := &nats.Msg{Subject: "$KV." + stream.EntriesBucket + "." + p.ev.UUID, Header: nats.Header{}}
+		if p.entry == nil {
+			msg.Header.Set("KV-Operation", "DEL")
+		} else {
+			data, _ := json.Marshal(p.entry)
+			msg.Data = data
+		}
+		f, err := js.PublishMsgAsync(msg)
+		if err != nil {
+			return fmt.Errorf("store entry %s: %w", p.ev.DN, err)
+		}
+		futures = append(futures, f)
+	}
+	if _, err := waitAcks(ctx, futures); err != nil {
+		return fmt.Errorf("store entry states: %w", err)
+	}
+	if seq > 0 {
+		if _, err := l.bus.State.Put(ctx, KeyEntriesSeq, []byte(strconv.FormatUint(seq, 10))); err != nil {
+			return fmt.Errorf("store entries sequence: %w", err)
+		}
+	}
+	l.pending = l.pending[:0]
+	l.setStatus(func(s *Status) { s.Entries = len(l.known) })
+	return nil
+}
+
+// releaseHeld publishes the deletes an operator confirmed.
+func (l *Listener) releaseHeld(ctx context.Context) error {
+	h, err := l.heldDeletes(ctx)
+	if err != nil || h == nil {
+		return err
+	}
+	l.log.Warn().Int("deletes", len(h.UUIDs)).Msg("held deletes confirmed; publishing")
+	for _, u := range h.UUIDs {
+		l.queueDelete(u)
+	}
+	if err := l.storeHeld(ctx, nil); err != nil {
+		return err
+	}
+	if err := l.bus.State.Delete(ctx, KeyConfirmDelete); err != nil {
+		return fmt.Errorf("clear delete confirmation: %w", err)
+	}
+	return nil
+}
+
+// waitAcks waits for every publish to be acked and returns the highest
+// stream sequence among them.
+func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) (uint64, error) {
+	var seq uint64
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for _, f := range futures {
+		select {
+		case a := <-f.Ok():
+			seq = max(seq, a.Sequence)
+		case err := <-f.Err():
+			return 0, err
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-timeout.C:
+			return 0, errors.New("no ack from jetstream after 30s")
+		}
+	}
+	return seq, nil
+}
+
+func (l *Listener) cookie(ctx context.Context) ([]byte, error) {
+	e, err := l.bus.State.Get(ctx, KeyCookie)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read sync cookie: %w", err)
+	}
+	return e.Value(), nil
+}
+
+func (l *Listener) saveCookie(ctx context.Context, c []byte) error {
+	if _, err := l.bus.State.Put(ctx, KeyCookie, c); err != nil {
+		return fmt.Errorf("store sync cookie: %w", err)
+	}
+	l.setStatus(func(s *Status) { s.CookieAt = time.Now() })
+	return nil
+}

@@ -1,0 +1,144 @@
+// Package stream owns mailsync's JetStream layout: the event stream MAILSYNC,
+// the dead-letter stream MAILSYNC_DEAD, the KV bucket of entry states (which
+// gives every event its `old`) and the KV bucket of listener state (the sync
+// cookie, held deletes, the listener lease). It also starts the embedded NATS
+// server used on a single host, so the daemon and the tests run the same
+// JetStream setup whether NATS is embedded or external.
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Names of the JetStream objects mailsync uses.
+const (
+	StreamName    = "MAILSYNC"
+	DeadStream    = "MAILSYNC_DEAD"
+	DeadPrefix    = "mailsyncdead"
+	EntriesBucket = "mailsync_entries"
+	StateBucket   = "mailsync_state"
+)
+
+// Options shape the stream. Zero values take the defaults noted.
+type Options struct {
+	// Replicas for a clustered JetStream (default 1).
+	Replicas int
+	// MaxAge of events kept for replay (default 30 days).
+	MaxAge time.Duration
+	// Duplicates is the Nats-Msg-Id dedupe window (default 10 minutes: a
+	// listener restart after a crash replays well within it).
+	Duplicates time.Duration
+}
+
+// Bus is an open JetStream with mailsync's stream and buckets.
+type Bus struct {
+	NC      *nats.Conn
+	JS      jetstream.JetStream
+	Stream  jetstream.Stream
+	Dead    jetstream.Stream
+	Entries jetstream.KeyValue
+	State   jetstream.KeyValue
+}
+
+// Open creates or updates the stream and buckets on nc's JetStream.
+func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	if o.MaxAge == 0 {
+		o.MaxAge = 30 * 24 * time.Hour
+	}
+	if o.Duplicates == 0 {
+		o.Duplicates = 10 * time.Minute
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("open jetstream: %w", err)
+	}
+	b := &Bus{NC: nc, JS: js}
+	b.Stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "mailsync directory change events",
+		Subjects:    []string{"mailsync.>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      o.MaxAge,
+		Duplicates:  o.Duplicates,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create stream %s: %w", StreamName, err)
+	}
+	b.Dead, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        DeadStream,
+		Description: "mailsync events a handler could not apply (permanent errors)",
+		Subjects:    []string{DeadPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create stream %s: %w", DeadStream, err)
+	}
+	b.Entries, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      EntriesBucket,
+		Description: "last published state per entryUUID",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create bucket %s: %w", EntriesBucket, err)
+	}
+	b.State, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      StateBucket,
+		Description: "listener state: sync cookie, held deletes, lease",
+		History:     5,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create bucket %s: %w", StateBucket, err)
+	}
+	return b, nil
+}
+
+// EmbeddedOptions configure the in-process NATS server.
+type EmbeddedOptions struct {
+	StoreDir string
+	// Port to listen on at 127.0.0.1; -1 picks a random port, 0 means the
+	// NATS default 4222.
+	Port int
+}
+
+// StartEmbedded starts a NATS server with JetStream in this process,
+// listening on 127.0.0.1 only, and waits until it is ready.
+func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
+	if o.StoreDir == "" {
+		return nil, errors.New("start embedded nats: no store dir")
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "mailsync-embedded",
+		Host:       "127.0.0.1",
+		Port:       o.Port,
+		JetStream:  true,
+		StoreDir:   o.StoreDir,
+		NoSigs:     true,
+		NoLog:      true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start embedded nats: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("start embedded nats: not ready after 10s")
+	}
+	return ns, nil
+}
