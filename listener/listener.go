@@ -202,7 +202,7 @@ func (l *Listener) Run(ctx context.Context) error {
 // listing, which can come back partial on a cluster, nats-server#4824) and
 // checks the count against the bucket's status.
 func (l *Listener) loadKnown(ctx context.Context) error {
-	known, err := LoadEntries(ctx, l.bus.Entries)
+	known, err := stream.LoadEntries(ctx, l.bus.Entries)
 	if err != nil {
 		return err
 	}
@@ -268,40 +268,6 @@ func (l *Listener) recoverFromStream(ctx context.Context) error {
 	}
 	l.pending = nil
 	return nil
-}
-
-// LoadEntries reads every entry of the bucket through a watcher and checks
-// that what it read accounts for every message the bucket holds.
-func LoadEntries(ctx context.Context, kv jetstream.KeyValue) (map[string]event.Entry, error) {
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("read entries bucket status: %w", err)
-	}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("watch entries bucket: %w", err)
-	}
-	defer w.Stop()
-	known := make(map[string]event.Entry)
-	var seen uint64
-	for u := range w.Updates() {
-		if u == nil {
-			break
-		}
-		seen++
-		if u.Operation() != jetstream.KeyValuePut {
-			continue
-		}
-		var e event.Entry
-		if err := json.Unmarshal(u.Value(), &e); err != nil {
-			return nil, fmt.Errorf("decode entry %s from bucket: %w", u.Key(), err)
-		}
-		known[u.Key()] = e
-	}
-	if seen < st.Values() {
-		return nil, fmt.Errorf("read entries bucket: got %d records, bucket holds %d", seen, st.Values())
-	}
-	return known, nil
 }
 
 func (l *Listener) dial() (*ldap.Conn, error) {

@@ -8,6 +8,7 @@ package stream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -15,6 +16,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"mailsync/event"
 )
 
 // Names of the JetStream objects mailsync uses.
@@ -141,4 +144,38 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		return nil, errors.New("start embedded nats: not ready after 10s")
 	}
 	return ns, nil
+}
+
+// LoadEntries reads every entry of the bucket through a watcher and checks
+// that what it read accounts for every message the bucket holds.
+func LoadEntries(ctx context.Context, kv jetstream.KeyValue) (map[string]event.Entry, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read entries bucket status: %w", err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch entries bucket: %w", err)
+	}
+	defer w.Stop()
+	known := make(map[string]event.Entry)
+	var seen uint64
+	for u := range w.Updates() {
+		if u == nil {
+			break
+		}
+		seen++
+		if u.Operation() != jetstream.KeyValuePut {
+			continue
+		}
+		var e event.Entry
+		if err := json.Unmarshal(u.Value(), &e); err != nil {
+			return nil, fmt.Errorf("decode entry %s from bucket: %w", u.Key(), err)
+		}
+		known[u.Key()] = e
+	}
+	if seen < st.Values() {
+		return nil, fmt.Errorf("read entries bucket: got %d records, bucket holds %d", seen, st.Values())
+	}
+	return known, nil
 }

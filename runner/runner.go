@@ -1,0 +1,339 @@
+// Package runner is the consumer side of the event stream: it feeds each
+// handler (mailbox, aliases, homeserver) from its own durable JetStream
+// consumer, named <handler>-<host>, so every mail host applies every event
+// once.
+//
+// Guarantees:
+//   - Per entry (entryUUID) events are applied in stream order; different
+//     entries run in parallel, up to Config.Parallel at once.
+//   - A message is acked only after the handler returned, i.e. after its
+//     side effect is durable. A crash redelivers it; handlers are idempotent.
+//   - A retryable failure holds the message (InProgress keeps JetStream from
+//     redelivering it) and retries it after an exponential backoff
+//     (cenkalti/backoff). The entry's later events wait behind it; other
+//     entries keep flowing. A plain NAK would let a later event of the same
+//     entry overtake the failed one, so the delay is served here; held
+//     messages are NAKed on shutdown for redelivery.
+//   - A permanent failure is logged once with DN, entryUUID and reason,
+//     recorded in the dead-letter stream MAILSYNC_DEAD, and terminated.
+//     Errors nobody classified are retried up to MaxAttempts, then
+//     dead-lettered.
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"mailsync/event"
+	"mailsync/fault"
+	"mailsync/stream"
+)
+
+// Handler applies events to one part of the mail system.
+type Handler interface {
+	Name() string
+	Handle(ctx context.Context, ev event.Event) error
+}
+
+// Loader is a handler that derives its state from the whole directory: it
+// is given every entry before the first event.
+type Loader interface {
+	Load(ctx context.Context, entries []event.Entry) error
+}
+
+// Config tunes the runner. Zero values take the defaults noted.
+type Config struct {
+	// Host is this mail host's FQDN; it names the durable consumers.
+	Host string
+	// Parallel is how many entries are worked on at once (default 8).
+	Parallel int
+	// MaxAttempts bounds the retries of an error nobody classified
+	// (default 10). Errors marked retryable are retried until they succeed.
+	MaxAttempts int
+	// InitialBackoff and MaxBackoff shape the retry delay (100ms, 30s).
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+	// AckWait is how long JetStream waits before redelivering an unacked
+	// message (default 30s); held messages are kept alive well within it.
+	AckWait time.Duration
+}
+
+// DeadLetter is the record of an event a handler could not apply.
+type DeadLetter struct {
+	Handler  string      `json:"handler"`
+	Host     string      `json:"host"`
+	DN       string      `json:"dn"`
+	UUID     string      `json:"uuid"`
+	Reason   string      `json:"reason"`
+	Attempts int         `json:"attempts"`
+	Seq      uint64      `json:"seq"`
+	Event    event.Event `json:"event"`
+	At       time.Time   `json:"at"`
+}
+
+// Runner runs handlers against the stream.
+type Runner struct {
+	bus      *stream.Bus
+	cfg      Config
+	log      zerolog.Logger
+	handlers []Handler
+}
+
+// New returns a runner for the handlers.
+func New(bus *stream.Bus, cfg Config, log zerolog.Logger, handlers ...Handler) *Runner {
+	if cfg.Parallel == 0 {
+		cfg.Parallel = 8
+	}
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = 10
+	}
+	if cfg.InitialBackoff == 0 {
+		cfg.InitialBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	return &Runner{bus: bus, cfg: cfg, log: log.With().Str("component", "runner").Logger(), handlers: handlers}
+}
+
+// ConsumerName is the durable consumer of a handler on a host. JetStream
+// names may not contain dots.
+func ConsumerName(handler, host string) string {
+	r := strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_")
+	return r.Replace(handler + "-" + host)
+}
+
+// Run consumes until ctx ends, then drains: running handler calls finish,
+// held messages are NAKed.
+func (r *Runner) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, h := range r.handlers {
+		g.Go(func() error { return r.runHandler(gctx, h) })
+	}
+	return g.Wait()
+}
+
+func (r *Runner) runHandler(ctx context.Context, h Handler) error {
+	log := r.log.With().Str("handler", h.Name()).Logger()
+	if l, ok := h.(Loader); ok {
+		entries, err := stream.LoadEntries(ctx, r.bus.Entries)
+		if err != nil {
+			return fmt.Errorf("load directory for %s: %w", h.Name(), err)
+		}
+		list := make([]event.Entry, 0, len(entries))
+		for _, e := range entries {
+			list = append(list, e)
+		}
+		if err := l.Load(ctx, list); err != nil {
+			return fmt.Errorf("load directory into %s: %w", h.Name(), err)
+		}
+	}
+	name := ConsumerName(h.Name(), r.cfg.Host)
+	cons, err := r.bus.JS.CreateOrUpdateConsumer(ctx, stream.StreamName, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "mailsync handler " + h.Name() + " on " + r.cfg.Host,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       r.cfg.AckWait,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 4096,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", name, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", name, err)
+	}
+	d := &dispatcher{r: r, h: h, log: log, lanes: map[string]*lane{}, sem: make(chan struct{}, r.cfg.Parallel)}
+	go func() { <-ctx.Done(); it.Stop() }()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				break
+			}
+			log.Warn().Err(err).Msg("fetch events")
+			continue
+		}
+		d.dispatch(ctx, msg)
+	}
+	d.wg.Wait()
+	return nil
+}
+
+// dispatcher keeps one lane per entry with work queued, so an entry's
+// events run in order while entries run in parallel.
+type dispatcher struct {
+	r   *Runner
+	h   Handler
+	log zerolog.Logger
+	sem chan struct{}
+	wg  sync.WaitGroup
+
+	mu    sync.Mutex
+	lanes map[string]*lane
+}
+
+type lane struct {
+	queue []jetstream.Msg
+}
+
+func (d *dispatcher) dispatch(ctx context.Context, msg jetstream.Msg) {
+	key := msg.Subject()
+	d.mu.Lock()
+	if l, ok := d.lanes[key]; ok {
+		l.queue = append(l.queue, msg)
+		d.mu.Unlock()
+		return
+	}
+	l := &lane{queue: []jetstream.Msg{msg}}
+	d.lanes[key] = l
+	d.mu.Unlock()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		select {
+		case d.sem <- struct{}{}:
+		case <-ctx.Done():
+			d.abandon(key)
+			return
+		}
+		defer func() { <-d.sem }()
+		for {
+			d.mu.Lock()
+			if len(l.queue) == 0 {
+				delete(d.lanes, key)
+				d.mu.Unlock()
+				return
+			}
+			m := l.queue[0]
+			l.queue = l.queue[1:]
+			d.mu.Unlock()
+			if !d.process(ctx, m) {
+				d.abandon(key)
+				return
+			}
+		}
+	}()
+}
+
+// abandon NAKs what a lane still holds when the runner stops.
+func (d *dispatcher) abandon(key string) {
+	d.mu.Lock()
+	l := d.lanes[key]
+	delete(d.lanes, key)
+	d.mu.Unlock()
+	if l == nil {
+		return
+	}
+	for _, m := range l.queue {
+		_ = m.Nak()
+	}
+}
+
+// process applies one message; false means the runner is stopping and the
+// message was handed back.
+func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
+	var ev event.Event
+	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+		d.deadLetter(ctx, msg, event.Event{}, 1, fault.Permanent(fmt.Errorf("decode event on %s: %w", msg.Subject(), err)))
+		return true
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = d.r.cfg.InitialBackoff
+	bo.MaxInterval = d.r.cfg.MaxBackoff
+	bo.MaxElapsedTime = 0
+	for attempt := 1; ; attempt++ {
+		err := d.h.Handle(ctx, ev)
+		if err == nil {
+			if aerr := msg.DoubleAck(ctx); aerr != nil && ctx.Err() == nil {
+				d.log.Warn().Err(aerr).Str("dn", ev.DN).Str("uuid", ev.UUID).Msg("ack event")
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			_ = msg.Nak()
+			return false
+		}
+		if fault.IsPermanent(err) {
+			d.deadLetter(ctx, msg, ev, attempt, err)
+			return true
+		}
+		if !fault.IsRetryable(err) && attempt >= d.r.cfg.MaxAttempts {
+			d.deadLetter(ctx, msg, ev, attempt, fmt.Errorf("gave up after %d attempts: %w", attempt, err))
+			return true
+		}
+		wait := bo.NextBackOff()
+		lvl := d.log.Debug()
+		if attempt == 1 {
+			lvl = d.log.Warn()
+		}
+		lvl.Err(err).Str("dn", ev.DN).Str("uuid", ev.UUID).Int("attempt", attempt).Dur("retry_in", wait).Msg("handler failed; will retry")
+		if !d.hold(ctx, msg, wait) {
+			_ = msg.Nak()
+			return false
+		}
+	}
+}
+
+// hold waits d while keeping msg from being redelivered.
+func (d *dispatcher) hold(ctx context.Context, msg jetstream.Msg, wait time.Duration) bool {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(d.r.cfg.AckWait / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return true
+		case <-tick.C:
+			_ = msg.InProgress()
+		}
+	}
+}
+
+func (d *dispatcher) deadLetter(ctx context.Context, msg jetstream.Msg, ev event.Event, attempts int, cause error) {
+	var seq uint64
+	if md, err := msg.Metadata(); err == nil {
+		seq = md.Sequence.Stream
+	}
+	rec := DeadLetter{Handler: d.h.Name(), Host: d.r.cfg.Host, DN: ev.DN, UUID: ev.UUID,
+		Reason: cause.Error(), Attempts: attempts, Seq: seq, Event: ev, At: time.Now().UTC()}
+	d.log.Error().Str("dn", ev.DN).Str("uuid", ev.UUID).Uint64("seq", seq).Str("reason", cause.Error()).
+		Msg("event dead-lettered")
+	data, _ := json.Marshal(rec)
+	m := &nats.Msg{Subject: DeadSubject(d.h.Name(), d.r.cfg.Host, ev.UUID), Data: data, Header: nats.Header{}}
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s:%s:%d", d.h.Name(), d.r.cfg.Host, seq))
+	if _, err := d.r.bus.JS.PublishMsg(ctx, m); err != nil {
+		// Not recorded: leave the message for redelivery rather than lose it.
+		d.log.Error().Err(err).Str("dn", ev.DN).Msg("record dead letter; event left for redelivery")
+		_ = msg.NakWithDelay(d.r.cfg.MaxBackoff)
+		return
+	}
+	_ = msg.Term()
+}
+
+// DeadSubject is where a handler's dead letters for an entry go.
+func DeadSubject(handler, host, uuid string) string {
+	if uuid == "" {
+		uuid = "unknown"
+	}
+	return stream.DeadPrefix + "." + ConsumerName(handler, host) + "." + uuid
+}
