@@ -1,0 +1,33 @@
+# mailsync — see README.md. `make test` and `make demo` install what they need.
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+PKGS := ./...
+
+.PHONY: all build deps test vet fmt-check bench demo clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build:
+	$(GO) build -o bin/mailsync ./cmd/mailsync
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+test: deps fmt-check vet
+	$(GO) test -race -count=1 -timeout 25m $(PKGS)
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m $(PKGS)
+
+demo: deps build
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf bin

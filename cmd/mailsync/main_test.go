@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"mailsync/internal/testenv"
+	"mailsync/stream"
+)
+
+// syncBuffer is a log sink safe for the daemon's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func writeConfig(t *testing.T, ldap *testenv.Slapd, natsPort int, extra string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte(ldap.AdminPW+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`host: mail.example.org
+state_dir: %s/state
+handlers: [aliases]
+ldap:
+  url: %s
+  base_dn: %s
+  bind_dn: %s
+  bind_password_file: ldap.secret
+nats:
+  port: %d
+postfix:
+  map_dir: %s/maps
+log:
+  level: debug
+  format: json
+%s`, dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, natsPort, dir, extra)
+	p := filepath.Join(dir, "mailsync.yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
+	ldap := testenv.StartSlapd(t)
+	ldap.AddUser(t, "alice", "alice@example.org", nil)
+	port := testenv.FreePort(t)
+	cfg := writeConfig(t, ldap, port, "")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr) }()
+	t.Cleanup(cancel)
+
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	if err := testenv.WaitTCP(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
+		t.Fatalf("embedded nats: %v\n%s", err, stderr.String())
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	bus, err := stream.Open(context.Background(), nc, stream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ldap.AddUser(t, "bob", "bob@example.org", nil)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		info, err := bus.Stream.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs != 2 {
+			return fmt.Errorf("%d events in the stream, want 2", info.State.Msgs)
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v on shutdown, want nil\n%s", err, stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not stop within 15s of SIGTERM")
+	}
+	if strings.Contains(stderr.String(), ldap.AdminPW) {
+		t.Errorf("the LDAP bind password appears in the log")
+	}
+}
+
+func TestConfigErrorExitsTwo(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(p, []byte("ldap:\n  url: http://nope\n"), 0o600)
+	var stderr bytes.Buffer
+	err := run(context.Background(), []string{"run", "-c", p}, &bytes.Buffer{}, &stderr)
+	if code := exitCode(err, &stderr); code != 2 {
+		t.Fatalf("exit code %d, want 2 for a config error (%v)", code, err)
+	}
+	if !strings.Contains(stderr.String(), "ldap.url") {
+		t.Errorf("error does not name the key: %s", stderr.String())
+	}
+}

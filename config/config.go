@@ -1,0 +1,431 @@
+// Package config loads mailsync's one configuration file, fills in the
+// defaults (each with where it comes from), reads secrets from files, and
+// validates every setting, naming the key of each error.
+//
+// Policy settings carry UCS's UCR names (mail/dovecot/mailbox/rename, ...) so
+// an administrator recognises them; a `ucr dump`-style file ("key: value"
+// lines) may be named with ucr_file, and its values apply unless the config
+// file's policy section sets the same key.
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// UCR policy keys mailsync reads.
+const (
+	KeyRename           = "mail/dovecot/mailbox/rename"
+	KeyDelete           = "mail/dovecot/mailbox/delete"
+	KeySeparateIndex    = "mail/dovecot/location/separate_index"
+	KeyMoveOnHomeChange = "mail/dovecot/mailbox/move_on_homeserver_change"
+	KeyFolderSpam       = "mail/dovecot/folder/spam"
+	KeyFolderHam        = "mail/dovecot/folder/ham"
+	KeyExpansionLimit   = "virtual_alias_expansion_limit"
+)
+
+// policyDefaults are the policy values when neither the config file nor the
+// UCR file sets them.
+var policyDefaults = map[string]string{
+	// The manual (14.7.7) says rename is the standard setting since UCS 3.0;
+	// UCS's code defaults to no (reference §1.4). mailsync follows the manual.
+	KeyRename: "yes",
+	// UCS: not set, treated as false (reference §5.1).
+	KeyDelete:        "no",
+	KeySeparateIndex: "no",
+	// Beyond UCS (manual 14.7.10: mail data is not moved): off by default.
+	KeyMoveOnHomeChange: "no",
+	// UCS postinst defaults (reference §5.1).
+	KeyFolderSpam: "Spam",
+	KeyFolderHam:  "Ham",
+	// Postfix's virtual_alias_expansion_limit default (reference §3.4).
+	KeyExpansionLimit: "1000",
+}
+
+// Config is the whole configuration.
+type Config struct {
+	// Host is this mail host's FQDN. Default: UCR hostname.domainname, else
+	// the system hostname.
+	Host     string            `yaml:"host"`
+	StateDir string            `yaml:"state_dir"`
+	UCRFile  string            `yaml:"ucr_file"`
+	Handlers []string          `yaml:"handlers"`
+	LDAP     LDAP              `yaml:"ldap"`
+	NATS     NATS              `yaml:"nats"`
+	Dovecot  Dovecot           `yaml:"dovecot"`
+	Postfix  Postfix           `yaml:"postfix"`
+	Policy   map[string]string `yaml:"policy"`
+	Log      Log               `yaml:"log"`
+	Listener Listener          `yaml:"listener"`
+}
+
+// LDAP is the directory to follow.
+type LDAP struct {
+	URL              string `yaml:"url"`
+	BaseDN           string `yaml:"base_dn"`
+	BindDN           string `yaml:"bind_dn"`
+	BindPasswordFile string `yaml:"bind_password_file"`
+	StartTLS         bool   `yaml:"start_tls"`
+	CAFile           string `yaml:"ca_file"`
+	// BindPassword is read from BindPasswordFile; never from the file itself.
+	BindPassword string `yaml:"-"`
+}
+
+// Listener tunes the directory listener.
+type Listener struct {
+	// Enabled runs a listener in this process (default true).
+	Enabled           *bool   `yaml:"enabled"`
+	MassDeleteShare   float64 `yaml:"mass_delete_share"`
+	MassDeleteMin     int     `yaml:"mass_delete_min"`
+	ConfirmMassDelete bool    `yaml:"confirm_mass_delete"`
+}
+
+// NATS is the JetStream to use: embedded when URL is empty.
+type NATS struct {
+	URL             string `yaml:"url"`
+	Port            int    `yaml:"port"`
+	Replicas        int    `yaml:"replicas"`
+	CredentialsFile string `yaml:"credentials_file"`
+	CAFile          string `yaml:"ca_file"`
+}
+
+// Dovecot is the local Dovecot mailsync drives.
+type Dovecot struct {
+	DoveadmURL         string `yaml:"doveadm_url"`
+	APIKeyFile         string `yaml:"api_key_file"`
+	IMAPAddr           string `yaml:"imap_addr"`
+	MasterUser         string `yaml:"master_user"`
+	MasterPasswordFile string `yaml:"master_password_file"`
+	// MailHome is Dovecot's mail_home template; %Ld and %Ln are the
+	// lowercased domain and local part (UCS layout, reference §1.5).
+	MailHome string `yaml:"mail_home"`
+	// IndexHome is the separate index template, used when
+	// mail/dovecot/location/separate_index is set.
+	IndexHome string `yaml:"index_home"`
+	// Owner of created directories, as uid:gid (default: the spool's owner).
+	Owner string `yaml:"owner"`
+
+	APIKey         string `yaml:"-"`
+	MasterPassword string `yaml:"-"`
+}
+
+// Postfix is where the maps go.
+type Postfix struct {
+	MapDir  string `yaml:"map_dir"`
+	MapType string `yaml:"map_type"`
+	Postmap string `yaml:"postmap"`
+	// Coalesce is the window over which map changes are gathered.
+	Coalesce time.Duration `yaml:"coalesce"`
+	// WriteMainCFLocal lets mailsync write the expansion limit line itself.
+	WriteMainCFLocal bool   `yaml:"write_main_cf_local"`
+	MainCFLocal      string `yaml:"main_cf_local"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"` // auto, json, console
+}
+
+// Load reads, defaults and validates the config file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, filepath.Dir(path))
+}
+
+// Parse decodes a config document; relative file names resolve against dir.
+func Parse(data []byte, dir string) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := c.complete(dir); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Errors collects every validation error, each naming its key.
+type Errors []error
+
+func (e Errors) Error() string {
+	s := make([]string, len(e))
+	for i, err := range e {
+		s[i] = err.Error()
+	}
+	return "invalid config: " + strings.Join(s, "; ")
+}
+
+func (c *Config) complete(dir string) error {
+	var errs Errors
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	ucr := map[string]string{}
+	if c.UCRFile != "" {
+		m, err := ReadUCR(abs(c.UCRFile))
+		if err != nil {
+			bad("ucr_file", "%v", err)
+		}
+		ucr = m
+	}
+	pol := map[string]string{}
+	for k, v := range policyDefaults {
+		pol[k] = v
+	}
+	for k, v := range ucr {
+		if _, ok := policyDefaults[k]; ok && v != "" {
+			pol[k] = v
+		}
+	}
+	for k, v := range c.Policy {
+		if _, ok := policyDefaults[k]; !ok {
+			bad("policy."+k, "unknown policy setting")
+			continue
+		}
+		pol[k] = v
+	}
+	c.Policy = pol
+	for _, k := range []string{KeyRename, KeyDelete, KeySeparateIndex, KeyMoveOnHomeChange} {
+		if _, err := parseBool(pol[k]); err != nil {
+			bad("policy."+k, "%v", err)
+		}
+	}
+	if n, err := strconv.Atoi(pol[KeyExpansionLimit]); err != nil || n < 1 {
+		bad("policy."+KeyExpansionLimit, "want a positive number, got %q", pol[KeyExpansionLimit])
+	}
+
+	if c.Host == "" && ucr["hostname"] != "" && ucr["domainname"] != "" {
+		c.Host = ucr["hostname"] + "." + ucr["domainname"]
+	}
+	if c.Host == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Host = h
+		}
+	}
+	c.Host = strings.ToLower(strings.TrimSpace(c.Host))
+	if c.Host == "" || strings.ContainsAny(c.Host, " /@") {
+		bad("host", "want this mail host's FQDN, got %q", c.Host)
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/mailsync"
+	}
+	c.StateDir = abs(c.StateDir)
+	if len(c.Handlers) == 0 {
+		c.Handlers = []string{"mailbox", "aliases", "homeserver"}
+	}
+	for i, h := range c.Handlers {
+		switch h {
+		case "mailbox", "aliases", "homeserver":
+		default:
+			bad(fmt.Sprintf("handlers[%d]", i), "unknown handler %q (want mailbox, aliases, homeserver)", h)
+		}
+	}
+
+	if c.LDAP.URL == "" {
+		bad("ldap.url", "required")
+	} else if u, err := url.Parse(c.LDAP.URL); err != nil || (u.Scheme != "ldap" && u.Scheme != "ldaps") {
+		bad("ldap.url", "want ldap:// or ldaps://, got %q", c.LDAP.URL)
+	}
+	if c.LDAP.BaseDN == "" {
+		bad("ldap.base_dn", "required")
+	}
+	if c.LDAP.BindDN != "" && c.LDAP.BindPasswordFile == "" {
+		bad("ldap.bind_password_file", "required with ldap.bind_dn")
+	}
+	if c.LDAP.BindPasswordFile != "" {
+		c.LDAP.BindPasswordFile = abs(c.LDAP.BindPasswordFile)
+		pw, err := readSecret(c.LDAP.BindPasswordFile)
+		if err != nil {
+			bad("ldap.bind_password_file", "%v", err)
+		}
+		c.LDAP.BindPassword = pw
+	}
+	c.LDAP.CAFile = abs(c.LDAP.CAFile)
+	if c.Listener.MassDeleteShare == 0 {
+		c.Listener.MassDeleteShare = 0.10
+	}
+	if c.Listener.MassDeleteShare < 0 || c.Listener.MassDeleteShare > 1 {
+		bad("listener.mass_delete_share", "want a share between 0 and 1, got %v", c.Listener.MassDeleteShare)
+	}
+	if c.Listener.MassDeleteMin == 0 {
+		c.Listener.MassDeleteMin = 20
+	}
+	if c.Listener.Enabled == nil {
+		t := true
+		c.Listener.Enabled = &t
+	}
+
+	if c.NATS.URL == "" && c.NATS.Port == 0 {
+		c.NATS.Port = 4222 // NATS's default port, on 127.0.0.1 only
+	}
+	if c.NATS.Replicas == 0 {
+		c.NATS.Replicas = 1
+	}
+	c.NATS.CredentialsFile = abs(c.NATS.CredentialsFile)
+	c.NATS.CAFile = abs(c.NATS.CAFile)
+
+	if c.Dovecot.MailHome == "" {
+		c.Dovecot.MailHome = "/var/spool/dovecot/private/%Ld/%Ln" // UCS layout, reference §1.5
+	}
+	if c.Dovecot.IndexHome == "" {
+		c.Dovecot.IndexHome = "/var/lib/dovecot/index/%Ld/%Ln"
+	}
+	if !strings.Contains(c.Dovecot.MailHome, "%Ln") || !filepath.IsAbs(c.Dovecot.MailHome) {
+		bad("dovecot.mail_home", "want an absolute template with %%Ln (and %%Ld), got %q", c.Dovecot.MailHome)
+	}
+	if c.Dovecot.APIKeyFile != "" {
+		c.Dovecot.APIKeyFile = abs(c.Dovecot.APIKeyFile)
+		k, err := readSecret(c.Dovecot.APIKeyFile)
+		if err != nil {
+			bad("dovecot.api_key_file", "%v", err)
+		}
+		c.Dovecot.APIKey = k
+	}
+	if c.Dovecot.MasterPasswordFile != "" {
+		c.Dovecot.MasterPasswordFile = abs(c.Dovecot.MasterPasswordFile)
+		k, err := readSecret(c.Dovecot.MasterPasswordFile)
+		if err != nil {
+			bad("dovecot.master_password_file", "%v", err)
+		}
+		c.Dovecot.MasterPassword = k
+	}
+	if c.wants("mailbox") && c.Dovecot.DoveadmURL == "" {
+		bad("dovecot.doveadm_url", "required by the mailbox handler")
+	}
+
+	if c.Postfix.MapDir == "" {
+		c.Postfix.MapDir = "/etc/postfix/mailsync"
+	}
+	c.Postfix.MapDir = abs(c.Postfix.MapDir)
+	if c.Postfix.MapType == "" {
+		c.Postfix.MapType = "hash" // as UCS
+	}
+	switch c.Postfix.MapType {
+	case "hash", "lmdb", "cdb":
+	default:
+		bad("postfix.map_type", "want hash, lmdb or cdb, got %q", c.Postfix.MapType)
+	}
+	if c.Postfix.Postmap == "" {
+		c.Postfix.Postmap = "/usr/sbin/postmap"
+	}
+	if c.Postfix.Coalesce == 0 {
+		c.Postfix.Coalesce = 20 * time.Millisecond
+	}
+	if c.Postfix.MainCFLocal == "" {
+		c.Postfix.MainCFLocal = "/etc/postfix/main.cf.local" // manual 14.7.8
+	}
+
+	switch c.Log.Level {
+	case "":
+		c.Log.Level = "info"
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "want debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "":
+		c.Log.Format = "auto"
+	case "auto", "json", "console":
+	default:
+		bad("log.format", "want auto, json or console, got %q", c.Log.Format)
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func (c *Config) wants(h string) bool {
+	for _, x := range c.Handlers {
+		if x == h {
+			return true
+		}
+	}
+	return false
+}
+
+// Wants reports whether handler h is enabled.
+func (c *Config) Wants(h string) bool { return c.wants(h) }
+
+// Bool returns a boolean policy setting.
+func (c *Config) Bool(key string) bool {
+	b, _ := parseBool(c.Policy[key])
+	return b
+}
+
+// Int returns a numeric policy setting.
+func (c *Config) Int(key string) int {
+	n, _ := strconv.Atoi(c.Policy[key])
+	return n
+}
+
+// parseBool reads UCR truth values (univention.config_registry's is_true).
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "yes", "true", "1", "enable", "enabled", "on":
+		return true, nil
+	case "no", "false", "0", "disable", "disabled", "off", "":
+		return false, nil
+	}
+	return false, fmt.Errorf("want yes or no, got %q", v)
+}
+
+func readSecret(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read secret: %w", err)
+	}
+	s := strings.TrimRight(string(data), "\r\n")
+	if s == "" {
+		return "", fmt.Errorf("secret file %s is empty", path)
+	}
+	return s, nil
+}
+
+// ReadUCR reads `ucr dump` output: one "key: value" per line.
+func ReadUCR(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read ucr file: %w", err)
+	}
+	defer f.Close()
+	m := map[string]string{}
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, fmt.Errorf("%s:%d: want \"key: value\", got %q", path, n, line)
+		}
+		m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	return m, sc.Err()
+}

@@ -1,0 +1,89 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaultsAndUCRFile(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "ldap.secret", "s3cret\n")
+	write(t, dir, "base.conf", "hostname: mx1\ndomainname: Example.ORG\nmail/dovecot/mailbox/delete: yes\nmail/dovecot/mailbox/rename: no\nunrelated/key: x\n")
+	p := write(t, dir, "mailsync.yaml", `
+ucr_file: base.conf
+ldap:
+  url: ldap://127.0.0.1:389
+  base_dn: dc=example,dc=org
+  bind_dn: cn=admin,dc=example,dc=org
+  bind_password_file: ldap.secret
+dovecot:
+  doveadm_url: http://127.0.0.1:8080/doveadm/v1
+policy:
+  mail/dovecot/mailbox/rename: "yes"
+`)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Host != "mx1.example.org" {
+		t.Errorf("host %q, want mx1.example.org from the UCR file", c.Host)
+	}
+	if !c.Bool(KeyDelete) {
+		t.Errorf("delete should come from the UCR file")
+	}
+	if !c.Bool(KeyRename) {
+		t.Errorf("rename: the config file's policy must win over the UCR file")
+	}
+	if c.LDAP.BindPassword != "s3cret" {
+		t.Errorf("bind password not read from its file")
+	}
+	if c.Int(KeyExpansionLimit) != 1000 || c.Postfix.MapType != "hash" || c.Dovecot.MailHome != "/var/spool/dovecot/private/%Ld/%Ln" {
+		t.Errorf("defaults: %v %v %v", c.Int(KeyExpansionLimit), c.Postfix.MapType, c.Dovecot.MailHome)
+	}
+}
+
+func TestEveryErrorNamesItsKey(t *testing.T) {
+	dir := t.TempDir()
+	p := write(t, dir, "bad.yaml", `
+host: "bad host"
+handlers: [mailbox, sieve]
+ldap:
+  url: http://x
+  bind_dn: cn=x
+postfix:
+  map_type: btree
+policy:
+  mail/dovecot/mailbox/rename: perhaps
+  mail/dovecot/unknown: yes
+log:
+  level: loud
+`)
+	_, err := Load(p)
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, key := range []string{"host:", "handlers[1]:", "ldap.url:", "ldap.base_dn:", "ldap.bind_password_file:",
+		"postfix.map_type:", "policy.mail/dovecot/mailbox/rename:", "policy.mail/dovecot/unknown:", "log.level:", "dovecot.doveadm_url:"} {
+		if !strings.Contains(err.Error(), key) {
+			t.Errorf("error does not name %s: %v", key, err)
+		}
+	}
+}
+
+func TestUnknownKeyRejected(t *testing.T) {
+	_, err := Parse([]byte("ldap:\n  url: ldap://x\n  base_dn: dc=x\n  bindpw: oops\n"), t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "bindpw") {
+		t.Fatalf("unknown key: %v", err)
+	}
+}
