@@ -1,0 +1,445 @@
+// Package dovecotadm is how mailsync asks Dovecot to act on a mailbox: kick a
+// user's sessions before their home moves, flush the auth cache so an old
+// address stops logging in, create the default folders, ask where a user's
+// home is, and read folders back over IMAP to verify a move.
+//
+// UCS runs the doveadm binary as root and ignores most of its failures
+// (reference §1.5, §1.6). mailsync instead talks to the doveadm HTTP API, so
+// a worker needs neither root nor a local doveadm, and every failure comes
+// back classified with package fault, once, here at the adapter edge:
+//
+//   - connection refused, timeouts, 5xx, doveadm's "temporary failure" exit
+//     code, a rejected API key: fault.Retryable (the host may come back or be
+//     fixed; the event must not be dead-lettered meanwhile);
+//   - other 4xx, unknown commands, "user unknown", "not possible": fault.Permanent.
+//
+// Callers tell the cases apart with errors.Is against ErrUnknownUser,
+// ErrNotFound, ErrNotPossible and ErrUnauthorized, never by matching strings.
+// Mutating calls are idempotent: creating a mailbox that exists, or kicking a
+// user with no session, is success.
+package dovecotadm
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"mailsync/fault"
+)
+
+// DefaultTimeout bounds one HTTP request when the caller's context has no
+// earlier deadline.
+const DefaultTimeout = 30 * time.Second
+
+// Exit codes doveadm reports in an "error" response (sysexits.h, and
+// doveadm.h's DOVEADM_EX_* aliases).
+const (
+	exitUsage       = 64 // EX_USAGE
+	exitNotPossible = 65 // EX_DATAERR = DOVEADM_EX_NOTPOSSIBLE (e.g. mailbox exists)
+	exitNoUser      = 67 // EX_NOUSER
+	exitNotFound    = 68 // EX_NOHOST = DOVEADM_EX_NOTFOUND
+	exitTempFail    = 75 // EX_TEMPFAIL (e.g. LDAP down behind the userdb)
+	exitNoPerm      = 77 // EX_NOPERM
+	exitConfig      = 78 // EX_CONFIG
+)
+
+// Sentinels for errors.Is.
+var (
+	// ErrUnknownUser: the userdb has no such user on this host (UCS: the
+	// user's home server is another host, or the address is gone). A negative
+	// auth cache entry can cause it too; FlushAuthCache clears that.
+	ErrUnknownUser = errors.New("user unknown")
+	// ErrNotFound: the mailbox (or, for Kick, any session) does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrNotPossible: doveadm refused, e.g. the mailbox already exists.
+	ErrNotPossible = errors.New("not possible")
+	// ErrUnauthorized: the API key was rejected (HTTP 401/403).
+	ErrUnauthorized = errors.New("doveadm API key rejected")
+)
+
+// CommandError is a doveadm command that ran and failed.
+type CommandError struct {
+	Command  string // API command name, e.g. "mailboxCreate"
+	Type     string // "exitCode", "unknownMethod", "invalidParameter", ...
+	ExitCode int
+}
+
+func (e *CommandError) Error() string {
+	if e.Type == "exitCode" {
+		return fmt.Sprintf("doveadm %s: exit code %d (%s)", e.Command, e.ExitCode, exitText(e.ExitCode))
+	}
+	return fmt.Sprintf("doveadm %s: %s (exit code %d)", e.Command, e.Type, e.ExitCode)
+}
+
+// Is maps exit codes to the package sentinels.
+func (e *CommandError) Is(target error) bool {
+	if e.Type != "exitCode" {
+		return false
+	}
+	switch target {
+	case ErrUnknownUser:
+		return e.ExitCode == exitNoUser
+	case ErrNotFound:
+		return e.ExitCode == exitNotFound
+	case ErrNotPossible:
+		return e.ExitCode == exitNotPossible
+	}
+	return false
+}
+
+func exitText(code int) string {
+	switch code {
+	case exitUsage:
+		return "usage"
+	case exitNotPossible:
+		return "not possible"
+	case exitNoUser:
+		return "user unknown"
+	case exitNotFound:
+		return "not found"
+	case exitTempFail:
+		return "temporary failure"
+	case exitNoPerm:
+		return "permission denied"
+	case exitConfig:
+		return "configuration error"
+	}
+	return "error"
+}
+
+// classify marks a command error. Exit codes that describe the request or the
+// directory's answer are permanent; everything else (tempfail, I/O, internal
+// errors, codes we do not know) may go away and is retryable.
+func (e *CommandError) classify() error {
+	if e.Type != "exitCode" {
+		return fault.Permanent(e) // unknownMethod, invalidParameter: our bug, no retry helps
+	}
+	switch e.ExitCode {
+	case exitUsage, exitNotPossible, exitNoUser, exitNotFound, exitNoPerm:
+		return fault.Permanent(e)
+	}
+	return fault.Retryable(e)
+}
+
+// HTTPError is a response from the doveadm HTTP server other than 200.
+type HTTPError struct {
+	Status int
+	Body   string
+}
+
+func (e *HTTPError) Error() string {
+	if e.Body == "" {
+		return fmt.Sprintf("doveadm HTTP %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return fmt.Sprintf("doveadm HTTP %d %s: %s", e.Status, http.StatusText(e.Status), e.Body)
+}
+
+// Is lets a rejected key be tested with errors.Is(err, ErrUnauthorized).
+func (e *HTTPError) Is(target error) bool {
+	return target == ErrUnauthorized && (e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden)
+}
+
+func (e *HTTPError) classify() error {
+	switch {
+	case e.Status >= 500, e.Status == http.StatusRequestTimeout, e.Status == http.StatusTooManyRequests:
+		return fault.Retryable(e)
+	case e.Status == http.StatusUnauthorized, e.Status == http.StatusForbidden:
+		// A wrong key is this host's configuration, not the event's fault:
+		// dead-lettering every event until an operator fixes it would lose work.
+		return fault.Retryable(e)
+	}
+	return fault.Permanent(e)
+}
+
+// Client talks to one Dovecot's doveadm HTTP API. It is safe for concurrent use.
+type Client struct {
+	endpoint string
+	authz    string
+	http     *http.Client
+	timeout  time.Duration
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithTimeout bounds every request (default DefaultTimeout).
+func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
+
+// WithHTTPClient replaces the HTTP client (its Timeout is left as it is).
+func WithHTTPClient(h *http.Client) Option { return func(c *Client) { c.http = h } }
+
+// New returns a client for the API at endpoint, e.g. "http://127.0.0.1:8080"
+// (the path /doveadm/v1 is added when missing), authenticating with apiKey
+// (Dovecot's doveadm_api_key, in clear; it is base64-encoded here).
+func New(endpoint, apiKey string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("doveadm endpoint %q: want http(s)://host:port", endpoint)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/doveadm/v1"
+	}
+	c := &Client{
+		endpoint: u.String(),
+		authz:    "X-Dovecot-API " + base64.StdEncoding.EncodeToString([]byte(apiKey)),
+		http:     &http.Client{},
+		timeout:  DefaultTimeout,
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// call runs one doveadm command and decodes its result into out (may be nil).
+func (c *Client) call(ctx context.Context, command string, params map[string]any, out any) error {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	body, err := json.Marshal([][]any{{command, params, "mailsync"}})
+	if err != nil {
+		return fault.Permanent(err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(body))
+	if err != nil {
+		return fault.Permanent(err)
+	}
+	req.Header.Set("Authorization", c.authz)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// Refused, reset, DNS, timeout, cancelled: the server may be back later.
+		return fault.Retryable(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fault.Retryable(fmt.Errorf("read response: %w", err))
+	}
+	if resp.StatusCode != http.StatusOK {
+		return (&HTTPError{Status: resp.StatusCode, Body: strings.TrimSpace(string(raw))}).classify()
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		// doveadm's HTTP server answers 200 with an empty body when the
+		// command process died (an i_fatal in the command).
+		return fault.Retryable(fmt.Errorf("doveadm %s: empty response (command crashed?)", command))
+	}
+	var replies [][]json.RawMessage
+	if err := json.Unmarshal(raw, &replies); err != nil || len(replies) != 1 || len(replies[0]) < 2 {
+		return fault.Retryable(fmt.Errorf("doveadm %s: unexpected response %.200q", command, raw))
+	}
+	var kind string
+	if err := json.Unmarshal(replies[0][0], &kind); err != nil {
+		return fault.Retryable(fmt.Errorf("doveadm %s: unexpected response %.200q", command, raw))
+	}
+	switch kind {
+	case "doveadmResponse":
+		if out == nil {
+			return nil
+		}
+		if err := json.Unmarshal(replies[0][1], out); err != nil {
+			return fault.Retryable(fmt.Errorf("doveadm %s: decode %.200q: %w", command, replies[0][1], err))
+		}
+		return nil
+	case "error":
+		var e struct {
+			Type     string `json:"type"`
+			ExitCode int    `json:"exitCode"`
+		}
+		if err := json.Unmarshal(replies[0][1], &e); err != nil {
+			return fault.Retryable(fmt.Errorf("doveadm %s: unexpected error %.200q", command, replies[0][1]))
+		}
+		return (&CommandError{Command: command, Type: e.Type, ExitCode: e.ExitCode}).classify()
+	}
+	return fault.Retryable(fmt.Errorf("doveadm %s: unexpected response kind %q", command, kind))
+}
+
+// Kick disconnects every session of user (doveadm kick). No session to kick
+// is success.
+func (c *Client) Kick(ctx context.Context, user string) error {
+	err := c.call(ctx, "kick", map[string]any{"mask": []string{user}}, nil)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("kick %s: %w", user, err)
+	}
+	return nil
+}
+
+// FlushAuthCache drops the auth cache entries of users, or the whole cache
+// when none are given (doveadm auth cache flush). It returns how many entries
+// were dropped.
+func (c *Client) FlushAuthCache(ctx context.Context, users ...string) (int, error) {
+	if users == nil {
+		users = []string{} // the API needs the parameter; empty means all
+	}
+	var out []struct {
+		Entries string `json:"entries"`
+	}
+	if err := c.call(ctx, "authCacheFlush", map[string]any{"user": users}, &out); err != nil {
+		if len(users) == 0 {
+			return 0, fmt.Errorf("flush auth cache: %w", err)
+		}
+		return 0, fmt.Errorf("flush auth cache for %s: %w", strings.Join(users, ", "), err)
+	}
+	n := 0
+	for _, o := range out {
+		v, _ := strconv.Atoi(o.Entries)
+		n += v
+	}
+	return n, nil
+}
+
+// CreateMailbox creates the named mailboxes of user and subscribes them.
+// Mailboxes that exist already are left alone, so a replayed call succeeds.
+func (c *Client) CreateMailbox(ctx context.Context, user string, names ...string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	have, err := c.ListMailboxes(ctx, user)
+	if err != nil {
+		return fmt.Errorf("create mailboxes %s of %s: %w", strings.Join(names, ", "), user, err)
+	}
+	var missing []string
+	for _, n := range names {
+		if !containsMailbox(have, n) && !slices.Contains(missing, n) {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	err = c.call(ctx, "mailboxCreate", map[string]any{
+		"user": user, "mailbox": missing, "subscriptions": true,
+	}, nil)
+	if errors.Is(err, ErrNotPossible) {
+		// Another writer (a delivery, a login with autocreate) won the race:
+		// success if every mailbox now exists.
+		if have, lerr := c.ListMailboxes(ctx, user); lerr == nil {
+			ok := true
+			for _, n := range missing {
+				ok = ok && containsMailbox(have, n)
+			}
+			if ok {
+				return nil
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("create mailboxes %s of %s: %w", strings.Join(missing, ", "), user, err)
+	}
+	return nil
+}
+
+// containsMailbox compares like IMAP does: INBOX case-insensitively, the
+// rest exactly.
+func containsMailbox(list []string, name string) bool {
+	for _, l := range list {
+		if l == name || (strings.EqualFold(name, "INBOX") && strings.EqualFold(l, "INBOX")) {
+			return true
+		}
+	}
+	return false
+}
+
+// ListMailboxes returns the names of user's mailboxes, sorted.
+func (c *Client) ListMailboxes(ctx context.Context, user string) ([]string, error) {
+	var out []struct {
+		Mailbox string `json:"mailbox"`
+	}
+	if err := c.call(ctx, "mailboxList", map[string]any{"user": user}, &out); err != nil {
+		return nil, fmt.Errorf("list mailboxes of %s: %w", user, err)
+	}
+	names := make([]string, 0, len(out))
+	for _, o := range out {
+		names = append(names, o.Mailbox)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// Status is what doveadm mailbox status reports about one mailbox.
+type Status struct {
+	Messages int
+	Unseen   int
+	VSize    int64 // bytes, as Dovecot counts them (CRLF line ends)
+}
+
+// MailboxStatus returns the status of user's mailbox. A missing mailbox is
+// ErrNotFound.
+func (c *Client) MailboxStatus(ctx context.Context, user, mailbox string) (Status, error) {
+	var out []map[string]string
+	err := c.call(ctx, "mailboxStatus", map[string]any{
+		"user": user, "field": []string{"messages", "unseen", "vsize"}, "mailboxMask": []string{mailbox},
+	}, &out)
+	if err != nil {
+		return Status{}, fmt.Errorf("status of mailbox %s of %s: %w", mailbox, user, err)
+	}
+	for _, o := range out {
+		if o["mailbox"] != mailbox && !(strings.EqualFold(mailbox, "INBOX") && strings.EqualFold(o["mailbox"], "INBOX")) {
+			continue // the mask may match more than one (it is a pattern)
+		}
+		var s Status
+		var errs []error
+		s.Messages, err = strconv.Atoi(o["messages"])
+		errs = append(errs, err)
+		s.Unseen, err = strconv.Atoi(o["unseen"])
+		errs = append(errs, err)
+		s.VSize, err = strconv.ParseInt(o["vsize"], 10, 64)
+		errs = append(errs, err)
+		if err := errors.Join(errs...); err != nil {
+			return Status{}, fault.Retryable(fmt.Errorf("status of mailbox %s of %s: %w", mailbox, user, err))
+		}
+		return s, nil
+	}
+	return Status{}, fmt.Errorf("status of mailbox %s of %s: %w", mailbox, user,
+		fault.Permanent(&CommandError{Command: "mailboxStatus", Type: "exitCode", ExitCode: exitNotFound}))
+}
+
+// UserHome returns user's home directory as the userdb reports it (doveadm
+// user -f home). A user the userdb does not know is ErrUnknownUser.
+func (c *Client) UserHome(ctx context.Context, user string) (string, error) {
+	var out map[string]map[string]string
+	if err := c.call(ctx, "user", map[string]any{"userMask": []string{user}, "field": "home"}, &out); err != nil {
+		return "", fmt.Errorf("home of %s: %w", user, err)
+	}
+	// The key is the userdb's name for the user, which may differ from the
+	// one asked for (a login by uid returns the primary address).
+	for _, fields := range out {
+		if home := fields["home"]; home != "" {
+			return home, nil
+		}
+	}
+	return "", fmt.Errorf("home of %s: %w", user, fault.Permanent(errors.New("userdb returned no home")))
+}
+
+// Backup makes dest an exact copy of user's mail, one way (doveadm backup):
+// mail that exists only in dest is deleted. dest is a dsync location, e.g.
+// "maildir:/var/spool/dovecot/private/example.org/new/Maildir"; it is written
+// as the user's mail uid. The caller confines dest; Dovecot does not.
+func (c *Client) Backup(ctx context.Context, user, dest string) error {
+	if err := c.call(ctx, "backup", map[string]any{"user": user, "destination": []string{dest}}, nil); err != nil {
+		return fmt.Errorf("backup %s to %s: %w", user, dest, err)
+	}
+	return nil
+}
+
+// Sync merges user's mail and dest both ways (doveadm sync). dest is a dsync
+// location as for Backup.
+func (c *Client) Sync(ctx context.Context, user, dest string) error {
+	if err := c.call(ctx, "sync", map[string]any{"user": user, "destination": []string{dest}}, nil); err != nil {
+		return fmt.Errorf("sync %s with %s: %w", user, dest, err)
+	}
+	return nil
+}
