@@ -34,9 +34,9 @@ type Slapd struct {
 
 	binary string
 	mu     sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	conn *ldap.Conn
+	cmd    *exec.Cmd
+	done   chan struct{}
+	conn   *ldap.Conn
 }
 
 // SlapdOptions tune StartSlapd.
