@@ -123,4 +123,3 @@ func (p *Pipeline) pending() error {
 	}
 	return nil
 }
-
