@@ -17,6 +17,11 @@
 //     delete.
 //   - A refresh that would delete a large share of the known entries is held
 //     (mass-delete guard) until an operator confirms it.
+//   - Several listeners may run against one JetStream; only the holder of the
+//     lease (state key listener_lease, compare-and-set on its revision) follows
+//     the directory and publishes. A holder that loses the lease stops at
+//     once; a standby takes over when the lease has not been renewed for
+//     LeaseTTL, and starts from the entries bucket and the stored cookie.
 package listener
 
 import (
@@ -25,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -70,6 +76,12 @@ type Config struct {
 	BatchSize int
 	// MaxBackoff caps the reconnect delay (default 5s).
 	MaxBackoff time.Duration
+	// LeaseID names this listener in the lease (default host:pid:random).
+	LeaseID string
+	// LeaseTTL is how long an unrenewed lease stays with its holder
+	// (default 3s); the holder renews it every LeaseRenew (default 1s).
+	LeaseTTL   time.Duration
+	LeaseRenew time.Duration
 }
 
 // Hooks let tests inject a crash at the places where one matters.
@@ -78,6 +90,9 @@ type Hooks struct {
 	// before their KV states and the cookie are written. An error aborts the
 	// listener there, as a crash would.
 	AfterPublish func() error
+	// KeepLeaseOnExit leaves the lease in place when Run returns, as a
+	// killed process would: a standby must wait for it to expire.
+	KeepLeaseOnExit bool
 }
 
 // HeldDeletes is the record of a refresh held by the mass-delete guard.
@@ -89,6 +104,10 @@ type HeldDeletes struct {
 
 // Status is what `mailsync status` shows of the listener.
 type Status struct {
+	// Active: this listener holds the lease and follows the directory,
+	// since ActiveSince.
+	Active      bool
+	ActiveSince time.Time
 	Connected   bool
 	Refreshing  bool
 	Entries     int
@@ -105,7 +124,12 @@ type Listener struct {
 	log   zerolog.Logger
 	hooks Hooks
 
-	known map[string]event.Entry // mirror of KV "entries"
+	// known is a compact mirror of KV "entries": enough to tell whether an
+	// entry changed; its attributes are read from KV when an event needs
+	// them as `old`. staged holds the states queued for publishing and not
+	// yet in KV (nil: deleted).
+	known  map[string]knownEntry
+	staged map[string]*event.Entry
 
 	// per-session state
 	pending   []pendingPub
@@ -117,8 +141,56 @@ type Listener struct {
 	work    sync.Mutex
 	confirm atomic.Bool
 
+	leaseRev atomic.Uint64 // revision of the lease held, 0 when standby
+
 	mu     sync.Mutex
 	status Status
+}
+
+type knownEntry struct {
+	dn   string
+	kind event.Kind
+	csn  string
+	sum  uint64
+}
+
+func compact(e event.Entry) knownEntry {
+	return knownEntry{dn: e.DN, kind: e.Kind, csn: e.CSN, sum: attrSum(e.Attrs)}
+}
+
+// attrSum is a 64-bit FNV-1a digest of the attributes in a canonical order.
+func attrSum(a event.Attrs) uint64 {
+	h := fnv.New64a()
+	for _, name := range event.Followed {
+		vals, ok := a[name]
+		if !ok {
+			continue
+		}
+		h.Write([]byte(name))
+		h.Write([]byte{0})
+		for _, v := range vals {
+			h.Write([]byte(v))
+			h.Write([]byte{1})
+		}
+		h.Write([]byte{2})
+	}
+	return h.Sum64()
+}
+
+// oldState returns what the listener last published for uuid.
+func (l *Listener) oldState(ctx context.Context, uuid string) (event.Attrs, error) {
+	if e, ok := l.staged[uuid]; ok && e != nil {
+		return e.Attrs, nil
+	}
+	kv, err := l.bus.Entries.Get(ctx, uuid)
+	if err != nil {
+		return nil, fmt.Errorf("read stored state of %s: %w", uuid, err)
+	}
+	var e event.Entry
+	if err := json.Unmarshal(kv.Value(), &e); err != nil {
+		return nil, fmt.Errorf("decode stored state of %s: %w", uuid, err)
+	}
+	return e.Attrs, nil
 }
 
 type pendingPub struct {
@@ -143,6 +215,15 @@ func New(cfg Config, bus *stream.Bus, log zerolog.Logger, hooks Hooks) *Listener
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 5 * time.Second
 	}
+	if cfg.LeaseID == "" {
+		cfg.LeaseID = defaultLeaseID()
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.LeaseRenew == 0 {
+		cfg.LeaseRenew = DefaultLeaseRenew
+	}
 	return &Listener{cfg: cfg, bus: bus, log: log.With().Str("component", "listener").Logger(), hooks: hooks}
 }
 
@@ -159,17 +240,70 @@ func (l *Listener) setStatus(f func(*Status)) {
 	l.mu.Unlock()
 }
 
-// Run follows the directory until ctx ends. Connection failures are retried
-// with backoff forever; only a test hook's crash or ctx ends it.
+// Run follows the directory until ctx ends: it waits for the lease, follows
+// the directory while it holds it, and goes back to waiting when it loses
+// it. Connection failures are retried with backoff forever; only a test
+// hook's crash, a failure to load the stored state, or ctx ends it. On
+// return the lease is released, so a standby takes over at once.
 func (l *Listener) Run(ctx context.Context) error {
+	if !l.hooks.KeepLeaseOnExit {
+		defer l.releaseLease()
+	}
+	for {
+		rev, err := l.acquireLease(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		l.leaseRev.Store(rev)
+		l.log.Info().Str("id", l.cfg.LeaseID).Msg("listener lease taken; following the directory")
+		l.setStatus(func(s *Status) { s.Active, s.ActiveSince = true, time.Now() })
+		actx, lost := context.WithCancelCause(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.keepLease(actx, rev, func() { lost(errLeaseLost) })
+		}()
+		err = l.active(actx)
+		lost(nil)
+		wg.Wait()
+		l.setStatus(func(s *Status) { s.Active, s.Connected = false, false })
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !errors.Is(context.Cause(actx), errLeaseLost) {
+			return err
+		}
+		// Lost the lease: forget the session's state and stand by.
+		l.work.Lock()
+		l.pending, l.inflight, l.known = nil, nil, nil
+		l.work.Unlock()
+		l.leaseRev.Store(0)
+	}
+}
+
+// active follows the directory while ctx lasts (the lease is held), from
+// the entries bucket and the stored cookie as they are now.
+func (l *Listener) active(ctx context.Context) error {
 	if err := l.loadKnown(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 100 * time.Millisecond
 	bo.MaxInterval = l.cfg.MaxBackoff
 	bo.MaxElapsedTime = 0
-	go l.watchConfirm(ctx)
+	wctx, stopWatch := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stopWatch()
+	wg.Add(1)
+	go func() { defer wg.Done(); l.watchConfirm(wctx) }()
 	for {
 		started := time.Now()
 		err := l.session(ctx)
@@ -202,11 +336,16 @@ func (l *Listener) Run(ctx context.Context) error {
 // listing, which can come back partial on a cluster, nats-server#4824) and
 // checks the count against the bucket's status.
 func (l *Listener) loadKnown(ctx context.Context) error {
-	known, err := stream.LoadEntries(ctx, l.bus.Entries)
+	known := make(map[string]knownEntry)
+	err := stream.WalkEntries(ctx, l.bus.Entries, func(e event.Entry) error {
+		known[e.UUID] = compact(e)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	l.known = known
+	l.staged = make(map[string]*event.Entry)
 	if err := l.recoverFromStream(ctx); err != nil {
 		return err
 	}
@@ -256,7 +395,7 @@ func (l *Listener) recoverFromStream(ctx context.Context) error {
 			l.pending = append(l.pending, pendingPub{ev: ev})
 		} else {
 			e := event.Entry{UUID: ev.UUID, DN: ev.DN, Kind: ev.Kind, Attrs: ev.New, CSN: ev.CSN}
-			l.known[ev.UUID] = e
+			l.known[ev.UUID] = compact(e)
 			l.pending = append(l.pending, pendingPub{ev: ev, entry: &e})
 		}
 	}
@@ -377,12 +516,14 @@ func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, 
 			case ldap.SyncStateAdd, ldap.SyncStateModify:
 				rf.seen[uuid] = struct{}{}
 				delete(rf.deletes, uuid)
-				l.queueEntry(uuid, resp.Entry())
+				if err := l.queueEntry(ctx, uuid, resp.Entry()); err != nil {
+					return err
+				}
 			case ldap.SyncStateDelete:
 				if refreshing {
 					rf.deletes[uuid] = struct{}{}
-				} else {
-					l.queueDelete(uuid)
+				} else if err := l.queueDelete(ctx, uuid); err != nil {
+					return err
 				}
 			}
 			newCookie = state.Cookie
@@ -418,7 +559,9 @@ func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, 
 					case refreshing:
 						rf.deletes[id] = struct{}{}
 					default:
-						l.queueDelete(id)
+						if err := l.queueDelete(ctx, id); err != nil {
+							return err
+						}
 					}
 				}
 			}
@@ -439,7 +582,7 @@ func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, 
 	return nil
 }
 
-func (l *Listener) queueEntry(uuid string, e *ldap.Entry) {
+func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry) error {
 	raw := make(map[string][]string, len(e.Attributes))
 	for _, a := range e.Attributes {
 		raw[a.Name] = a.Values
@@ -447,36 +590,48 @@ func (l *Listener) queueEntry(uuid string, e *ldap.Entry) {
 	attrs := event.NewAttrs(raw)
 	kind, ok := event.KindOf(attrs)
 	if !ok {
-		l.queueDelete(uuid)
-		return
-	}
-	old, had := l.known[uuid]
-	if had && old.DN == e.DN && old.Attrs.Equal(attrs) && old.Kind == kind {
-		return // nothing mailsync follows changed
+		return l.queueDelete(ctx, uuid)
 	}
 	csn := e.GetAttributeValue("entryCSN")
+	entry := event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: attrs, CSN: csn}
+	now := compact(entry)
+	old, had := l.known[uuid]
+	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {
+		return nil // nothing mailsync follows changed
+	}
 	ev := event.Event{V: event.Version, Op: event.OpAdd, Kind: kind, UUID: uuid, DN: e.DN,
 		New: attrs, CSN: csn, At: time.Now().UTC()}
 	if had {
+		oldAttrs, err := l.oldState(ctx, uuid)
+		if err != nil {
+			return err
+		}
 		ev.Op = event.OpModify
-		ev.Old = old.Attrs
-		if old.DN != e.DN {
-			ev.OldDN = old.DN
+		ev.Old = oldAttrs
+		if old.dn != e.DN {
+			ev.OldDN = old.dn
 		}
 	}
-	entry := event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: attrs, CSN: csn}
-	l.known[uuid] = entry
+	l.known[uuid] = now
+	l.staged[uuid] = &entry
 	l.pending = append(l.pending, pendingPub{ev: ev, entry: &entry})
+	return nil
 }
 
-func (l *Listener) queueDelete(uuid string) {
+func (l *Listener) queueDelete(ctx context.Context, uuid string) error {
 	old, had := l.known[uuid]
 	if !had {
-		return
+		return nil
+	}
+	oldAttrs, err := l.oldState(ctx, uuid)
+	if err != nil {
+		return err
 	}
 	delete(l.known, uuid)
+	l.staged[uuid] = nil
 	l.pending = append(l.pending, pendingPub{ev: event.Event{V: event.Version, Op: event.OpDelete,
-		Kind: old.Kind, UUID: uuid, DN: old.DN, Old: old.Attrs, CSN: old.CSN, At: time.Now().UTC()}})
+		Kind: old.kind, UUID: uuid, DN: old.dn, Old: oldAttrs, CSN: old.csn, At: time.Now().UTC()}})
+	return nil
 }
 
 // endRefresh turns the known entries the refresh did not mention into
@@ -539,7 +694,9 @@ func (l *Listener) endRefresh(ctx context.Context, rf *refresh) error {
 		dels = nil
 	}
 	for _, u := range dels {
-		l.queueDelete(u)
+		if err := l.queueDelete(ctx, u); err != nil {
+			return err
+		}
 	}
 	if err := l.storeHeld(ctx, held); err != nil {
 		return err
@@ -688,6 +845,7 @@ func (l *Listener) storeStates(ctx context.Context, seq uint64) error {
 		}
 	}
 	l.pending = l.pending[:0]
+	clear(l.staged)
 	l.setStatus(func(s *Status) { s.Entries = len(l.known) })
 	return nil
 }
@@ -700,7 +858,9 @@ func (l *Listener) releaseHeld(ctx context.Context) error {
 	}
 	l.log.Warn().Int("deletes", len(h.UUIDs)).Msg("held deletes confirmed; publishing")
 	for _, u := range h.UUIDs {
-		l.queueDelete(u)
+		if err := l.queueDelete(ctx, u); err != nil {
+			return err
+		}
 	}
 	if err := l.storeHeld(ctx, nil); err != nil {
 		return err

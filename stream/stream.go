@@ -146,19 +146,30 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	return ns, nil
 }
 
-// LoadEntries reads every entry of the bucket through a watcher and checks
-// that what it read accounts for every message the bucket holds.
+// LoadEntries reads every entry of the bucket into a map; see WalkEntries.
 func LoadEntries(ctx context.Context, kv jetstream.KeyValue) (map[string]event.Entry, error) {
+	known := make(map[string]event.Entry)
+	err := WalkEntries(ctx, kv, func(e event.Entry) error {
+		known[e.UUID] = e
+		return nil
+	})
+	return known, err
+}
+
+// WalkEntries calls fn for every entry of the bucket, read through a watcher
+// (never a key listing, which can come back partial on a cluster,
+// nats-server#4824), and checks that what it read accounts for every
+// message the bucket holds.
+func WalkEntries(ctx context.Context, kv jetstream.KeyValue, fn func(event.Entry) error) error {
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read entries bucket status: %w", err)
+		return fmt.Errorf("read entries bucket status: %w", err)
 	}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("watch entries bucket: %w", err)
+		return fmt.Errorf("watch entries bucket: %w", err)
 	}
 	defer w.Stop()
-	known := make(map[string]event.Entry)
 	var seen uint64
 	for u := range w.Updates() {
 		if u == nil {
@@ -170,12 +181,15 @@ func LoadEntries(ctx context.Context, kv jetstream.KeyValue) (map[string]event.E
 		}
 		var e event.Entry
 		if err := json.Unmarshal(u.Value(), &e); err != nil {
-			return nil, fmt.Errorf("decode entry %s from bucket: %w", u.Key(), err)
+			return fmt.Errorf("decode entry %s from bucket: %w", u.Key(), err)
 		}
-		known[u.Key()] = e
+		e.UUID = u.Key()
+		if err := fn(e); err != nil {
+			return err
+		}
 	}
 	if seen < st.Values() {
-		return nil, fmt.Errorf("read entries bucket: got %d records, bucket holds %d", seen, st.Values())
+		return fmt.Errorf("read entries bucket: got %d records, bucket holds %d", seen, st.Values())
 	}
-	return known, nil
+	return nil
 }

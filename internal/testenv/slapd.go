@@ -46,6 +46,10 @@ type SlapdOptions struct {
 	SessionLog int
 	// MaxSizeMB of the mdb map (default 4096).
 	MaxSizeMB int
+	// Preload is an LDIF file loaded with slapadd before slapd starts,
+	// below the skeleton (base, ou=people, ou=groups); for large
+	// directories, where adding over LDAP would take minutes.
+	Preload string
 }
 
 // StartSlapd starts slapd on a free loopback port with base dc=example,dc=org
@@ -82,9 +86,22 @@ func StartSlapdWith(t testing.TB, o SlapdOptions) *Slapd {
 		t.Fatalf("slapadd cn=config: %v\n%s", err, out)
 	}
 	s.binary = bin
+	if o.Preload != "" {
+		skel := filepath.Join(dir, "skeleton.ldif")
+		if err := os.WriteFile(skel, []byte(s.skeletonLDIF()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{skel, o.Preload} {
+			if out, err := exec.Command(slapadd, "-q", "-n1", "-F", filepath.Join(dir, "slapd.d"), "-l", f).CombinedOutput(); err != nil {
+				t.Fatalf("slapadd %s: %v\n%s", f, err, out)
+			}
+		}
+	}
 	s.Start(t)
 	t.Cleanup(func() { s.stop() })
-	s.addSkeleton(t)
+	if o.Preload == "" {
+		s.addSkeleton(t)
+	}
 	return s
 }
 
@@ -233,6 +250,12 @@ func (s *Slapd) Wipe(t testing.TB) {
 	}
 	s.Start(t)
 	s.addSkeleton(t)
+}
+
+func (s *Slapd) skeletonLDIF() string {
+	return fmt.Sprintf("dn: %[1]s\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n"+
+		"dn: ou=people,%[1]s\nobjectClass: organizationalUnit\nou: people\n\n"+
+		"dn: ou=groups,%[1]s\nobjectClass: organizationalUnit\nou: groups\n\n", s.BaseDN)
 }
 
 func (s *Slapd) addSkeleton(t testing.TB) {

@@ -1,0 +1,117 @@
+package listener_test
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"mailsync/event"
+	"mailsync/internal/testenv"
+	"mailsync/listener"
+)
+
+// peakRSS returns the process's peak resident set (VmHWM) in MB.
+func peakRSS(b *testing.B) float64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// BenchmarkInitialRefresh measures the initial refresh of 100k users and 5k
+// groups (20 members each, every 10th group nested) from slapd into the
+// stream, against a raw ldapsearch of the same filter and attributes in the
+// same run. Set MAILSYNC_BENCH_USERS to change the size.
+func BenchmarkInitialRefresh(b *testing.B) {
+	users, groups := 100000, 5000
+	if v := os.Getenv("MAILSYNC_BENCH_USERS"); v != "" {
+		users, _ = strconv.Atoi(v)
+		groups = users / 20
+	}
+	base := "dc=example,dc=org"
+	ldif := testenv.GenerateLDIF(b, base, testenv.DirectoryShape{Users: users, Groups: groups, Members: 20, Nested: 10})
+	slapd := testenv.StartSlapdWith(b, testenv.SlapdOptions{Preload: ldif})
+	ldapsearch := testenv.Require(b, "ldapsearch", "ldap-utils")
+	total := users + groups
+
+	for i := 0; i < b.N; i++ {
+		// Baseline: the raw search, output discarded.
+		args := append([]string{"-x", "-LLL", "-H", slapd.URL, "-D", slapd.AdminDN, "-w", slapd.AdminPW,
+			"-b", base, event.Filter, "entryUUID", "entryCSN"}, event.Followed...)
+		t0 := time.Now()
+		cmd := exec.Command(ldapsearch, args...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "dn: ") {
+				n++
+			}
+		}
+		if err := cmd.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		raw := time.Since(t0)
+		if n != total {
+			b.Fatalf("ldapsearch returned %d entries, want %d", n, total)
+		}
+
+		// mailsync: syncrepl refresh into a fresh JetStream.
+		bus := testenv.StartNATS(b).Bus(b)
+		os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) // reset VmHWM
+		l := listener.New(listener.Config{URL: slapd.URL, BindDN: slapd.AdminDN, BindPassword: slapd.AdminPW, BaseDN: base},
+			bus, zerolog.Nop(), listener.Hooks{})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		t1 := time.Now()
+		go func() { done <- l.Run(ctx) }()
+		for {
+			s := l.Status()
+			if s.Entries == total && !s.Refreshing && s.Published == uint64(total) {
+				break
+			}
+			if time.Since(t1) > 10*time.Minute {
+				b.Fatalf("refresh not done after 10 minutes: %+v", s)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		ms := time.Since(t1)
+		rss := peakRSS(b)
+		cancel()
+		<-done
+		info, err := bus.Stream.Info(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if info.State.Msgs != uint64(total) {
+			b.Fatalf("stream holds %d events, want %d", info.State.Msgs, total)
+		}
+		b.ReportMetric(raw.Seconds(), "ldapsearch_s")
+		b.ReportMetric(ms.Seconds(), "mailsync_s")
+		b.ReportMetric(ms.Seconds()/raw.Seconds(), "ratio")
+		b.ReportMetric(float64(total)/ms.Seconds(), "entries/s")
+		b.ReportMetric(rss, "peak_rss_MB")
+	}
+}
