@@ -125,6 +125,9 @@ type Postfix struct {
 	MapDir  string `yaml:"map_dir"`
 	MapType string `yaml:"map_type"`
 	Postmap string `yaml:"postmap"`
+	// ConfigDir is the Postfix config dir postmap reads main.cf from
+	// (postmap -c); empty: postmap's default, /etc/postfix.
+	ConfigDir string `yaml:"config_dir"`
 	// Coalesce is the window over which map changes are gathered.
 	Coalesce time.Duration `yaml:"coalesce"`
 	// WriteMainCFLocal lets mailsync write the expansion limit line itself.
@@ -328,6 +331,7 @@ func (c *Config) complete(dir string) error {
 	default:
 		bad("postfix.map_type", "want hash, lmdb or cdb, got %q", c.Postfix.MapType)
 	}
+	c.Postfix.ConfigDir = abs(c.Postfix.ConfigDir)
 	if c.Postfix.Postmap == "" {
 		c.Postfix.Postmap = "/usr/sbin/postmap"
 	}

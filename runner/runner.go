@@ -132,6 +132,9 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 	if l, ok := h.(Loader); ok {
 		entries, err := stream.LoadEntries(ctx, r.bus.Entries)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return fmt.Errorf("load directory for %s: %w", h.Name(), err)
 		}
 		list := make([]event.Entry, 0, len(entries))
@@ -139,6 +142,9 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 			list = append(list, e)
 		}
 		if err := l.Load(ctx, list); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return fmt.Errorf("load directory into %s: %w", h.Name(), err)
 		}
 	}
@@ -153,6 +159,9 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 		MaxDeliver:    -1,
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("create consumer %s: %w", name, err)
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(512))

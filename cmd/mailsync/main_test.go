@@ -53,10 +53,11 @@ nats:
   port: %d
 postfix:
   map_dir: %s/maps
+  config_dir: %s
 log:
   level: debug
   format: json
-%s`, dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, natsPort, dir, extra)
+%s`, dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, natsPort, dir, testenv.StartPostfix(t).ConfigDir, extra)
 	p := filepath.Join(dir, "mailsync.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

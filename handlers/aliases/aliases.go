@@ -1,0 +1,429 @@
+// Package aliases materialises the Postfix lookup tables that UCS resolves
+// live through its ldap: tables (reference §3.2–3.4): the virtual alias map
+// (group addresses expanded to their members' primary addresses through
+// nested uniqueMember, alternative addresses, forwards, mailing lists), the
+// virtual mailbox map and the virtual mailbox domains.
+//
+// Guarantees:
+//   - The maps are derived state: Load rebuilds them from the whole directory
+//     index, and after any sequence of Handle calls they equal what a fresh
+//     Load of the same directory writes, byte for byte.
+//   - Atomic: each table is written to a temp file in the target directory,
+//     postmap'ed, fsynced and renamed into place, so a reader sees the old
+//     table or the new one, never a half.
+//   - Durable before acknowledged: Handle returns only after a write that
+//     includes its change has been renamed into place and the directory
+//     fsynced. Changes arriving within Config.Coalesce share one write.
+//   - Incremental: a reverse membership index limits a change to the entry,
+//     the groups listing it, and their ancestors.
+//   - Problems (membership cycles, addresses defined twice, groups over the
+//     expansion limit, member DNs not in the index, malformed addresses) are
+//     kept as Reports and logged once when they first appear.
+//
+// Departures from UCS, on purpose:
+//   - A membership cycle expands to the union of the cycle's members; UCS's
+//     Postfix recurses to its recursion limit and defers the mail (§3.4).
+//   - A group without members is left out of the alias map, so RCPT to it
+//     is rejected; UCS's table returns the group's own address, which is
+//     accepted and then cannot be delivered (§3.4).
+//   - A group's mailAlternativeAddress is expanded like its primary address
+//     (UCS test 49_mailAlternativeAddress expects it; the stored ldap.groups
+//     template does not do it, §0).
+//   - An address defined by several entries maps to the union of what each
+//     defines, as UCS with mail/postfix/activate_unionmap_in_virtual_alias_maps
+//     on (§3.2); a forward without copy-to-self drops the primary address,
+//     as with ..._mailForwardCopyToSelf_in_virtual_alias_maps on (§5.2).
+package aliases
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"mailsync/event"
+	"mailsync/fault"
+)
+
+// Table file names inside Config.Dir. Postfix's main.cf then names them,
+// e.g. virtual_alias_maps = hash:/etc/postfix/mailsync/virtual_alias.
+const (
+	AliasMap   = "virtual_alias"
+	MailboxMap = "virtual_mailbox"
+	DomainMap  = "virtual_domains"
+)
+
+// Defaults, in one place.
+const (
+	// DefaultExpansionLimit is Postfix's virtual_alias_expansion_limit
+	// default (postconf(5)); UCS does not change it (reference §3.4).
+	DefaultExpansionLimit = 1000
+	// DefaultMapType is what UCS uses for its file-based maps.
+	DefaultMapType = "hash"
+	// DefaultCoalesce is the window over which changes share one write.
+	DefaultCoalesce = 20 * time.Millisecond
+	// DefaultPostmap is where Debian's postfix package installs postmap.
+	DefaultPostmap = "/usr/sbin/postmap"
+	// DefaultMainCFLocal is the file UCS appends to main.cf (§5.2).
+	DefaultMainCFLocal = "/etc/postfix/main.cf.local"
+)
+
+// mapSuffix is the file postmap makes from a source file, per map type.
+var mapSuffix = map[string]string{"hash": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+// Config configures the handler.
+type Config struct {
+	// Dir is where the tables are written (required).
+	Dir string
+	// MapType is hash, lmdb or cdb (default hash).
+	MapType string
+	// ExpansionLimit is Postfix's virtual_alias_expansion_limit that larger
+	// groups are reported against (default 1000; negative disables).
+	ExpansionLimit int
+	// Coalesce is how long a change waits for others to share its write
+	// (default 20ms; negative writes at once).
+	Coalesce time.Duration
+	// PostmapPath is the postmap binary (default /usr/sbin/postmap).
+	PostmapPath string
+	// PostfixConfigDir is passed to postmap as -c when set (postmap reads
+	// main.cf from there; default: postmap's own, /etc/postfix).
+	PostfixConfigDir string
+	// HostFQDN decides which shared folders are local (mailbox map) and
+	// which remote (§3.3 ldap.sharedfolderlocal/remote). Empty: all local.
+	HostFQDN string
+	// WriteMainCFLocal has mailsync keep a virtual_alias_expansion_limit
+	// line in MainCFLocal, in a block it owns, large enough for the largest
+	// group. Postfix reads it after `ucr commit /etc/postfix/main.cf` and
+	// `postfix reload` (manual §14.7.8).
+	WriteMainCFLocal bool
+	// MainCFLocal is the file for WriteMainCFLocal (default
+	// /etc/postfix/main.cf.local).
+	MainCFLocal string
+}
+
+func (c *Config) setDefaults() error {
+	if c.Dir == "" {
+		return errors.New("aliases: Dir: required")
+	}
+	if c.MapType == "" {
+		c.MapType = DefaultMapType
+	}
+	if _, ok := mapSuffix[c.MapType]; !ok {
+		return fmt.Errorf("aliases: MapType: %q is not one of hash, lmdb, cdb", c.MapType)
+	}
+	if c.ExpansionLimit == 0 {
+		c.ExpansionLimit = DefaultExpansionLimit
+	}
+	if c.Coalesce == 0 {
+		c.Coalesce = DefaultCoalesce
+	}
+	if c.PostmapPath == "" {
+		c.PostmapPath = DefaultPostmap
+	}
+	if c.MainCFLocal == "" {
+		c.MainCFLocal = DefaultMainCFLocal
+	}
+	return nil
+}
+
+// ReportKind names a sort of problem.
+type ReportKind string
+
+const (
+	ReportCycle          ReportKind = "cycle"
+	ReportCollision      ReportKind = "collision"
+	ReportExpansionLimit ReportKind = "expansion-limit"
+	ReportMissingMember  ReportKind = "missing-member"
+	ReportInvalidAddress ReportKind = "invalid-address"
+)
+
+// Report is one problem in the current directory state.
+type Report struct {
+	Kind    ReportKind
+	DNs     []string // the entries involved; a missing member's DN last
+	Address string   // for collisions and invalid addresses
+	Size    int      // for the expansion limit: the group's recipient count
+	Message string
+}
+
+func (r Report) key() string {
+	return string(r.Kind) + "\x00" + r.Address + "\x00" + strings.Join(r.DNs, "\x00") + "\x00" + fmt.Sprint(r.Size)
+}
+
+// MainCFLine is the main.cf.local line that lets Postfix deliver to a group
+// of n recipients (manual §14.7.8).
+func MainCFLine(n int) string {
+	return fmt.Sprintf("virtual_alias_expansion_limit = %d", n)
+}
+
+// Handler keeps the tables in step with the directory.
+type Handler struct {
+	cfg Config
+	log zerolog.Logger
+
+	mu      sync.Mutex
+	m       *model
+	pending *batch // the write the next change will be part of
+	force   bool   // write every table, changed or not
+	reports map[string]Report
+	written map[string][]byte // table -> source last renamed into place
+	closed  bool
+	writes  atomic.Int64 // tables installed, for tests and benchmarks
+
+	kick chan struct{}
+	quit chan struct{}
+	done chan struct{}
+}
+
+// batch is one coalesced write; done closes after it, err says how it went.
+type batch struct {
+	done chan struct{}
+	err  error
+}
+
+// New checks the config and postmap and starts the writer. Temp files left
+// by a crash in Dir are removed.
+func New(cfg Config, log zerolog.Logger) (*Handler, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath(cfg.PostmapPath); err != nil {
+		return nil, fmt.Errorf("aliases: PostmapPath: %w (apt-get install -y postfix)", err)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("aliases: Dir: %w", err)
+	}
+	stale, _ := filepath.Glob(filepath.Join(cfg.Dir, ".*.tmp-*"))
+	for _, f := range stale {
+		os.Remove(f)
+	}
+	h := &Handler{
+		cfg:     cfg,
+		log:     log,
+		m:       newModel(cfg.HostFQDN, cfg.ExpansionLimit),
+		reports: map[string]Report{},
+		written: map[string][]byte{},
+		kick:    make(chan struct{}, 1),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go h.writer()
+	return h, nil
+}
+
+// Name is the handler's name in consumer names and logs.
+func (h *Handler) Name() string { return "aliases" }
+
+// Load replaces the whole directory state and rewrites every table from it.
+func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return errors.New("aliases: handler closed")
+	}
+	m := newModel(h.cfg.HostFQDN, h.cfg.ExpansionLimit)
+	all := set{}
+	for _, e := range entries {
+		if e.UUID == "" {
+			continue
+		}
+		m.put(newEntry(e.UUID, e.DN, e.Kind, e.Attrs))
+		all[e.UUID] = struct{}{}
+	}
+	m.recompute(all)
+	h.m = m
+	h.force = true
+	b := h.changedLocked()
+	h.mu.Unlock()
+	return h.wait(ctx, b)
+}
+
+// Handle applies one change and returns once it is in the tables on disk.
+// A malformed event, or an entry with a malformed address (the rest of the
+// entry is applied), gives a fault.Permanent error.
+func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
+	if ev.UUID == "" {
+		return fault.Permanentf("aliases: %s event for %q without entryUUID", ev.Op, ev.DN)
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return errors.New("aliases: handler closed")
+	}
+	var changed set
+	switch ev.Op {
+	case event.OpAdd, event.OpModify:
+		if len(ev.New) == 0 {
+			h.mu.Unlock()
+			return fault.Permanentf("aliases: %s event for %s (%s) without new attributes", ev.Op, ev.DN, ev.UUID)
+		}
+		changed = h.m.put(newEntry(ev.UUID, ev.DN, ev.Kind, ev.New))
+	case event.OpDelete:
+		changed = h.m.del(ev.UUID)
+	default:
+		h.mu.Unlock()
+		return fault.Permanentf("aliases: unknown op %q for %s (%s)", ev.Op, ev.DN, ev.UUID)
+	}
+	h.m.recompute(changed)
+	invalid := h.m.contrib[ev.UUID].invalid
+	b := h.changedLocked()
+	h.mu.Unlock()
+	if err := h.wait(ctx, b); err != nil {
+		return err
+	}
+	if len(invalid) > 0 {
+		return fault.Permanentf("aliases: entry %s (%s): invalid address %s left out of the maps",
+			ev.DN, ev.UUID, strings.Join(invalid, ", "))
+	}
+	return nil
+}
+
+// changedLocked logs new reports and returns the batch the change joins.
+func (h *Handler) changedLocked() *batch {
+	h.updateReportsLocked()
+	if h.pending == nil {
+		h.pending = &batch{done: make(chan struct{})}
+		select {
+		case h.kick <- struct{}{}:
+		default:
+		}
+	}
+	return h.pending
+}
+
+func (h *Handler) updateReportsLocked() {
+	now := map[string]Report{}
+	for _, r := range h.m.reports() {
+		k := r.key()
+		now[k] = r
+		if _, seen := h.reports[k]; !seen {
+			ev := h.log.Warn().Str("kind", string(r.Kind)).Strs("dns", r.DNs)
+			if r.Address != "" {
+				ev = ev.Str("address", r.Address)
+			}
+			if r.Size > 0 {
+				ev = ev.Int("size", r.Size).Str("main_cf_local", MainCFLine(r.Size))
+			}
+			ev.Msg(r.Message)
+		}
+	}
+	h.reports = now
+}
+
+func (h *Handler) wait(ctx context.Context, b *batch) error {
+	select {
+	case <-b.done:
+		return b.err
+	case <-ctx.Done():
+		return fault.Retryable(fmt.Errorf("aliases: waiting for the map write: %w", ctx.Err()))
+	}
+}
+
+// Reports returns the problems the current directory state has.
+func (h *Handler) Reports() []Report {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.m.reports()
+}
+
+// Close writes what is pending and stops the writer.
+func (h *Handler) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	h.mu.Unlock()
+	close(h.quit)
+	<-h.done
+	return nil
+}
+
+// writer turns pending batches into writes, one at a time, each after the
+// coalescing window.
+func (h *Handler) writer() {
+	defer close(h.done)
+	for {
+		select {
+		case <-h.kick:
+		case <-h.quit:
+			h.flush()
+			return
+		}
+		if h.cfg.Coalesce > 0 {
+			t := time.NewTimer(h.cfg.Coalesce)
+			select {
+			case <-t.C:
+			case <-h.quit:
+				t.Stop()
+			}
+		}
+		h.flush()
+	}
+}
+
+// flush writes the pending batch, if any.
+func (h *Handler) flush() {
+	h.mu.Lock()
+	b := h.pending
+	h.pending = nil
+	if b == nil {
+		h.mu.Unlock()
+		return
+	}
+	alias, mailbox, domains := h.m.render()
+	force := h.force
+	h.force = false
+	var mainCF int
+	if h.cfg.WriteMainCFLocal {
+		mainCF = h.m.maxOverLimit()
+	}
+	h.mu.Unlock()
+
+	err := h.write([]table{{DomainMap, domains}, {MailboxMap, mailbox}, {AliasMap, alias}}, force)
+	if err == nil && h.cfg.WriteMainCFLocal {
+		err = writeMainCFLocal(h.cfg.MainCFLocal, mainCF)
+	}
+	if err != nil {
+		h.mu.Lock()
+		h.force = true // the next write must not trust what it thinks is on disk
+		h.mu.Unlock()
+		err = fault.Retryable(err)
+	}
+	b.err = err
+	close(b.done)
+}
+
+type table struct {
+	name string
+	src  []byte
+}
+
+// write installs the tables whose source changed, in order: domains and
+// mailboxes before aliases, so a new alias never points at a mailbox
+// Postfix does not know yet.
+func (h *Handler) write(tables []table, force bool) error {
+	for _, t := range tables {
+		if !force {
+			if prev, ok := h.written[t.name]; ok && string(prev) == string(t.src) {
+				continue
+			}
+		}
+		if err := h.install(t.name, t.src); err != nil {
+			delete(h.written, t.name)
+			return err
+		}
+		h.written[t.name] = t.src
+		h.writes.Add(1)
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package aliases
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"mailsync/event"
+	"mailsync/internal/testenv"
+)
+
+// bigDir is 100k users (a third with an alternative address, some
+// forwarding) and 5k groups in 5 levels of 1,000, each holding 20 users and
+// 2 groups of the level below.
+func bigDir() *dirBuilder {
+	r := rand.New(rand.NewPCG(1, 2))
+	d := newDir()
+	const users, levels, perLevel = 100000, 5, 1000
+	for i := 0; i < users; i++ {
+		uid := fmt.Sprintf("u%06d", i)
+		extra := event.Attrs{}
+		if i%3 == 0 {
+			extra[event.AttrAlternativeAddress] = []string{"alt-" + uid + "@example.net"}
+		}
+		if i%50 == 0 {
+			extra[event.AttrForwardAddress] = []string{uid + "@outside.test"}
+			extra[event.AttrForwardCopyToSelf] = []string{"1"}
+		}
+		d.user(uid, uid+"@example.org", extra)
+	}
+	for lv := levels - 1; lv >= 0; lv-- {
+		for j := 0; j < perLevel; j++ {
+			var m []string
+			for k := 0; k < 20; k++ {
+				m = append(m, userDN(fmt.Sprintf("u%06d", r.IntN(users))))
+			}
+			if lv < levels-1 {
+				m = append(m, groupDN(fmt.Sprintf("g%d-%04d", lv+1, r.IntN(perLevel))), groupDN(fmt.Sprintf("g%d-%04d", lv+1, r.IntN(perLevel))))
+			}
+			cn := fmt.Sprintf("g%d-%04d", lv, j)
+			d.group(cn, cn+"@example.org", m, nil)
+		}
+	}
+	d.domain("example.org")
+	return d
+}
+
+// Full build (model, render, three postmaps, fsync, rename) against postmap
+// alone on the same final files, same run.
+func BenchmarkFullBuild100kUsers5kGroups(b *testing.B) {
+	pf := testenv.StartPostfix(b)
+	entries := bigDir().all()
+	var build, pm time.Duration
+	for i := 0; i < b.N; i++ {
+		dir := b.TempDir()
+		start := time.Now()
+		f := newFixture(b, pf, func(c *Config) { c.Dir = dir })
+		f.load(b, entries)
+		build += time.Since(start)
+		f.h.Close()
+
+		// Baseline: postmap alone on copies of the same sources.
+		base := b.TempDir()
+		var files []string
+		for _, name := range []string{AliasMap, MailboxMap, DomainMap} {
+			src, _ := os.ReadFile(filepath.Join(dir, name))
+			p := filepath.Join(base, name)
+			os.WriteFile(p, src, 0o644)
+			files = append(files, p)
+		}
+		start = time.Now()
+		for _, p := range files {
+			if out, err := exec.Command(pf.Postmap, "-c", pf.ConfigDir, "hash:"+p).CombinedOutput(); err != nil {
+				b.Fatalf("postmap: %v %s", err, out)
+			}
+		}
+		pm += time.Since(start)
+	}
+	b.ReportMetric(build.Seconds()/float64(b.N), "build-s/op")
+	b.ReportMetric(pm.Seconds()/float64(b.N), "postmap-s/op")
+	b.ReportMetric(float64(build)/float64(pm), "build/postmap")
+}
+
+// One membership change until it is in the live map: p50 and p99.
+func BenchmarkMembershipChange100k(b *testing.B) {
+	pf := testenv.StartPostfix(b)
+	d := bigDir()
+	f := newFixture(b, pf, func(c *Config) { c.Coalesce = -1 })
+	f.load(b, d.all())
+	r := rand.New(rand.NewPCG(3, 4))
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		g := d.entries[fmt.Sprintf("g-g%d-%04d", r.IntN(5), r.IntN(1000))]
+		mem := append(append([]string(nil), g.Attrs[event.AttrUniqueMember]...), userDN(fmt.Sprintf("u%06d", r.IntN(100000))))
+		ev, ne := modifyEvent(g, event.Attrs{event.AttrUniqueMember: mem})
+		d.entries[g.UUID] = ne
+		start := time.Now()
+		if err := f.h.Handle(context.Background(), ev); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(lat[(len(lat)*99)/100].Milliseconds()), "p99-ms")
+}
