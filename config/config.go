@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -68,6 +69,14 @@ type Config struct {
 	Policy   map[string]string `yaml:"policy"`
 	Log      Log               `yaml:"log"`
 	Listener Listener          `yaml:"listener"`
+	Metrics  Metrics           `yaml:"metrics"`
+}
+
+// Metrics is where /metrics and /healthz are served.
+type Metrics struct {
+	// Listen is host:port (default 127.0.0.1:9154, loopback only); "off"
+	// disables the endpoint.
+	Listen string `yaml:"listen"`
 }
 
 // LDAP is the directory to follow.
@@ -216,6 +225,11 @@ func (c *Config) complete(dir string) error {
 			bad("policy."+k, "%v", err)
 		}
 	}
+	// Moving mail between home servers is not built yet: refuse yes rather
+	// than let delete=yes remove mail the admin expected to be moved.
+	if move, err := parseBool(pol[KeyMoveOnHomeChange]); err == nil && move {
+		bad("policy."+KeyMoveOnHomeChange, "yes is not supported yet (mail is not moved between home servers, as in UCS); set no")
+	}
 	if n, err := strconv.Atoi(pol[KeyExpansionLimit]); err != nil || n < 1 {
 		bad("policy."+KeyExpansionLimit, "want a positive number, got %q", pol[KeyExpansionLimit])
 	}
@@ -342,6 +356,14 @@ func (c *Config) complete(dir string) error {
 		c.Postfix.MainCFLocal = "/etc/postfix/main.cf.local" // manual 14.7.8
 	}
 
+	if c.Metrics.Listen == "" {
+		c.Metrics.Listen = "127.0.0.1:9154"
+	}
+	if c.Metrics.Listen != "off" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			bad("metrics.listen", "want host:port or off, got %q", c.Metrics.Listen)
+		}
+	}
 	switch c.Log.Level {
 	case "":
 		c.Log.Level = "info"

@@ -67,7 +67,22 @@ type Config struct {
 	// AckWait is how long JetStream waits before redelivering an unacked
 	// message (default 30s); held messages are kept alive well within it.
 	AckWait time.Duration
+	// Observer is told what happened to each event (metrics); optional.
+	Observer Observer
 }
+
+// Observer learns what the runner did: the metrics package implements it.
+type Observer interface {
+	Applied(handler string, took, lag time.Duration)
+	Failed(handler, class string)
+	DeadLettered(handler string)
+}
+
+type noObserver struct{}
+
+func (noObserver) Applied(string, time.Duration, time.Duration) {}
+func (noObserver) Failed(string, string)                        {}
+func (noObserver) DeadLettered(string)                          {}
 
 // DeadLetter is the record of an event a handler could not apply.
 type DeadLetter struct {
@@ -106,6 +121,9 @@ func New(bus *stream.Bus, cfg Config, log zerolog.Logger, handlers ...Handler) *
 	}
 	if cfg.AckWait == 0 {
 		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
 	}
 	return &Runner{bus: bus, cfg: cfg, log: log.With().Str("component", "runner").Logger(), handlers: handlers}
 }
@@ -267,9 +285,12 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 	bo.InitialInterval = d.r.cfg.InitialBackoff
 	bo.MaxInterval = d.r.cfg.MaxBackoff
 	bo.MaxElapsedTime = 0
+	obs := d.r.cfg.Observer
+	started := time.Now()
 	for attempt := 1; ; attempt++ {
 		err := d.h.Handle(ctx, ev)
 		if err == nil {
+			obs.Applied(d.h.Name(), time.Since(started), time.Since(ev.At))
 			if aerr := msg.DoubleAck(ctx); aerr != nil && ctx.Err() == nil {
 				d.log.Warn().Err(aerr).Str("dn", ev.DN).Str("uuid", ev.UUID).Msg("ack event")
 			}
@@ -278,6 +299,14 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 		if ctx.Err() != nil {
 			_ = msg.Nak()
 			return false
+		}
+		switch {
+		case fault.IsPermanent(err):
+			obs.Failed(d.h.Name(), "permanent")
+		case fault.IsRetryable(err):
+			obs.Failed(d.h.Name(), "retryable")
+		default:
+			obs.Failed(d.h.Name(), "unclassified")
 		}
 		if fault.IsPermanent(err) {
 			d.deadLetter(ctx, msg, ev, attempt, err)
@@ -325,6 +354,7 @@ func (d *dispatcher) deadLetter(ctx context.Context, msg jetstream.Msg, ev event
 	}
 	rec := DeadLetter{Handler: d.h.Name(), Host: d.r.cfg.Host, DN: ev.DN, UUID: ev.UUID,
 		Reason: cause.Error(), Attempts: attempts, Seq: seq, Event: ev, At: time.Now().UTC()}
+	d.r.cfg.Observer.DeadLettered(d.h.Name())
 	d.log.Error().Str("dn", ev.DN).Str("uuid", ev.UUID).Uint64("seq", seq).Str("reason", cause.Error()).
 		Msg("event dead-lettered")
 	data, _ := json.Marshal(rec)

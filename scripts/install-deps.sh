@@ -4,8 +4,8 @@
 # and the demo start their own slapd, Dovecot and Postfix tools in temp dirs.
 set -euo pipefail
 
-pkgs=(slapd ldap-utils dovecot-core dovecot-imapd dovecot-lmtpd dovecot-ldap postfix postfix-ldap postfix-lmdb postfix-cdb 389-ds-base procps make)
-bins=(/usr/sbin/slapd /usr/bin/ldapsearch /usr/sbin/dovecot /usr/lib/dovecot/imap /usr/lib/dovecot/lmtp /usr/lib/dovecot/modules/auth/libauthdb_ldap.so /usr/sbin/postmap /usr/lib/postfix/postfix-ldap.so /usr/sbin/ns-slapd /usr/bin/pkill /usr/lib/postfix/postfix-lmdb.so /usr/lib/postfix/postfix-cdb.so)
+pkgs=(slapd ldap-utils dovecot-core dovecot-imapd dovecot-lmtpd dovecot-ldap postfix postfix-ldap postfix-lmdb postfix-cdb 389-ds-base procps make systemd)
+bins=(/usr/sbin/slapd /usr/bin/ldapsearch /usr/sbin/dovecot /usr/lib/dovecot/imap /usr/lib/dovecot/lmtp /usr/lib/dovecot/modules/auth/libauthdb_ldap.so /usr/sbin/postmap /usr/lib/postfix/postfix-ldap.so /usr/sbin/ns-slapd /usr/bin/pkill /usr/lib/postfix/postfix-lmdb.so /usr/lib/postfix/postfix-cdb.so /usr/bin/systemd-analyze)
 
 missing=0
 for b in "${bins[@]}"; do [ -e "$b" ] || missing=1; done

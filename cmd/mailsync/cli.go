@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/mattn/go-isatty"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -20,6 +21,7 @@ import (
 
 	"mailsync/config"
 	"mailsync/listener"
+	"mailsync/metrics"
 	"mailsync/runner"
 	"mailsync/stream"
 )
@@ -207,14 +209,27 @@ func (runCmd) Run(e *env) error {
 		}, bus, log, listener.Hooks{})
 		g.Go(func() error { return lst.Run(lctx) })
 	}
-	rn := runner.New(bus, runner.Config{Host: cfg.Host}, log, handlers...)
+	m := metrics.New()
+	rn := runner.New(bus, runner.Config{Host: cfg.Host, Observer: m}, log, handlers...)
 	g.Go(func() error { return rn.Run(rctx) })
+	addHealthChecks(m, cfg, bus, lst)
+	mctx, stopMetrics := context.WithCancel(context.Background())
+	defer stopMetrics()
+	if cfg.Metrics.Listen != "off" {
+		go func() {
+			if err := m.Serve(mctx, cfg.Metrics.Listen); err != nil {
+				log.Error().Err(err).Str("listen", cfg.Metrics.Listen).Msg("metrics endpoint")
+			}
+		}()
+	}
+	notifyReady(mctx, m, log)
 
 	errc := make(chan error, 1)
 	go func() { errc <- g.Wait() }()
 	select {
 	case <-e.ctx.Done():
 		log.Info().Msg("shutting down")
+		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 	case err := <-errc:
 		stopListener()
 		stopRunner()

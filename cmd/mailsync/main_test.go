@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,7 +72,17 @@ func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	ldap.AddUser(t, "alice", "alice@example.org", nil)
 	port := testenv.FreePort(t)
-	cfg := writeConfig(t, ldap, port, "")
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cfg := writeConfig(t, ldap, port, "metrics:\n  listen: "+metricsAddr+"\n")
+
+	// systemd's notify socket, as the unit's Type=notify provides it.
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
@@ -101,6 +114,37 @@ func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 		}
 		return nil
 	})
+	// READY=1 reached systemd.
+	notify.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 256)
+	n, _, err := notify.ReadFromUnix(buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "READY=1") {
+		t.Fatalf("no READY=1 on the notify socket: %q %v", buf[:n], err)
+	}
+	// /metrics counts the applied events; /healthz reports LDAP and NATS.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		body, err := httpGet("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(body, `mailsync_events_total{handler="aliases",result="applied"} 2`) {
+			return fmt.Errorf("metrics lack 2 applied aliases events")
+		}
+		return nil
+	})
+	health, err := httpGet("http://" + metricsAddr + "/healthz")
+	if err != nil || !strings.Contains(health, `"ldap":"ok"`) || !strings.Contains(health, `"nats":"ok"`) {
+		t.Fatalf("healthz: %s %v", health, err)
+	}
+	ldap.Stop(t)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if _, err := httpGet("http://" + metricsAddr + "/healthz"); err == nil {
+			return fmt.Errorf("healthz still 200 with slapd down")
+		}
+		return nil
+	})
+	ldap.Start(t)
+
 	cancel()
 	select {
 	case err := <-done:
@@ -113,6 +157,22 @@ func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 	if strings.Contains(stderr.String(), ldap.AdminPW) {
 		t.Errorf("the LDAP bind password appears in the log")
 	}
+}
+
+func httpGet(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return string(b), nil
 }
 
 func TestConfigErrorExitsTwo(t *testing.T) {
