@@ -54,7 +54,7 @@ func (l *Listener) leaseValue() []byte {
 // Create; a held one is taken over with a compare-and-set Update once its
 // revision has not moved for a whole TTL on this listener's clock. Only one
 // contender's CAS succeeds.
-func (l *Listener) acquireLease(ctx context.Context) (uint64, error) {
+func (l *Listener) acquireLease(ctx context.Context) (uint64, time.Time, error) {
 	kv := l.bus.State
 	var lastRev uint64
 	var since time.Time
@@ -62,18 +62,19 @@ func (l *Listener) acquireLease(ctx context.Context) (uint64, error) {
 	poll := max(l.cfg.LeaseRenew/4, 10*time.Millisecond)
 	for {
 		e, err := kv.Get(ctx, KeyLease)
+		sent := time.Now()
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			rev, cerr := kv.Create(ctx, KeyLease, l.leaseValue())
 			if cerr == nil {
-				return rev, nil
+				return rev, sent, nil
 			}
 			if !errors.Is(cerr, jetstream.ErrKeyExists) && ctx.Err() == nil {
 				l.log.Warn().Err(cerr).Msg("take listener lease")
 			}
 		case err != nil:
 			if ctx.Err() != nil {
-				return 0, ctx.Err()
+				return 0, time.Time{}, ctx.Err()
 			}
 			l.log.Warn().Err(err).Msg("read listener lease")
 		default:
@@ -86,7 +87,7 @@ func (l *Listener) acquireLease(ctx context.Context) (uint64, error) {
 					if stale {
 						l.log.Warn().Str("previous", rec.Holder).Msg("listener lease expired; taking over")
 					}
-					return rev, nil
+					return rev, sent, nil
 				}
 			}
 			if e.Revision() != lastRev {
@@ -99,29 +100,38 @@ func (l *Listener) acquireLease(ctx context.Context) (uint64, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, time.Time{}, ctx.Err()
 		case <-time.After(poll):
 		}
 	}
 }
 
 // keepLease renews the lease every LeaseRenew until ctx ends. When the lease
-// is taken by another listener, or no renewal succeeded for a TTL (counted
-// from when the last successful renewal was sent, so before any standby can
-// have seen it expire), it calls lost at once and returns.
-func (l *Listener) keepLease(ctx context.Context, rev uint64, lost func()) {
+// is taken by another listener, or no renewal succeeded within the TTL less
+// half a renewal (counted from when the last successful renewal was sent,
+// so before any standby can have seen it expire), it calls lost at once and
+// returns; a renewal that hangs does not delay this.
+func (l *Listener) keepLease(ctx context.Context, rev uint64, acquired time.Time, lost func()) {
 	kv := l.bus.State
-	lastOK := time.Now()
+	lastOK := acquired
+	limit := l.cfg.LeaseTTL - l.cfg.LeaseRenew/2
 	tick := time.NewTicker(l.cfg.LeaseRenew)
 	defer tick.Stop()
 	for {
+		expiry := time.NewTimer(time.Until(lastOK.Add(limit)))
 		select {
 		case <-ctx.Done():
+			expiry.Stop()
+			return
+		case <-expiry.C:
+			l.log.Error().Msg("listener lease not renewed in time; stopping")
+			lost()
 			return
 		case <-tick.C:
+			expiry.Stop()
 		}
 		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, l.cfg.LeaseRenew)
+		rctx, cancel := context.WithDeadline(ctx, lastOK.Add(limit))
 		r, err := kv.Update(rctx, KeyLease, l.leaseValue(), rev)
 		cancel()
 		if err == nil {
@@ -147,9 +157,7 @@ func (l *Listener) keepLease(ctx context.Context, rev uint64, lost func()) {
 			lost()
 			return
 		}
-		// Leave a margin of one renewal so this listener has stopped before
-		// a standby's TTL, counted from a later moment, runs out.
-		if time.Since(lastOK) > l.cfg.LeaseTTL-l.cfg.LeaseRenew/2 {
+		if time.Since(lastOK) >= limit {
 			l.log.Error().Err(err).Msg("listener lease not renewed in time; stopping")
 			lost()
 			return

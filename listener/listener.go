@@ -250,7 +250,7 @@ func (l *Listener) Run(ctx context.Context) error {
 		defer l.releaseLease()
 	}
 	for {
-		rev, err := l.acquireLease(ctx)
+		rev, acquired, err := l.acquireLease(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -265,7 +265,7 @@ func (l *Listener) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.keepLease(actx, rev, func() { lost(errLeaseLost) })
+			l.keepLease(actx, rev, acquired, func() { lost(errLeaseLost) })
 		}()
 		err = l.active(actx)
 		lost(nil)

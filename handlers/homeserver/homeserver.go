@@ -1,0 +1,265 @@
+// Package homeserver routes users to their mail home server: the transport
+// map (smtp:[home] for users homed elsewhere, as UCS's ldap.transport,
+// reference §3.5) and the one rule that says which host is responsible for
+// a user's mailbox, used by the mailbox handler too.
+//
+// Guarantees:
+//   - The transport map is derived state: Load rebuilds it from the whole
+//     directory, each event updates the model, and the map is rewritten only
+//     when its content changed. Handle returns after the map that contains
+//     its change is in place, so the runner acks only durable work.
+//   - Writes are atomic (temp file in the map dir, postmap, fsync, rename):
+//     Postfix never sees a half-written map. Concurrent changes share a
+//     write (group commit).
+//   - Idempotent: every event carries the entry's whole state, so a replay
+//     converges to the same map.
+package homeserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"mailsync/event"
+	"mailsync/fault"
+)
+
+// TransportMap is the name of the table in the map dir; main.cf names it in
+// transport_maps (e.g. hash:/etc/postfix/mailsync/transport).
+const TransportMap = "transport"
+
+// mapSuffix is the file postmap makes from a source file, per map type.
+var mapSuffix = map[string]string{"hash": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+// Config configures the handler.
+type Config struct {
+	// Host is this mail host's FQDN (required): addresses homed here, or
+	// nowhere, get no transport entry.
+	Host string
+	// Dir is where the transport map is written (required).
+	Dir string
+	// MapType is hash, lmdb or cdb (default hash, as UCS).
+	MapType string
+	// PostmapPath is the postmap binary (default /usr/sbin/postmap).
+	PostmapPath string
+	// PostfixConfigDir is passed to postmap as -c when set.
+	PostfixConfigDir string
+	// Coalesce is how long a change waits for others to share its write
+	// (default 20ms; negative writes at once).
+	Coalesce time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	c.Host = strings.ToLower(strings.TrimSpace(c.Host))
+	if c.Host == "" {
+		return errors.New("homeserver: Host (this host's FQDN) is required")
+	}
+	if c.Dir == "" {
+		return errors.New("homeserver: Dir is required")
+	}
+	if c.MapType == "" {
+		c.MapType = "hash"
+	}
+	if _, ok := mapSuffix[c.MapType]; !ok {
+		return fmt.Errorf("homeserver: MapType: %q is not one of hash, lmdb, cdb", c.MapType)
+	}
+	if c.PostmapPath == "" {
+		c.PostmapPath = "/usr/sbin/postmap"
+	}
+	if c.Coalesce == 0 {
+		c.Coalesce = 20 * time.Millisecond
+	}
+	return nil
+}
+
+// route is one transport entry: mail for address goes to smtp:[home].
+type route struct {
+	address string // lowercased primary address
+	home    string // lowercased FQDN of the home server
+}
+
+// Handler keeps the transport map of one mail host.
+type Handler struct {
+	cfg Config
+
+	mu     sync.Mutex
+	routes map[string]route // by entryUUID; only entries homed elsewhere
+	gen    uint64           // bumped by every change of routes
+
+	write   sync.Mutex // one writer at a time; waiters share its write
+	written uint64     // gen the live map reflects
+	live    []byte     // source of the live map
+	loaded  bool
+}
+
+// New returns the handler; the map is first written by Load.
+func New(cfg Config) (*Handler, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("homeserver: map dir: %w", err)
+	}
+	return &Handler{cfg: cfg, routes: map[string]route{}}, nil
+}
+
+// Name is the handler's name in consumer names and logs.
+func (h *Handler) Name() string { return "homeserver" }
+
+// Route returns the transport entry of an entry's attributes on host: the
+// lowercased primary address and home server when mail for it must be
+// relayed to another host, ok false when it is delivered here (no home
+// server, or this host) or has no primary address. Like ldap.transport,
+// every kind with a primary address counts (users, shared folders, ...).
+// A value that cannot be written into a Postfix table is an error.
+func Route(a event.Attrs, host string) (address, home string, ok bool, err error) {
+	address = a.FirstLower(event.AttrPrimaryAddress)
+	home = a.FirstLower(event.AttrHomeServer)
+	if address == "" || Responsible(home, host) {
+		return "", "", false, nil
+	}
+	if !validKey(address) {
+		return "", "", false, fmt.Errorf("primary address %q cannot be a transport map key", address)
+	}
+	if !validHost(home) {
+		return "", "", false, fmt.Errorf("home server %q is not a host name", home)
+	}
+	return address, home, true, nil
+}
+
+// validKey: one token of a Postfix table source line, not a comment.
+func validKey(s string) bool {
+	if strings.HasPrefix(s, "#") {
+		return false
+	}
+	for _, r := range s {
+		if r <= ' ' || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost: what may stand inside smtp:[...].
+func validHost(s string) bool {
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+		default:
+			return false
+		}
+	}
+	return s != ""
+}
+
+// Load rebuilds the map from the whole directory. An entry whose values
+// cannot be written is left out; its events are dead-lettered by Handle.
+func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
+	routes := make(map[string]route, len(entries))
+	for _, e := range entries {
+		if addr, home, ok, err := Route(e.Attrs, h.cfg.Host); err == nil && ok {
+			routes[e.UUID] = route{address: addr, home: home}
+		}
+	}
+	h.mu.Lock()
+	h.routes = routes
+	h.gen++
+	gen := h.gen
+	h.mu.Unlock()
+	return h.commit(ctx, gen, true)
+}
+
+// Handle applies one directory change to the map.
+func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
+	var r route
+	var ok bool
+	var rerr error
+	if ev.Op != event.OpDelete {
+		r.address, r.home, ok, rerr = Route(ev.New, h.cfg.Host)
+	}
+	h.mu.Lock()
+	old, had := h.routes[ev.UUID]
+	changed := had != ok || old != r
+	if ok {
+		h.routes[ev.UUID] = r
+	} else {
+		delete(h.routes, ev.UUID)
+	}
+	if changed {
+		h.gen++
+	}
+	gen := h.gen
+	h.mu.Unlock()
+	if err := h.commit(ctx, gen, false); err != nil {
+		return fault.Retryable(err)
+	}
+	if rerr != nil {
+		return fault.Permanent(fmt.Errorf("transport for %s: %w", ev.DN, rerr))
+	}
+	return nil
+}
+
+// commit returns once the live map reflects generation gen: either another
+// caller's write already did, or this one writes the current model. force
+// writes even an unchanged map (Load: the files must exist).
+func (h *Handler) commit(ctx context.Context, gen uint64, force bool) error {
+	h.write.Lock()
+	defer h.write.Unlock()
+	if h.loaded && h.written >= gen && !force {
+		return nil
+	}
+	if h.cfg.Coalesce > 0 && h.loaded {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(h.cfg.Coalesce):
+		}
+	}
+	h.mu.Lock()
+	src := render(h.routes)
+	g := h.gen
+	h.mu.Unlock()
+	if h.loaded && !force && string(src) == string(h.live) {
+		h.written = g
+		return nil
+	}
+	if err := installMap(h.cfg, TransportMap, src); err != nil {
+		return err
+	}
+	h.live, h.written, h.loaded = src, g, true
+	return nil
+}
+
+// render writes the table source sorted by address. Two entries with one
+// primary address (UDM prevents it) yield the entry with the lowest
+// entryUUID, so the map is the same on every host and every rebuild.
+func render(routes map[string]route) []byte {
+	uuids := make([]string, 0, len(routes))
+	for u := range routes {
+		uuids = append(uuids, u)
+	}
+	sort.Strings(uuids)
+	byAddr := make(map[string]string, len(routes))
+	for _, u := range uuids {
+		r := routes[u]
+		if _, dup := byAddr[r.address]; !dup {
+			byAddr[r.address] = r.home
+		}
+	}
+	addrs := make([]string, 0, len(byAddr))
+	for a := range byAddr {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	var b strings.Builder
+	b.WriteString("# generated by mailsync (handlers/homeserver); do not edit\n")
+	for _, a := range addrs {
+		fmt.Fprintf(&b, "%s smtp:[%s]\n", a, byAddr[a])
+	}
+	return []byte(b.String())
+}
