@@ -40,6 +40,10 @@ import (
 	"mailsync/stream"
 )
 
+// HeaderOnly, on an event, names the one consumer meant to apply it (a
+// retried dead letter); every other consumer acks it untouched.
+const HeaderOnly = "Mailsync-Only"
+
 // Handler applies events to one part of the mail system.
 type Handler interface {
 	Name() string
@@ -276,6 +280,10 @@ func (d *dispatcher) abandon(key string) {
 // process applies one message; false means the runner is stopping and the
 // message was handed back.
 func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
+	if only := msg.Headers().Get(HeaderOnly); only != "" && only != ConsumerName(d.h.Name(), d.r.cfg.Host) {
+		_ = msg.Ack()
+		return true
+	}
 	var ev event.Event
 	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
 		d.deadLetter(ctx, msg, event.Event{}, 1, fault.Permanent(fmt.Errorf("decode event on %s: %w", msg.Subject(), err)))

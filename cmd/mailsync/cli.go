@@ -35,6 +35,8 @@ type cli struct {
 	Run            runCmd            `cmd:"" help:"Follow the directory and keep mailboxes and maps in step."`
 	Version        versionCmd        `cmd:"" help:"Print the version."`
 	ConfirmDeletes confirmDeletesCmd `cmd:"" name:"confirm-deletes" help:"Publish the deletes held by the mass-delete guard."`
+	Status         statusCmd         `cmd:"" help:"Show stream position, listener state, per-handler pending and dead-lettered counts."`
+	Dead           deadCmd           `cmd:"" help:"List, retry or drop dead-lettered events."`
 }
 
 type env struct {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -186,5 +187,79 @@ func TestConfigErrorExitsTwo(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "ldap.url") {
 		t.Errorf("error does not name the key: %s", stderr.String())
+	}
+}
+
+func TestStatusAndDeadLetterVerbs(t *testing.T) {
+	ldap := testenv.StartSlapd(t)
+	bad := ldap.AddUser(t, "odd", "odd@example.org", map[string][]string{"mailAlternativeAddress": {"two@@example.org"}})
+	port := testenv.FreePort(t)
+	cfg := writeConfig(t, ldap, port, "metrics:\n  listen: \"off\"\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	verb := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(context.Background(), append(args, "-c", cfg), &out, &out); err != nil {
+			t.Fatalf("mailsync %v: %v\n%s", args, err, out.String())
+		}
+		return out.String()
+	}
+	if err := testenv.WaitTCP(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var list string
+	testenv.Eventually(t, 15*time.Second, func() error {
+		list = verb("dead", "list")
+		if !strings.Contains(list, bad) {
+			return fmt.Errorf("dead list does not name %s:\n%s", bad, list)
+		}
+		return nil
+	})
+	status := verb("status")
+	if !regexp.MustCompile(`aliases-mail_example_org\s+0\s+0\s+\d+\s+1`).MatchString(status) {
+		t.Errorf("status does not show one dead letter for aliases:\n%s", status)
+	}
+	if !strings.Contains(status, "sync cookie stored") {
+		t.Errorf("status lacks the cookie age:\n%s", status)
+	}
+	seq := regexp.MustCompile(`(?m)^(\d+)\s+aliases`).FindStringSubmatch(list)
+	if seq == nil {
+		t.Fatalf("no sequence in dead list:\n%s", list)
+	}
+	// A retry reaches the handler again: still broken, it is dead-lettered
+	// anew under a new sequence number.
+	verb("dead", "retry", seq[1])
+	testenv.Eventually(t, 10*time.Second, func() error {
+		l := verb("dead", "list")
+		again := regexp.MustCompile(`(?m)^(\d+)\s+aliases`).FindStringSubmatch(l)
+		if again == nil || again[1] == seq[1] || !strings.Contains(l, bad) {
+			return fmt.Errorf("no new dead letter after the retry:\n%s", l)
+		}
+		return nil
+	})
+	// The operator fixes the entry; the change flows as usual.
+	ldap.Modify(t, bad, map[string][]string{"mailAlternativeAddress": {"two@example.org"}})
+	mapFile := filepath.Join(filepath.Dir(cfg), "maps", "virtual_alias")
+	testenv.Eventually(t, 10*time.Second, func() error {
+		data, err := os.ReadFile(mapFile)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(data), "two@example.org") {
+			return fmt.Errorf("virtual_alias lacks the fixed address")
+		}
+		return nil
+	})
+	verb("dead", "drop", "--all")
+	if l := verb("dead", "list"); strings.Contains(l, bad) {
+		t.Errorf("dropped dead letter still listed:\n%s", l)
+	}
+	if strings.Contains(stderr.String(), "admin-secret") {
+		t.Errorf("a secret appears in the log")
 	}
 }
