@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,9 @@ type Config struct {
 	// (default 3s); the holder renews it every LeaseRenew (default 1s).
 	LeaseTTL   time.Duration
 	LeaseRenew time.Duration
+	// Flavor is the directory server's dialect of RFC 4533: OpenLDAP's
+	// syncprov (the zero value) or 389-DS's Content Synchronization plugin.
+	Flavor Flavor
 }
 
 // Hooks let tests inject a crash at the places where one matters.
@@ -419,7 +423,16 @@ func (l *Listener) dial() (*ldap.Conn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", l.cfg.URL, err)
 	}
 	if l.cfg.StartTLS {
-		if err := conn.StartTLS(l.cfg.TLS); err != nil {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if l.cfg.TLS != nil {
+			tc = l.cfg.TLS.Clone()
+		}
+		if tc.ServerName == "" {
+			if u, err := url.Parse(l.cfg.URL); err == nil {
+				tc.ServerName = u.Hostname()
+			}
+		}
+		if err := conn.StartTLS(tc); err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("starttls to %s: %w", l.cfg.URL, err)
 		}
@@ -439,6 +452,7 @@ type refresh struct {
 	present bool // present phase seen: unseen known entries are deleted
 	seen    map[string]struct{}
 	deletes map[string]struct{}
+	cookie  []byte // the cookie the session started from
 }
 
 // session runs one syncrepl search until it fails or ctx ends.
@@ -454,13 +468,16 @@ func (l *Listener) session(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	attrs := append([]string{"entryCSN"}, event.Followed...)
+	attrs := append(l.cfg.Flavor.attrs(), event.Followed...)
 	req := ldap.NewSearchRequest(l.cfg.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		0, 0, false, event.Filter, attrs, nil)
 	resp := conn.Syncrepl(sctx, req, 256, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
 
 	l.pending, l.inflight = nil, nil
-	rf := &refresh{full: cookie == nil, seen: map[string]struct{}{}, deletes: map[string]struct{}{}}
+	rf := &refresh{full: cookie == nil, seen: map[string]struct{}{}, deletes: map[string]struct{}{}, cookie: cookie}
+	if err := l.cfg.Flavor.beforeSync(ctx, conn, l.cfg, rf); err != nil {
+		return err
+	}
 	refreshing := true
 	l.setStatus(func(s *Status) { s.Connected, s.Refreshing = true, true })
 	l.log.Info().Bool("full", rf.full).Msg("directory sync started")
@@ -516,7 +533,7 @@ func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, 
 			case ldap.SyncStateAdd, ldap.SyncStateModify:
 				rf.seen[uuid] = struct{}{}
 				delete(rf.deletes, uuid)
-				if err := l.queueEntry(ctx, uuid, resp.Entry()); err != nil {
+				if err := l.queueEntry(ctx, uuid, resp.Entry(), state.Cookie, rf); err != nil {
 					return err
 				}
 			case ldap.SyncStateDelete:
@@ -582,7 +599,7 @@ func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, 
 	return nil
 }
 
-func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry) error {
+func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry, cookie []byte, rf *refresh) error {
 	raw := make(map[string][]string, len(e.Attributes))
 	for _, a := range e.Attributes {
 		raw[a.Name] = a.Values
@@ -592,7 +609,7 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry) e
 	if !ok {
 		return l.queueDelete(ctx, uuid)
 	}
-	csn := e.GetAttributeValue("entryCSN")
+	csn := l.cfg.Flavor.csn(e, attrs, cookie, rf.cookie)
 	entry := event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: attrs, CSN: csn}
 	now := compact(entry)
 	old, had := l.known[uuid]

@@ -31,6 +31,9 @@ type Slapd struct {
 	AdminPW string
 	Dir     string
 	Port    int
+	// LDAPSURL is set when the server was started with TLS.
+	LDAPSURL  string
+	ldapsPort int
 
 	binary string
 	mu     sync.Mutex
@@ -50,6 +53,9 @@ type SlapdOptions struct {
 	// below the skeleton (base, ou=people, ou=groups); for large
 	// directories, where adding over LDAP would take minutes.
 	Preload string
+	// TLS serves StartTLS on the ldap:// port and LDAPS on a second port
+	// with a certificate of this CA.
+	TLS *CA
 }
 
 // StartSlapd starts slapd on a free loopback port with base dc=example,dc=org
@@ -76,6 +82,10 @@ func StartSlapdWith(t testing.TB, o SlapdOptions) *Slapd {
 		Port:    FreePort(t),
 	}
 	s.URL = fmt.Sprintf("ldap://127.0.0.1:%d", s.Port)
+	if o.TLS != nil {
+		s.ldapsPort = FreePort(t)
+		s.LDAPSURL = fmt.Sprintf("ldaps://127.0.0.1:%d", s.ldapsPort)
+	}
 	for _, d := range []string{"slapd.d", "data"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			t.Fatal(err)
@@ -114,7 +124,12 @@ cn: config
 olcPidFile: %[1]s/slapd.pid
 olcArgsFile: %[1]s/slapd.args
 olcLogLevel: none
-
+`, s.Dir)
+	if o.TLS != nil {
+		fmt.Fprintf(&b, "olcTLSCACertificateFile: %s\nolcTLSCertificateFile: %s\nolcTLSCertificateKeyFile: %s\n",
+			o.TLS.CertFile, o.TLS.ServerCert, o.TLS.ServerKey)
+	}
+	fmt.Fprintf(&b, `
 dn: cn=module{0},cn=config
 objectClass: olcModuleList
 cn: module{0}
@@ -126,7 +141,7 @@ dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
 cn: schema
 
-`, s.Dir)
+`)
 	for _, f := range []string{"core", "cosine", "nis", "inetorgperson"} {
 		data, err := os.ReadFile("/etc/ldap/schema/" + f + ".ldif")
 		if err != nil {
@@ -193,8 +208,11 @@ func (s *Slapd) Start(t testing.TB) {
 	if s.cmd != nil {
 		return
 	}
-	cmd := exec.Command(s.binary, "-d", "0", "-F", filepath.Join(s.Dir, "slapd.d"),
-		"-h", fmt.Sprintf("ldap://127.0.0.1:%d/", s.Port))
+	urls := fmt.Sprintf("ldap://127.0.0.1:%d/", s.Port)
+	if s.ldapsPort != 0 {
+		urls += fmt.Sprintf(" ldaps://127.0.0.1:%d/", s.ldapsPort)
+	}
+	cmd := exec.Command(s.binary, "-d", "0", "-F", filepath.Join(s.Dir, "slapd.d"), "-h", urls)
 	logf, err := os.OpenFile(filepath.Join(s.Dir, "slapd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
