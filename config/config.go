@@ -105,8 +105,17 @@ type NATS struct {
 	URL             string `yaml:"url"`
 	Port            int    `yaml:"port"`
 	Replicas        int    `yaml:"replicas"`
+	// CredentialsFile is a NATS .creds file (JWT and nkey seed).
 	CredentialsFile string `yaml:"credentials_file"`
-	CAFile          string `yaml:"ca_file"`
+	// NkeySeedFile authenticates with an nkey seed.
+	NkeySeedFile string `yaml:"nkey_seed_file"`
+	// User and PasswordFile authenticate with a user and password.
+	User         string `yaml:"user"`
+	PasswordFile string `yaml:"password_file"`
+	// CAFile verifies the server's TLS certificate (tls:// URLs).
+	CAFile string `yaml:"ca_file"`
+
+	Password string `yaml:"-"`
 }
 
 // Dovecot is the local Dovecot mailsync drives.
@@ -302,7 +311,19 @@ func (c *Config) complete(dir string) error {
 		c.NATS.Replicas = 1
 	}
 	c.NATS.CredentialsFile = abs(c.NATS.CredentialsFile)
+	c.NATS.NkeySeedFile = abs(c.NATS.NkeySeedFile)
 	c.NATS.CAFile = abs(c.NATS.CAFile)
+	if c.NATS.User != "" {
+		if c.NATS.PasswordFile == "" {
+			bad("nats.password_file", "required with nats.user")
+		} else {
+			pw, err := readSecret(abs(c.NATS.PasswordFile))
+			if err != nil {
+				bad("nats.password_file", "%v", err)
+			}
+			c.NATS.Password = pw
+		}
+	}
 
 	if c.Dovecot.MailHome == "" {
 		c.Dovecot.MailHome = "/var/spool/dovecot/private/%Ld/%Ln" // UCS layout, reference §1.5

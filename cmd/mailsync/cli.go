@@ -125,6 +125,16 @@ func openBus(ctx context.Context, cfg *config.Config, embedded bool) (bus *strea
 	if cfg.NATS.CredentialsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATS.CredentialsFile))
 	}
+	if cfg.NATS.NkeySeedFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(cfg.NATS.NkeySeedFile)
+		if err != nil {
+			return nil, nil, usageError{fmt.Errorf("nats.nkey_seed_file: %w", err)}
+		}
+		opts = append(opts, opt)
+	}
+	if cfg.NATS.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
+	}
 	if cfg.NATS.CAFile != "" {
 		opts = append(opts, nats.RootCAs(cfg.NATS.CAFile))
 	}
@@ -133,6 +143,7 @@ func openBus(ctx context.Context, cfg *config.Config, embedded bool) (bus *strea
 		if ns != nil {
 			ns.Shutdown()
 		}
+		// nats errors never carry the password or seed
 		return nil, nil, fmt.Errorf("connect to nats %s: %w", url, err)
 	}
 	bus, err = stream.Open(ctx, nc, stream.Options{Replicas: cfg.NATS.Replicas})

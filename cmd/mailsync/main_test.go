@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"mailsync/internal/testenv"
 	"mailsync/stream"
@@ -261,5 +263,71 @@ func TestStatusAndDeadLetterVerbs(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), "admin-secret") {
 		t.Errorf("a secret appears in the log")
+	}
+}
+
+// TestExternalNATSWithTLSAndCredentials runs mailsync against an external
+// NATS server that requires TLS (throwaway CA) and an nkey or a password.
+func TestExternalNATSWithTLSAndCredentials(t *testing.T) {
+	ca := testenv.NewCA(t)
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	dir := t.TempDir()
+	seedFile := filepath.Join(dir, "mailsync.nk")
+	os.WriteFile(seedFile, seed, 0o600)
+	os.WriteFile(filepath.Join(dir, "nats.secret"), []byte("nats-pass-123\n"), 0o600)
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		TLSConfig: ca.ServerTLS(t), TLS: true, NoSigs: true, NoLog: true,
+		Nkeys: []*server.NkeyUser{{Nkey: pub}},
+		Users: []*server.User{{Username: "mailsync", Password: "nats-pass-123"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	url := fmt.Sprintf("tls://127.0.0.1:%d", ns.Addr().(*net.TCPAddr).Port)
+	ldap := testenv.StartSlapd(t)
+	ldap.AddUser(t, "nora", "nora@example.org", nil)
+
+	natsSection := func(cfg, body string) {
+		data, _ := os.ReadFile(cfg)
+		s := regexp.MustCompile(`(?m)^nats:\n  port: \d+\n`).ReplaceAllString(string(data), "nats:\n"+body)
+		os.WriteFile(cfg, []byte(s), 0o600)
+	}
+	for _, auth := range []string{
+		"  nkey_seed_file: " + seedFile + "\n",
+		"  user: mailsync\n  password_file: " + filepath.Join(dir, "nats.secret") + "\n",
+	} {
+		cfg := writeConfig(t, ldap, 4222, "metrics:\n  listen: \"off\"\n")
+		natsSection(cfg, "  url: "+url+"\n  ca_file: "+ca.CertFile+"\n"+auth)
+		var out syncBuffer
+		if err := run(context.Background(), []string{"status", "-c", cfg}, &out, &out); err != nil {
+			t.Fatalf("status over TLS with %q: %v\n%s", auth, err, out.String())
+		}
+		if !strings.Contains(out.String(), "stream MAILSYNC") {
+			t.Errorf("status output: %s", out.String())
+		}
+	}
+	// Without the CA the server is not trusted; without credentials refused.
+	for name, body := range map[string]string{
+		"no CA":          "  url: " + url + "\n  nkey_seed_file: " + seedFile + "\n",
+		"no credentials": "  url: " + url + "\n  ca_file: " + ca.CertFile + "\n",
+	} {
+		cfg := writeConfig(t, ldap, 4222, "metrics:\n  listen: \"off\"\n")
+		natsSection(cfg, body)
+		var out syncBuffer
+		if err := run(context.Background(), []string{"status", "-c", cfg}, &out, &out); err == nil {
+			t.Errorf("status with %s succeeded", name)
+		}
+		if strings.Contains(out.String(), string(seed)) || strings.Contains(out.String(), "nats-pass-123") {
+			t.Errorf("a secret appears in the output: %s", out.String())
+		}
 	}
 }
