@@ -102,9 +102,9 @@ type Listener struct {
 
 // NATS is the JetStream to use: embedded when URL is empty.
 type NATS struct {
-	URL             string `yaml:"url"`
-	Port            int    `yaml:"port"`
-	Replicas        int    `yaml:"replicas"`
+	URL      string `yaml:"url"`
+	Port     int    `yaml:"port"`
+	Replicas int    `yaml:"replicas"`
 	// CredentialsFile is a NATS .creds file (JWT and nkey seed).
 	CredentialsFile string `yaml:"credentials_file"`
 	// NkeySeedFile authenticates with an nkey seed.
