@@ -3,12 +3,18 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/rs/zerolog"
 
 	"mailsync/config"
+	"mailsync/dovecotadm"
 	"mailsync/handlers/aliases"
 	"mailsync/handlers/homeserver"
+	"mailsync/handlers/mailbox"
 	"mailsync/runner"
 )
 
@@ -40,7 +46,14 @@ func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger) 
 		hs = append(hs, h)
 		closers = append(closers, h.Close)
 	}
-	// mailbox
+	if cfg.Wants("mailbox") {
+		h, err := newMailboxHandler(cfg, log)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		hs = append(hs, h)
+	}
 	// homeserver
 	if cfg.Wants("homeserver") {
 		h, err := homeserver.New(homeserver.Config{
@@ -58,4 +71,62 @@ func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger) 
 		hs = append(hs, h)
 	}
 	return hs, closeAll, nil
+}
+
+// crashEnv names a step of a mailbox operation at which the process kills
+// itself with SIGKILL. It exists for the crash-safety tests of
+// handlers/mailbox, which must kill a real process mid-operation.
+const crashEnv = "MAILSYNC_TEST_CRASH_AT"
+
+func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler, error) {
+	uid, gid, err := parseOwner(cfg.Dovecot.Owner)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("dovecot.owner: %w", err)}
+	}
+	adm, err := dovecotadm.New(cfg.Dovecot.DoveadmURL, cfg.Dovecot.APIKey)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("dovecot.doveadm_url: %w", err)}
+	}
+	var hooks mailbox.Hooks
+	if step := os.Getenv(crashEnv); step != "" {
+		log.Warn().Str("step", step).Msg(crashEnv + " set: this process kills itself at that step")
+		hooks.At = func(s string) error {
+			if s == step {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+			return nil
+		}
+	}
+	h, err := mailbox.New(mailbox.Config{
+		Host:          cfg.Host,
+		MailHome:      cfg.Dovecot.MailHome,
+		IndexHome:     cfg.Dovecot.IndexHome,
+		SeparateIndex: cfg.Bool(config.KeySeparateIndex),
+		Rename:        cfg.Bool(config.KeyRename),
+		Delete:        cfg.Bool(config.KeyDelete),
+		Folders:       []string{cfg.Policy[config.KeyFolderSpam], cfg.Policy[config.KeyFolderHam]},
+		StateDir:      cfg.StateDir,
+		UID:           uid,
+		GID:           gid,
+	}, adm, log, hooks)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("mailbox handler (dovecot.mail_home, dovecot.index_home, state_dir): %w", err)}
+	}
+	return h, nil
+}
+
+// parseOwner reads dovecot.owner, "uid:gid" as numbers; "" means the
+// spool root's owner.
+func parseOwner(s string) (int, int, error) {
+	if s == "" {
+		return -1, -1, nil
+	}
+	u, g, ok := strings.Cut(s, ":")
+	uid, err1 := strconv.Atoi(u)
+	gid, err2 := strconv.Atoi(g)
+	if !ok || err1 != nil || err2 != nil || uid < 0 || gid < 0 {
+		return 0, 0, fmt.Errorf("want uid:gid as numbers, got %q", s)
+	}
+	return uid, gid, nil
 }
