@@ -117,6 +117,8 @@ func (h *Handler) Name() string { return "homeserver" }
 // server, or this host) or has no primary address. Like ldap.transport,
 // every kind with a primary address counts (users, shared folders, ...).
 // A value that cannot be written into a Postfix table is an error.
+// Departure from UCS (§3.5 returns the attribute as stored): the home
+// server is lowercased in smtp:[...], so every host writes the same map.
 func Route(a event.Attrs, host string) (address, home string, ok bool, err error) {
 	address = a.FirstLower(event.AttrPrimaryAddress)
 	home = a.FirstLower(event.AttrHomeServer)
