@@ -471,13 +471,15 @@ func (l *Listener) session(ctx context.Context) error {
 	attrs := append(l.cfg.Flavor.attrs(), event.Followed...)
 	req := ldap.NewSearchRequest(l.cfg.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		0, 0, false, event.Filter, attrs, nil)
-	resp := conn.Syncrepl(sctx, req, 256, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
-
-	l.pending, l.inflight = nil, nil
+	// The sync search is started after beforeSync, whose own search must not
+	// wait behind unread sync results on the same connection.
 	rf := &refresh{full: cookie == nil, seen: map[string]struct{}{}, deletes: map[string]struct{}{}, cookie: cookie}
 	if err := l.cfg.Flavor.beforeSync(ctx, conn, l.cfg, rf); err != nil {
 		return err
 	}
+	resp := conn.Syncrepl(sctx, req, 256, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
+
+	l.pending, l.inflight = nil, nil
 	refreshing := true
 	l.setStatus(func(s *Status) { s.Connected, s.Refreshing = true, true })
 	l.log.Info().Bool("full", rf.full).Msg("directory sync started")
