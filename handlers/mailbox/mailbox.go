@@ -82,6 +82,11 @@ type Config struct {
 	// UID and GID own directories the handler creates; -1 means the owner
 	// of the spool root.
 	UID, GID int
+	// MoveOnHomeChange is mail/dovecot/mailbox/move_on_homeserver_change:
+	// a user whose home server changes from this host to another has the
+	// mail copied there by Mover before the delete policy applies.
+	MoveOnHomeChange bool
+	Mover            Mover
 }
 
 // Hooks let tests stop the handler at a step, as a crash would.
@@ -144,6 +149,9 @@ func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, er
 			h.folders = append(h.folders, f)
 		}
 	}
+	if cfg.MoveOnHomeChange && cfg.Mover == nil {
+		return nil, errors.New("mailbox handler: move_on_homeserver_change needs a Mover")
+	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("mailbox handler: state dir is empty")
 	}
@@ -188,10 +196,12 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 	if err := h.resume(ctx, ev.UUID); err != nil {
 		return err
 	}
-	d := Decide(ev, h.cfg.Host)
+	d := DecideWith(ev, h.cfg.Host, Policy{MoveOnHomeChange: h.cfg.MoveOnHomeChange})
 	switch d.Action {
 	case Create:
 		return h.create(ctx, ev, d.New)
+	case MovedAway:
+		return h.moveAway(ctx, ev, d)
 	case Delete:
 		return h.delete(ctx, ev, d.Old)
 	case Move:
@@ -621,6 +631,16 @@ func (h *Handler) conflict(in *intent, p *pathOp) error {
 	other := "an entry mailsync does not know (the home has no owner marker)"
 	if m, ok := readMarker(p.To); ok {
 		other = fmt.Sprintf("entry %s (uuid %s, address %q)", m.DN, m.UUID, m.Address)
+	} else if born, ok := birthTime(p.To); ok && p.What == "home" && !born.Before(in.At.Add(-bornAfterSlack)) {
+		// Dovecot made it during this rename (a delivery at the new
+		// address): set it aside and give its messages to the moving
+		// home; the retry renames (absorb.go). h.fsMu is held.
+		err := h.setAsideLocked(in.UUID, p.To)
+		if err == nil {
+			err = h.drainRaceHomesLocked(in.UUID, in.DN, p.From)
+		}
+		return fault.Retryable(fmt.Errorf("rename mailbox of entry %s (uuid %s): %s %s appeared during the rename: %w",
+			in.DN, in.UUID, p.What, p.To, errors.Join(errors.New("taken over, renaming again"), err)))
 	}
 	return fault.Permanentf("rename mailbox of entry %s (uuid %s) from %q to %q: target %s %s exists already, "+
 		"belonging to %s; nothing moved, the mail stays at %s", in.DN, in.UUID, in.Old, in.New, p.What, p.To, other, p.From)
@@ -702,7 +722,21 @@ func (h *Handler) move(ctx context.Context, ev event.Event, oldAddr, newAddr str
 		}
 		return h.create(ctx, ev, newAddr)
 	}
+	if oldOK {
+		// Race homes set aside before a crash give their messages back first.
+		if err := h.drainRaceHomes(ev, oldHome); err != nil {
+			return err
+		}
+	}
+	if newOK && raceHome(newHome, ev) {
+		if err := h.absorbRaceHome(ctx, ev, newAddr, oldHome, newHome); err != nil {
+			return err
+		}
+		newOK = false
+	}
 	if newOK {
+		h.fsMu.Lock()
+		defer h.fsMu.Unlock()
 		return h.conflict(in, &in.Ops[0])
 	}
 	if m, ok := readMarker(oldHome); ok && m.UUID != ev.UUID {

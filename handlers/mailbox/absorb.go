@@ -1,0 +1,165 @@
+package mailbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"mailsync/event"
+	"mailsync/fault"
+)
+
+// Between the directory change and the rename, Dovecot already knows the new
+// address: a login or a delivery there makes Dovecot create the new home.
+// UCS then refuses the rename for good (reference §1.9.1, §1.6). mailsync
+// tells such a home from a reused address's leftover by its birth: made
+// after the directory change and carrying no owner marker, it belongs to
+// this rename. Its messages are moved into the old home's Maildir, folder by
+// folder (each a rename(2), so a crash leaves every message in one of the
+// two homes and a rerun moves the rest), and the emptied home goes to the
+// trash; then the rename proceeds.
+
+// bornAfterSlack is the slack allowed between the directory's clock (the entry
+// CSN) and the filesystem's.
+const bornAfterSlack = 2 * time.Second
+
+// raceHome reports whether home was created by Dovecot after the change ev
+// describes: it has no owner marker and was born after the change.
+func raceHome(home string, ev event.Event) bool {
+	if _, ok := readMarker(home); ok {
+		return false
+	}
+	changed, ok := csnTime(ev.CSN)
+	if !ok {
+		return false
+	}
+	born, ok := birthTime(home)
+	if !ok {
+		return false
+	}
+	return !born.Before(changed.Add(-bornAfterSlack))
+}
+
+// csnTime reads the time of an OpenLDAP entryCSN
+// ("20261125154404.854073Z#000000#000#000000").
+func csnTime(csn string) (time.Time, bool) {
+	ts, _, _ := strings.Cut(csn, "#")
+	t, err := time.Parse("20060102150405.999999Z", ts)
+	return t, err == nil
+}
+
+// birthTime is a file's creation time (statx btime), or its ctime where the
+// filesystem keeps no birth time.
+func birthTime(p string) (time.Time, bool) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BTIME|unix.STATX_CTIME, &st); err != nil {
+		return time.Time{}, false
+	}
+	if st.Mask&unix.STATX_BTIME != 0 {
+		return time.Unix(st.Btime.Sec, int64(st.Btime.Nsec)), true
+	}
+	return time.Unix(st.Ctime.Sec, int64(st.Ctime.Nsec)), true
+}
+
+// absorbRaceHome takes over the race-created home newHome: the user is
+// kicked at the new address, the home is set aside, and its messages are
+// moved into oldHome.
+func (h *Handler) absorbRaceHome(ctx context.Context, ev event.Event, newAddr, oldHome, newHome string) error {
+	if err := h.adm.Kick(ctx, newAddr); err != nil {
+		return fmt.Errorf("rename mailbox of %s: kick %s before taking over its new home: %w", where(ev), newAddr, err)
+	}
+	h.fsMu.Lock()
+	defer h.fsMu.Unlock()
+	if err := h.home.Confine(newHome); err != nil {
+		return fault.Permanentf("rename mailbox of %s: %w", where(ev), err)
+	}
+	if err := h.setAsideLocked(ev.UUID, newHome); err != nil {
+		return fault.Retryable(fmt.Errorf("rename mailbox of %s: set aside %s, created at the new address after the change: %w",
+			where(ev), newHome, err))
+	}
+	return h.drainRaceHomesLocked(ev.UUID, ev.DN, oldHome)
+}
+
+// setAsideLocked renames a race home into the trash in one step, under a
+// name drainRaceHomes finds: a delivery after that makes a fresh home, which
+// the rename then meets and takes over in turn. h.fsMu is held.
+func (h *Handler) setAsideLocked(uuid, home string) error {
+	trash := filepath.Join(h.home.Root, trashDir, fmt.Sprintf("%s-race-%d", uuid, time.Now().UnixNano()))
+	if err := os.MkdirAll(filepath.Dir(trash), 0o700); err != nil {
+		return err
+	}
+	if err := renameNoReplace(home, trash); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(home))
+}
+
+// drainRaceHomes moves the messages of every race home set aside for the
+// entry into home's Maildir, folder by folder (each a rename(2): a crash
+// leaves every message in one place, and the next run moves the rest),
+// then removes what is left of them (indexes, uidlists: Dovecot rebuilds
+// those).
+func (h *Handler) drainRaceHomes(ev event.Event, home string) error {
+	h.fsMu.Lock()
+	defer h.fsMu.Unlock()
+	return h.drainRaceHomesLocked(ev.UUID, ev.DN, home)
+}
+
+func (h *Handler) drainRaceHomesLocked(uuid, dn, home string) error {
+	set, _ := filepath.Glob(filepath.Join(h.home.Root, trashDir, uuid+"-race-*"))
+	for _, src := range set {
+		moved, err := h.moveMessages(filepath.Join(src, "Maildir"), filepath.Join(home, "Maildir"))
+		if err == nil {
+			err = os.RemoveAll(src)
+		}
+		if err != nil {
+			return fault.Retryable(fmt.Errorf("rename mailbox of entry %s (uuid %s): move the messages of %s into %s: %w",
+				dn, uuid, src, home, err))
+		}
+		h.log.Warn().Str("dn", dn).Str("uuid", uuid).Str("path", home).Int("messages", moved).
+			Msg("the new address was used before the rename (login or delivery); its messages joined the renamed mailbox")
+	}
+	return nil
+}
+
+// moveMessages moves the message files of Maildir src (cur and new of
+// every folder) into Maildir dst.
+func (h *Handler) moveMessages(src, dst string) (int, error) {
+	moved := 0
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("symlink %s in a home to take over", p)
+		}
+		if d.IsDir() || !d.Type().IsRegular() {
+			return nil
+		}
+		rel, _ := filepath.Rel(src, p)
+		if dir := filepath.Base(filepath.Dir(rel)); dir != "cur" && dir != "new" {
+			return nil
+		}
+		to := filepath.Join(dst, rel)
+		uid, gid := h.owner()
+		if err := mkdirOwned(h.home.Root, filepath.Dir(to), uid, gid); err != nil {
+			return err
+		}
+		if err := renameNoReplace(p, to); err != nil {
+			return err
+		}
+		moved++
+		return syncDir(filepath.Dir(to))
+	})
+	return moved, err
+}
