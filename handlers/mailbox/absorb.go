@@ -47,6 +47,16 @@ func raceHome(home string, ev event.Event) bool {
 	return !born.Before(changed.Add(-bornAfterSlack))
 }
 
+// bornDuring reports whether home, with no owner marker, was created after
+// the intent in was written: during the rename, by Dovecot.
+func (h *Handler) bornDuring(in *intent, home string) bool {
+	if _, ok := readMarker(home); ok {
+		return false
+	}
+	born, ok := birthTime(home)
+	return ok && !born.Before(in.At.Add(-bornAfterSlack))
+}
+
 // csnTime reads the time of an OpenLDAP entryCSN
 // ("20261125154404.854073Z#000000#000#000000").
 func csnTime(csn string) (time.Time, bool) {
@@ -123,8 +133,12 @@ func (h *Handler) drainRaceHomesLocked(uuid, dn, home string) error {
 			return fault.Retryable(fmt.Errorf("rename mailbox of entry %s (uuid %s): move the messages of %s into %s: %w",
 				dn, uuid, src, home, err))
 		}
-		h.log.Warn().Str("dn", dn).Str("uuid", uuid).Str("path", home).Int("messages", moved).
-			Msg("the new address was used before the rename (login or delivery); its messages joined the renamed mailbox")
+		lvl := h.log.Info()
+		if moved > 0 {
+			lvl = h.log.Warn()
+		}
+		lvl.Str("dn", dn).Str("uuid", uuid).Str("path", home).Int("messages", moved).
+			Msg("the new address was used before the rename (login or delivery); its home was taken over, its messages joined the renamed mailbox")
 	}
 	return nil
 }

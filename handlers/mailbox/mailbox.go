@@ -554,6 +554,16 @@ func (h *Handler) movePath(in *intent, p *pathOp) error {
 			if err := os.RemoveAll(p.To); err != nil {
 				return fail(err)
 			}
+		case p.What == "home" && h.bornDuring(in, p.To):
+			// Dovecot made it during this rename (a login or delivery at
+			// the new address): set it aside, give its messages to the
+			// moving home, and rename at once (absorb.go).
+			if err := h.setAsideLocked(in.UUID, p.To); err != nil {
+				return fail(err)
+			}
+			if err := h.drainRaceHomesLocked(in.UUID, in.DN, p.From); err != nil {
+				return err
+			}
 		default:
 			return h.conflict(in, p)
 		}
@@ -628,19 +638,15 @@ func (h *Handler) swapCopy(in *intent, p *pathOp, fail func(error) error) error 
 
 // conflict is a move target that exists: nothing is moved or merged.
 func (h *Handler) conflict(in *intent, p *pathOp) error {
+	if p.What == "home" && h.bornDuring(in, p.To) {
+		// Made by Dovecot a moment ago (a login or delivery at the new
+		// address): the next attempt sets it aside and renames.
+		return fault.Retryable(fmt.Errorf("rename mailbox of entry %s (uuid %s): home %s appeared during the rename; taking it over",
+			in.DN, in.UUID, p.To))
+	}
 	other := "an entry mailsync does not know (the home has no owner marker)"
 	if m, ok := readMarker(p.To); ok {
 		other = fmt.Sprintf("entry %s (uuid %s, address %q)", m.DN, m.UUID, m.Address)
-	} else if born, ok := birthTime(p.To); ok && p.What == "home" && !born.Before(in.At.Add(-bornAfterSlack)) {
-		// Dovecot made it during this rename (a delivery at the new
-		// address): set it aside and give its messages to the moving
-		// home; the retry renames (absorb.go). h.fsMu is held.
-		err := h.setAsideLocked(in.UUID, p.To)
-		if err == nil {
-			err = h.drainRaceHomesLocked(in.UUID, in.DN, p.From)
-		}
-		return fault.Retryable(fmt.Errorf("rename mailbox of entry %s (uuid %s): %s %s appeared during the rename: %w",
-			in.DN, in.UUID, p.What, p.To, errors.Join(errors.New("taken over, renaming again"), err)))
 	}
 	return fault.Permanentf("rename mailbox of entry %s (uuid %s) from %q to %q: target %s %s exists already, "+
 		"belonging to %s; nothing moved, the mail stays at %s", in.DN, in.UUID, in.Old, in.New, p.What, p.To, other, p.From)

@@ -36,6 +36,7 @@ type demo struct {
 	dir     string
 	maps    string
 	out     *os.File
+	status  string
 }
 
 func (d *demo) say(format string, args ...any) {
@@ -73,6 +74,24 @@ func TestDemo(t *testing.T) {
 		}
 		return nil
 	})
+	d.waitFor("every handler caught up (mailsync status: nothing pending)", func() error {
+		out, err := exec.Command(bin, "status", "-c", cfg).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("mailsync status: %v: %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) == 5 && f[0] != "CONSUMER" && (f[1] != "0" || f[2] != "0") {
+				return fmt.Errorf("%s", line)
+			}
+		}
+		d.status = string(out)
+		return nil
+	})
+	d.say("   mailsync status:")
+	for _, line := range strings.Split(strings.TrimSpace(d.status), "\n") {
+		d.say("     %s", line)
+	}
 	d.show("postmap -q (virtual alias map)", alias, "g01@example.org", "g20@example.org", "alias010@example.org", "u005@example.org")
 	d.show("postmap -q (virtual mailbox map)", mailbox, "u001@example.org", "u200@example.org")
 
@@ -91,6 +110,56 @@ func TestDemo(t *testing.T) {
 	})
 	d.show("postmap -q after the change", alias, "g01@example.org")
 
+	// Live change: an address rename with mail in the box.
+	d.say("\n== live change: rename u001@example.org to alice@example.org, with 3 messages in the box")
+	d.waitFor("u001's mailbox exists", func() error {
+		_, err := d.dovecot.IMAPReader().Folders(context.Background(), "u001@example.org")
+		return err
+	})
+	for i := 1; i <= 3; i++ {
+		d.dovecot.Deliver(t, "u001@example.org", fmt.Sprintf("demo message %d", i))
+	}
+	d.showMailbox("u001@example.org")
+	d.ldap.Modify(t, d.ldap.UserDN("u001"), map[string][]string{"mailPrimaryAddress": {"alice@example.org"}})
+	d.waitFor("alice@example.org holds the 3 messages", func() error {
+		f, err := d.dovecot.IMAPReader().Folders(context.Background(), "alice@example.org")
+		if err != nil {
+			return err
+		}
+		if f["INBOX"].Messages != 3 {
+			return fmt.Errorf("INBOX has %d messages", f["INBOX"].Messages)
+		}
+		return nil
+	})
+	d.showMailbox("alice@example.org")
+	if err := d.dovecot.Login("u001@example.org", "secret"); err == nil {
+		t.Errorf("the old address still logs in")
+	} else {
+		d.say("   the old address u001@example.org no longer logs in: %v", err)
+	}
+	d.show("postmap -q after the rename", mailbox, "u001@example.org", "alice@example.org")
+
+	// Live change: the home server.
+	transport := "hash:" + filepath.Join(d.maps, "transport")
+	d.say("\n== live change: u002's home server becomes mx2.example.org")
+	d.ldap.Modify(t, d.ldap.UserDN("u002"), map[string][]string{"univentionMailHomeServer": {"mx2.example.org"}})
+	d.waitFor("u002 is routed to mx2", func() error {
+		r, err := d.postfix.TryQuery(transport, "u002@example.org")
+		if err != nil {
+			return err
+		}
+		if r["u002@example.org"] != "smtp:[mx2.example.org]" {
+			return fmt.Errorf("transport u002 = %q", r["u002@example.org"])
+		}
+		return nil
+	})
+	d.show("postmap -q (transport map)", transport, "u002@example.org", "u003@example.org")
+	if err := d.dovecot.TryDeliver("u002@example.org", "should go to mx2"); err != nil {
+		d.say("   this host's LMTP refuses u002 now: %v", err)
+	} else {
+		t.Errorf("LMTP here still accepts u002, homed on mx2")
+	}
+
 	d.say("\n== done in %s", time.Since(start).Round(100*time.Millisecond))
 	if *interactive {
 		d.say("   everything keeps running; press Ctrl-C to stop and clean up")
@@ -98,6 +167,19 @@ func TestDemo(t *testing.T) {
 		<-ctx.Done()
 		stop()
 		d.say("\n== stopping mailsync, Dovecot and slapd; removing their temp dirs")
+	}
+}
+
+func (d *demo) showMailbox(user string) {
+	f := d.dovecot.MailboxSummary(d.t, user)
+	names := make([]string, 0, len(f))
+	for n := range f {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	d.say("   IMAP folders of %s:", user)
+	for _, n := range names {
+		d.say("     %-8s %d messages", n, f[n].Messages)
 	}
 }
 
@@ -161,7 +243,7 @@ func (d *demo) config() string {
 	write("master.secret", d.dovecot.MasterPass+"\n")
 	return write("mailsync.yaml", fmt.Sprintf(`host: %s
 state_dir: %s/state
-handlers: [aliases]
+handlers: [mailbox, aliases, homeserver]
 ldap:
   url: %s
   base_dn: %s
@@ -176,14 +258,17 @@ dovecot:
   master_user: %s
   master_password_file: master.secret
   mail_home: %s
+  owner: "%d:%d"
 postfix:
   map_dir: %s
   config_dir: %s
+metrics:
+  listen: 127.0.0.1:%d
 log:
   level: info
   format: json
 `, fqdn, d.dir, d.ldap.URL, d.ldap.BaseDN, d.ldap.AdminDN, testenv.FreePort(t), d.dovecot.DoveadmURL,
-		d.dovecot.IMAPAddr, d.dovecot.MasterUser, d.dovecot.MailHome, d.maps, d.postfix.ConfigDir))
+		d.dovecot.IMAPAddr, d.dovecot.MasterUser, d.dovecot.MailHome, d.dovecot.UID, d.dovecot.GID, d.maps, d.postfix.ConfigDir, testenv.FreePort(t)))
 }
 
 func (d *demo) run(bin, cfg string) (*exec.Cmd, string) {
@@ -213,7 +298,7 @@ func (d *demo) run(bin, cfg string) (*exec.Cmd, string) {
 			t.Errorf("mailsync did not stop within 15s of SIGTERM")
 		}
 		logf.Close()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("MAILSYNC_DEMO_LOG") != "" {
 			data, _ := os.ReadFile(logPath)
 			t.Logf("mailsync log:\n%s", tail(string(data), 60))
 		}
@@ -224,7 +309,7 @@ func (d *demo) run(bin, cfg string) (*exec.Cmd, string) {
 func (d *demo) waitFor(what string, cond func() error) {
 	d.t.Helper()
 	start := time.Now()
-	testenv.Eventually(d.t, 30*time.Second, cond)
+	testenv.Eventually(d.t, 60*time.Second, cond)
 	d.say("   ok: %s (%s)", what, time.Since(start).Round(time.Millisecond))
 }
 
