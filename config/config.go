@@ -70,6 +70,22 @@ type Config struct {
 	Log      Log               `yaml:"log"`
 	Listener Listener          `yaml:"listener"`
 	Metrics  Metrics           `yaml:"metrics"`
+	// Peers are the other mail hosts, by FQDN, that mail moves to when a
+	// user's home server changes (move_on_homeserver_change).
+	Peers map[string]Peer `yaml:"peers"`
+}
+
+// Peer is another mail host's Dovecot, as this host reaches it.
+type Peer struct {
+	// DoveadmURL is its doveadm HTTP API, read to verify a move.
+	DoveadmURL string `yaml:"doveadm_url"`
+	// DoveadmTCP is host:port of its doveadm server (service doveadm
+	// inet_listener); this host's Dovecot runs dsync against it with the
+	// shared doveadm_password.
+	DoveadmTCP string `yaml:"doveadm_tcp"`
+	APIKeyFile string `yaml:"api_key_file"`
+
+	APIKey string `yaml:"-"`
 }
 
 // Metrics is where /metrics and /healthz are served.
@@ -81,6 +97,9 @@ type Metrics struct {
 
 // LDAP is the directory to follow.
 type LDAP struct {
+	// Flavor is the directory server: openldap (syncprov) or 389ds (its
+	// Content Synchronization plugin). Default openldap.
+	Flavor           string `yaml:"flavor"`
 	URL              string `yaml:"url"`
 	BaseDN           string `yaml:"base_dn"`
 	BindDN           string `yaml:"bind_dn"`
@@ -133,6 +152,10 @@ type Dovecot struct {
 	IndexHome string `yaml:"index_home"`
 	// Owner of created directories, as uid:gid (default: the spool's owner).
 	Owner string `yaml:"owner"`
+	// MovingUserdb is the passwd-file mailsync lists users in while their
+	// mail moves away (default <state_dir>/moving.passwd); Dovecot reads it
+	// as a userdb for doveadm (README).
+	MovingUserdb string `yaml:"moving_userdb"`
 
 	APIKey         string `yaml:"-"`
 	MasterPassword string `yaml:"-"`
@@ -234,11 +257,6 @@ func (c *Config) complete(dir string) error {
 			bad("policy."+k, "%v", err)
 		}
 	}
-	// Moving mail between home servers is not built yet: refuse yes rather
-	// than let delete=yes remove mail the admin expected to be moved.
-	if move, err := parseBool(pol[KeyMoveOnHomeChange]); err == nil && move {
-		bad("policy."+KeyMoveOnHomeChange, "yes is not supported yet (mail is not moved between home servers, as in UCS); set no")
-	}
 	if n, err := strconv.Atoi(pol[KeyExpansionLimit]); err != nil || n < 1 {
 		bad("policy."+KeyExpansionLimit, "want a positive number, got %q", pol[KeyExpansionLimit])
 	}
@@ -277,6 +295,13 @@ func (c *Config) complete(dir string) error {
 	}
 	if c.LDAP.BaseDN == "" {
 		bad("ldap.base_dn", "required")
+	}
+	switch c.LDAP.Flavor {
+	case "":
+		c.LDAP.Flavor = "openldap"
+	case "openldap", "389ds":
+	default:
+		bad("ldap.flavor", "want openldap or 389ds, got %q", c.LDAP.Flavor)
 	}
 	if c.LDAP.BindDN != "" && c.LDAP.BindPasswordFile == "" {
 		bad("ldap.bind_password_file", "required with ldap.bind_dn")
@@ -352,6 +377,46 @@ func (c *Config) complete(dir string) error {
 	}
 	if c.wants("mailbox") && c.Dovecot.DoveadmURL == "" {
 		bad("dovecot.doveadm_url", "required by the mailbox handler")
+	}
+	if c.Dovecot.MovingUserdb == "" {
+		c.Dovecot.MovingUserdb = filepath.Join(c.StateDir, "moving.passwd")
+	}
+	c.Dovecot.MovingUserdb = abs(c.Dovecot.MovingUserdb)
+	peers := make(map[string]Peer, len(c.Peers))
+	for host, p := range c.Peers {
+		key := "peers." + host
+		h := strings.ToLower(strings.TrimSpace(host))
+		if h == "" || strings.ContainsAny(h, " /@:[]") {
+			bad(key, "want a mail host's FQDN as the key")
+		} else if h == c.Host {
+			bad(key, "is this host (host)")
+		}
+		if u, err := url.Parse(p.DoveadmURL); p.DoveadmURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(key+".doveadm_url", "want http(s)://host:port, got %q", p.DoveadmURL)
+		}
+		if _, port, err := net.SplitHostPort(p.DoveadmTCP); err != nil || port == "" {
+			bad(key+".doveadm_tcp", "want host:port of its doveadm server, got %q", p.DoveadmTCP)
+		}
+		if p.APIKeyFile == "" {
+			bad(key+".api_key_file", "required")
+		} else {
+			p.APIKeyFile = abs(p.APIKeyFile)
+			k, err := readSecret(p.APIKeyFile)
+			if err != nil {
+				bad(key+".api_key_file", "%v", err)
+			}
+			p.APIKey = k
+		}
+		peers[h] = p
+	}
+	c.Peers = peers
+	if move, err := parseBool(pol[KeyMoveOnHomeChange]); err == nil && move {
+		if !c.wants("mailbox") {
+			bad("policy."+KeyMoveOnHomeChange, "yes needs the mailbox handler (handlers)")
+		}
+		if len(c.Peers) == 0 {
+			bad("peers", "required with policy.%s=yes: the mail hosts mail may move to", KeyMoveOnHomeChange)
+		}
 	}
 
 	if c.Postfix.MapDir == "" {

@@ -87,3 +87,40 @@ func TestUnknownKeyRejected(t *testing.T) {
 		t.Fatalf("unknown key: %v", err)
 	}
 }
+
+func TestMoveOnHomeChangePeers(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "b.key", "k3y\n")
+	base := `
+host: a.example.org
+state_dir: /var/lib/mailsync
+ldap: {url: "ldap://127.0.0.1", base_dn: "dc=example,dc=org"}
+dovecot: {doveadm_url: "http://127.0.0.1:8080"}
+policy: {mail/dovecot/mailbox/move_on_homeserver_change: "yes"}
+`
+	c, err := Parse([]byte(base+`
+peers:
+  B.example.org: {doveadm_url: "http://10.0.0.2:8080", doveadm_tcp: "10.0.0.2:12345", api_key_file: b.key}
+`), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := c.Peers["b.example.org"]
+	if !c.Bool(KeyMoveOnHomeChange) || !ok || p.APIKey != "k3y" || c.Dovecot.MovingUserdb != "/var/lib/mailsync/moving.passwd" {
+		t.Errorf("move on, peers %+v, moving userdb %q", c.Peers, c.Dovecot.MovingUserdb)
+	}
+
+	_, err = Parse([]byte(base), dir)
+	if err == nil || !strings.Contains(err.Error(), "peers: required") {
+		t.Errorf("move on without peers: %v", err)
+	}
+	_, err = Parse([]byte(base+`
+peers:
+  a.example.org: {doveadm_url: "ftp://x", doveadm_tcp: "nohost", api_key_file: missing.key}
+`), dir)
+	for _, key := range []string{"peers.a.example.org:", "peers.a.example.org.doveadm_url", "peers.a.example.org.doveadm_tcp", "peers.a.example.org.api_key_file"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("error %v does not name %s", err, key)
+		}
+	}
+}

@@ -42,6 +42,9 @@ import (
 // earlier deadline.
 const DefaultTimeout = 30 * time.Second
 
+// DefaultSyncTimeout bounds one Sync or Backup: they copy whole mailboxes.
+const DefaultSyncTimeout = time.Hour
+
 // Exit codes doveadm reports in an "error" response (sysexits.h, and
 // doveadm.h's DOVEADM_EX_* aliases).
 const (
@@ -168,6 +171,7 @@ type Client struct {
 	authz    string
 	http     *http.Client
 	timeout  time.Duration
+	syncTime time.Duration
 }
 
 // Option configures a Client.
@@ -175,6 +179,9 @@ type Option func(*Client)
 
 // WithTimeout bounds every request (default DefaultTimeout).
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
+
+// WithSyncTimeout bounds every Sync and Backup (default DefaultSyncTimeout).
+func WithSyncTimeout(d time.Duration) Option { return func(c *Client) { c.syncTime = d } }
 
 // WithHTTPClient replaces the HTTP client (its Timeout is left as it is).
 func WithHTTPClient(h *http.Client) Option { return func(c *Client) { c.http = h } }
@@ -195,6 +202,7 @@ func New(endpoint, apiKey string, opts ...Option) (*Client, error) {
 		authz:    "X-Dovecot-API " + base64.StdEncoding.EncodeToString([]byte(apiKey)),
 		http:     &http.Client{},
 		timeout:  DefaultTimeout,
+		syncTime: DefaultSyncTimeout,
 	}
 	for _, o := range opts {
 		o(c)
@@ -204,9 +212,14 @@ func New(endpoint, apiKey string, opts ...Option) (*Client, error) {
 
 // call runs one doveadm command and decodes its result into out (may be nil).
 func (c *Client) call(ctx context.Context, command string, params map[string]any, out any) error {
-	if c.timeout > 0 {
+	return c.callWithin(ctx, c.timeout, command, params, out)
+}
+
+// callWithin is call bounded by timeout instead of the client's.
+func (c *Client) callWithin(ctx context.Context, timeout time.Duration, command string, params map[string]any, out any) error {
+	if timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	body, err := json.Marshal([][]any{{command, params, "mailsync"}})
@@ -429,17 +442,61 @@ func (c *Client) UserHome(ctx context.Context, user string) (string, error) {
 // "maildir:/var/spool/dovecot/private/example.org/new/Maildir"; it is written
 // as the user's mail uid. The caller confines dest; Dovecot does not.
 func (c *Client) Backup(ctx context.Context, user, dest string) error {
-	if err := c.call(ctx, "backup", map[string]any{"user": user, "destination": []string{dest}}, nil); err != nil {
+	if err := c.callWithin(ctx, c.syncTime, "backup", map[string]any{"user": user, "destination": []string{dest}}, nil); err != nil {
 		return fmt.Errorf("backup %s to %s: %w", user, dest, err)
 	}
 	return nil
 }
 
 // Sync merges user's mail and dest both ways (doveadm sync). dest is a dsync
-// location as for Backup.
+// location as for Backup, or another host's doveadm server, "tcp:host:port"
+// (doveadm_password must be the same on both). Exit code 2 means mailboxes
+// changed during the sync; run it again.
 func (c *Client) Sync(ctx context.Context, user, dest string) error {
-	if err := c.call(ctx, "sync", map[string]any{"user": user, "destination": []string{dest}}, nil); err != nil {
+	if err := c.callWithin(ctx, c.syncTime, "sync", map[string]any{"user": user, "destination": []string{dest}}, nil); err != nil {
 		return fmt.Errorf("sync %s with %s: %w", user, dest, err)
+	}
+	return nil
+}
+
+// MailboxInfo is one mailbox of a user: its name, its GUID (which dsync
+// matches mailboxes by) and how many messages it holds.
+type MailboxInfo struct {
+	Name     string
+	GUID     string
+	Messages int
+}
+
+// MailboxInfos returns every mailbox of user with its GUID and message
+// count, sorted by name (one doveadm mailbox status over all mailboxes).
+func (c *Client) MailboxInfos(ctx context.Context, user string) ([]MailboxInfo, error) {
+	var out []map[string]string
+	err := c.call(ctx, "mailboxStatus", map[string]any{
+		"user": user, "field": []string{"messages", "guid"}, "mailboxMask": []string{"*"},
+	}, &out)
+	if err != nil {
+		return nil, fmt.Errorf("status of the mailboxes of %s: %w", user, err)
+	}
+	infos := make([]MailboxInfo, 0, len(out))
+	for _, o := range out {
+		n, err := strconv.Atoi(o["messages"])
+		if err != nil {
+			return nil, fault.Retryable(fmt.Errorf("status of mailbox %s of %s: messages %q", o["mailbox"], user, o["messages"]))
+		}
+		infos = append(infos, MailboxInfo{Name: o["mailbox"], GUID: o["guid"], Messages: n})
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
+	return infos, nil
+}
+
+// SetMailboxGUID gives user's mailbox the GUID guid (doveadm mailbox update
+// --mailbox-guid). Two hosts that created a mailbox of the same name each
+// gave it its own GUID; dsync then swaps them back and forth on every run
+// instead of merging, so a move first makes the GUIDs agree.
+func (c *Client) SetMailboxGUID(ctx context.Context, user, mailbox, guid string) error {
+	err := c.call(ctx, "mailboxUpdate", map[string]any{"user": user, "mailbox": mailbox, "mailboxGuid": guid}, nil)
+	if err != nil {
+		return fmt.Errorf("set GUID of mailbox %s of %s: %w", mailbox, user, err)
 	}
 	return nil
 }

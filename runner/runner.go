@@ -101,6 +101,9 @@ type DeadLetter struct {
 	At       time.Time   `json:"at"`
 }
 
+// DefaultAckWait is Config.AckWait's default.
+const DefaultAckWait = 30 * time.Second
+
 // Runner runs handlers against the stream.
 type Runner struct {
 	bus      *stream.Bus
@@ -124,7 +127,7 @@ func New(bus *stream.Bus, cfg Config, log zerolog.Logger, handlers ...Handler) *
 		cfg.MaxBackoff = 30 * time.Second
 	}
 	if cfg.AckWait == 0 {
-		cfg.AckWait = 30 * time.Second
+		cfg.AckWait = DefaultAckWait
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
@@ -151,60 +154,124 @@ func (r *Runner) Run(ctx context.Context) error {
 
 func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 	log := r.log.With().Str("handler", h.Name()).Logger()
-	if l, ok := h.(Loader); ok {
-		entries, err := stream.LoadEntries(ctx, r.bus.Entries)
+	name := ConsumerName(h.Name(), r.cfg.Host)
+	d := &dispatcher{r: r, h: h, log: log, lanes: map[string]*lane{}, sem: make(chan struct{}, r.cfg.Parallel)}
+	defer d.wg.Wait()
+	for {
+		if err := r.load(ctx, h); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		cons, err := r.consumer(ctx, h)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("load directory for %s: %w", h.Name(), err)
+			return err
 		}
-		list := make([]event.Entry, 0, len(entries))
-		for _, e := range entries {
-			list = append(list, e)
+		it, err := cons.Messages(jetstream.PullMaxMessages(512), jetstream.WithMessagesErrOnMissingHeartbeat(true))
+		if err != nil {
+			return fmt.Errorf("consume %s: %w", name, err)
 		}
-		if err := l.Load(ctx, list); err != nil {
-			if ctx.Err() != nil {
+		stop := context.AfterFunc(ctx, it.Stop)
+		gone := false
+		for !gone {
+			msg, err := it.Next()
+			switch {
+			case err == nil:
+				d.dispatch(ctx, msg)
+			case ctx.Err() != nil, errors.Is(err, jetstream.ErrConnectionClosed):
+				stop()
 				return nil
+			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrMsgIteratorClosed),
+				errors.Is(err, jetstream.ErrNoHeartbeat):
+				// Deleted under us (`mailsync replay` recreates it to
+				// rewind), or lost: start over as at startup.
+				gone = true
+			default:
+				log.Warn().Err(err).Msg("fetch events")
 			}
-			return fmt.Errorf("load directory into %s: %w", h.Name(), err)
+		}
+		stop()
+		it.Stop()
+		log.Info().Str("consumer", name).Msg("consumer replaced or lost; reloading and fetching it again")
+		// The old consumer's messages finish before the handler is loaded
+		// again; their acks go nowhere, the new consumer delivers again.
+		d.wg.Wait()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond): // let a replay recreate it
 		}
 	}
-	name := ConsumerName(h.Name(), r.cfg.Host)
-	cons, err := r.bus.JS.CreateOrUpdateConsumer(ctx, stream.StreamName, jetstream.ConsumerConfig{
-		Durable:       name,
-		Description:   "mailsync handler " + h.Name() + " on " + r.cfg.Host,
+}
+
+// load gives a Loader handler every entry, as before the first event.
+func (r *Runner) load(ctx context.Context, h Handler) error {
+	l, ok := h.(Loader)
+	if !ok {
+		return nil
+	}
+	entries, err := stream.LoadEntries(ctx, r.bus.Entries)
+	if err != nil {
+		return fmt.Errorf("load directory for %s: %w", h.Name(), err)
+	}
+	list := make([]event.Entry, 0, len(entries))
+	for _, e := range entries {
+		list = append(list, e)
+	}
+	if err := l.Load(ctx, list); err != nil {
+		return fmt.Errorf("load directory into %s: %w", h.Name(), err)
+	}
+	return nil
+}
+
+// ConsumerConfig is the durable consumer of a handler on a host, delivering
+// the whole stream. `mailsync replay` recreates it with a later start.
+func ConsumerConfig(handler, host string, ackWait time.Duration) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName(handler, host),
+		Description:   "mailsync handler " + handler + " on " + host,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       r.cfg.AckWait,
+		AckWait:       ackWait,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxAckPending: 4096,
 		MaxDeliver:    -1,
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("create consumer %s: %w", name, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(512))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", name, err)
-	}
-	d := &dispatcher{r: r, h: h, log: log, lanes: map[string]*lane{}, sem: make(chan struct{}, r.cfg.Parallel)}
-	go func() { <-ctx.Done(); it.Stop() }()
+}
+
+// consumer gets the handler's durable consumer, creating it when missing.
+// An existing one keeps where it delivers from (JetStream cannot change
+// that; a replay sets it) and takes the rest of the current config.
+func (r *Runner) consumer(ctx context.Context, h Handler) (jetstream.Consumer, error) {
+	want := ConsumerConfig(h.Name(), r.cfg.Host, r.cfg.AckWait)
 	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				break
+		c, err := r.bus.Stream.Consumer(ctx, want.Durable)
+		if err == nil {
+			have := c.CachedInfo().Config
+			if have.AckWait == want.AckWait && have.MaxAckPending == want.MaxAckPending && have.MaxDeliver == want.MaxDeliver {
+				return c, nil
 			}
-			log.Warn().Err(err).Msg("fetch events")
-			continue
+			want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
+			if c, err = r.bus.Stream.UpdateConsumer(ctx, want); err != nil {
+				return nil, fmt.Errorf("update consumer %s: %w", want.Durable, err)
+			}
+			return c, nil
 		}
-		d.dispatch(ctx, msg)
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("read consumer %s: %w", want.Durable, err)
+		}
+		c, err = r.bus.Stream.CreateConsumer(ctx, want)
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			continue // created meanwhile (a replay): take that one
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create consumer %s: %w", want.Durable, err)
+		}
+		return c, nil
 	}
-	d.wg.Wait()
-	return nil
 }
 
 // dispatcher keeps one lane per entry with work queued, so an entry's

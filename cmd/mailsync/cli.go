@@ -37,6 +37,10 @@ type cli struct {
 	ConfirmDeletes confirmDeletesCmd `cmd:"" name:"confirm-deletes" help:"Publish the deletes held by the mass-delete guard."`
 	Status         statusCmd         `cmd:"" help:"Show stream position, listener state, per-handler pending and dead-lettered counts."`
 	Dead           deadCmd           `cmd:"" help:"List, retry or drop dead-lettered events."`
+	Check          checkCmd          `cmd:"" help:"Compare the directory with this host's mailboxes and maps; exit 1 on any disagreement. Changes nothing."`
+	Resync         resyncCmd         `cmd:"" help:"Rebuild the maps and create missing mailboxes from the directory (never deletes)."`
+	Replay         replayCmd         `cmd:"" help:"Make this host's handlers re-apply events from a stream sequence or time."`
+	Plan           planCmd           `cmd:"" help:"Show what an LDIF change would do on this host, doing nothing."`
 }
 
 type env struct {
@@ -194,6 +198,10 @@ func (runCmd) Run(e *env) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
+	flavor, err := listener.ParseFlavor(cfg.LDAP.Flavor)
+	if err != nil {
+		return usageError{fmt.Errorf("ldap.flavor: %w", err)}
+	}
 	handlers, closeHandlers, err := buildHandlers(e.ctx, cfg, log)
 	if err != nil {
 		return err
@@ -215,7 +223,8 @@ func (runCmd) Run(e *env) error {
 	g := new(errgroup.Group)
 	if *cfg.Listener.Enabled {
 		lst = listener.New(listener.Config{
-			URL: cfg.LDAP.URL, BindDN: cfg.LDAP.BindDN, BindPassword: cfg.LDAP.BindPassword,
+			Flavor: flavor,
+			URL:    cfg.LDAP.URL, BindDN: cfg.LDAP.BindDN, BindPassword: cfg.LDAP.BindPassword,
 			BaseDN: cfg.LDAP.BaseDN, StartTLS: cfg.LDAP.StartTLS, TLS: tlsCfg,
 			MassDeleteShare: cfg.Listener.MassDeleteShare, MassDeleteMin: cfg.Listener.MassDeleteMin,
 			ConfirmMassDelete: cfg.Listener.ConfirmMassDelete,

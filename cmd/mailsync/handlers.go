@@ -98,6 +98,12 @@ func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler
 			return nil
 		}
 	}
+	var mover mailbox.Mover
+	if cfg.Bool(config.KeyMoveOnHomeChange) {
+		if mover, err = newMover(cfg, adm, log); err != nil {
+			return nil, err
+		}
+	}
 	h, err := mailbox.New(mailbox.Config{
 		Host:          cfg.Host,
 		MailHome:      cfg.Dovecot.MailHome,
@@ -109,11 +115,32 @@ func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler
 		StateDir:      cfg.StateDir,
 		UID:           uid,
 		GID:           gid,
+
+		MoveOnHomeChange: mover != nil,
+		Mover:            mover,
 	}, adm, log, hooks)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("mailbox handler (dovecot.mail_home, dovecot.index_home, state_dir): %w", err)}
 	}
 	return h, nil
+}
+
+// newMover builds the Mover of move_on_homeserver_change from the peers.
+func newMover(cfg *config.Config, adm *dovecotadm.Client, log zerolog.Logger) (*homeserver.Mover, error) {
+	peers := map[string]homeserver.Peer{}
+	for host, p := range cfg.Peers {
+		c, err := dovecotadm.New(p.DoveadmURL, p.APIKey)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("peers.%s.doveadm_url: %w", host, err)}
+		}
+		peers[host] = homeserver.Peer{Doveadm: c, Dsync: "tcp:" + p.DoveadmTCP}
+	}
+	m, err := homeserver.NewMover(homeserver.MoveConfig{Host: cfg.Host, StateDir: cfg.StateDir,
+		Userdb: cfg.Dovecot.MovingUserdb, Local: adm, Peers: peers}, log, homeserver.MoverHooks{})
+	if err != nil {
+		return nil, usageError{fmt.Errorf("dovecot.moving_userdb, state_dir: %w", err)}
+	}
+	return m, nil
 }
 
 // parseOwner reads dovecot.owner, "uid:gid" as numbers; "" means the

@@ -174,9 +174,15 @@ type Handler struct {
 	pending *batch // the write the next change will be part of
 	force   bool   // write every table, changed or not
 	reports map[string]Report
-	written map[string][]byte // table -> source last renamed into place
-	closed  bool
-	writes  atomic.Int64 // tables installed, for tests and benchmarks
+	// synced holds the tables whose live database is known to equal the
+	// model's state at the last take: only those may be updated in place.
+	synced   map[string]bool
+	inflight *batch // the write under way, if any
+	closed   bool
+	writes   atomic.Int64 // tables installed, for tests and benchmarks
+	// incrementalMin is the table size from which a write updates the
+	// live database in place (the constant; tests lower it).
+	incrementalMin int
 
 	kick chan struct{}
 	quit chan struct{}
@@ -206,14 +212,15 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 		os.Remove(f)
 	}
 	h := &Handler{
-		cfg:     cfg,
-		log:     log,
-		m:       newModel(cfg.HostFQDN, cfg.ExpansionLimit),
-		reports: map[string]Report{},
-		written: map[string][]byte{},
-		kick:    make(chan struct{}, 1),
-		quit:    make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:            cfg,
+		log:            log,
+		m:              newModel(cfg.HostFQDN, cfg.ExpansionLimit),
+		reports:        map[string]Report{},
+		synced:         map[string]bool{},
+		incrementalMin: incrementalMin,
+		kick:           make(chan struct{}, 1),
+		quit:           make(chan struct{}),
+		done:           make(chan struct{}),
 	}
 	go h.writer()
 	return h, nil
@@ -229,17 +236,7 @@ func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
 		h.mu.Unlock()
 		return errors.New("aliases: handler closed")
 	}
-	m := newModel(h.cfg.HostFQDN, h.cfg.ExpansionLimit)
-	all := set{}
-	for _, e := range entries {
-		if e.UUID == "" {
-			continue
-		}
-		m.put(newEntry(e.UUID, e.DN, e.Kind, e.Attrs))
-		all[e.UUID] = struct{}{}
-	}
-	m.recompute(all)
-	h.m = m
+	h.m = buildModel(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries)
 	h.force = true
 	b := h.changedLocked()
 	h.mu.Unlock()
@@ -274,10 +271,24 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 	}
 	h.m.recompute(changed)
 	invalid := h.m.contrib[ev.UUID].invalid
-	b := h.changedLocked()
+	var b *batch
+	if h.m.settle() {
+		b = h.changedLocked()
+	} else {
+		// No line of any table changed (a redelivered event, an attribute
+		// the maps do not use): the tables already hold this state once
+		// the writes under way are done.
+		h.updateReportsLocked()
+		b = h.pending
+		if b == nil {
+			b = h.inflight
+		}
+	}
 	h.mu.Unlock()
-	if err := h.wait(ctx, b); err != nil {
-		return err
+	if b != nil {
+		if err := h.wait(ctx, b); err != nil {
+			return err
+		}
 	}
 	if len(invalid) > 0 {
 		return fault.Permanentf("aliases: entry %s (%s): invalid address %s left out of the maps",
@@ -380,50 +391,55 @@ func (h *Handler) flush() {
 		h.mu.Unlock()
 		return
 	}
-	alias, mailbox, domains := h.m.render()
+	h.inflight = b
+	h.m.settle()
 	force := h.force
 	h.force = false
+	var tables []table
+	for _, t := range []struct {
+		name string
+		r    *rendered
+	}{{DomainMap, h.m.domainT}, {MailboxMap, h.m.mailboxT}, {AliasMap, h.m.aliasT}} {
+		d := t.r.take()
+		if !force && d.size() == 0 {
+			continue
+		}
+		tb := table{name: t.name, src: t.r.source()}
+		if !force && h.synced[t.name] {
+			tb.delta = &d
+		}
+		h.synced[t.name] = false
+		tables = append(tables, tb)
+	}
 	var mainCF int
 	if h.cfg.WriteMainCFLocal {
 		mainCF = h.m.maxOverLimit()
 	}
 	h.mu.Unlock()
 
-	err := h.write([]table{{DomainMap, domains}, {MailboxMap, mailbox}, {AliasMap, alias}}, force)
+	err := h.write(tables)
 	if err == nil && h.cfg.WriteMainCFLocal {
 		err = writeMainCFLocal(h.cfg.MainCFLocal, mainCF)
 	}
+	h.mu.Lock()
 	if err != nil {
-		h.mu.Lock()
 		h.force = true // the next write must not trust what it thinks is on disk
-		h.mu.Unlock()
 		err = fault.Retryable(err)
+	} else {
+		for _, t := range tables {
+			h.synced[t.name] = true
+		}
 	}
+	h.inflight = nil
+	h.mu.Unlock()
 	b.err = err
 	close(b.done)
 }
 
+// table is one table to install: its whole source, and when the live
+// database is known to hold the previous state, the changes since.
 type table struct {
-	name string
-	src  []byte
-}
-
-// write installs the tables whose source changed, in order: domains and
-// mailboxes before aliases, so a new alias never points at a mailbox
-// Postfix does not know yet.
-func (h *Handler) write(tables []table, force bool) error {
-	for _, t := range tables {
-		if !force {
-			if prev, ok := h.written[t.name]; ok && string(prev) == string(t.src) {
-				continue
-			}
-		}
-		if err := h.install(t.name, t.src); err != nil {
-			delete(h.written, t.name)
-			return err
-		}
-		h.written[t.name] = t.src
-		h.writes.Add(1)
-	}
-	return nil
+	name  string
+	src   []byte
+	delta *delta
 }

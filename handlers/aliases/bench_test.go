@@ -112,3 +112,44 @@ func BenchmarkMembershipChange100k(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(lat[(len(lat)*99)/100].Milliseconds()), "p99-ms")
 }
+
+// Lookup of a 1,000-member nested group (g9 holds 100 users and g8, which
+// holds 100 and g7, ... down to g0): `postmap -q` against the materialised
+// map versus against UCS's live ldap: groups table (reference §3.3) on the
+// same slapd, same run, alternating.
+func BenchmarkLookupNestedGroup1000(b *testing.B) {
+	s := testenv.StartSlapdWith(b, testenv.SlapdOptions{Preload: testenv.GenerateLDIF(b, base, testenv.DirectoryShape{
+		Users: 1000, Groups: 10, Members: 100, Nested: 1})})
+	pf := testenv.StartPostfix(b)
+	pf.RequireMapType(b, "ldap")
+	f := newFixture(b, pf, nil)
+	f.load(b, s.Entries(b))
+	ucsAlias, _, _ := ucsTables(b, s)
+	const key = "g9@example.org"
+	tables := []string{f.table(AliasMap), ucsAlias[0]}
+	for _, tbl := range tables {
+		if got := splitValues(pf.Query(b, tbl, key)[key]); len(got) != 1000 {
+			b.Fatalf("%s: %s expands to %d addresses, want 1000", tbl, key, len(got))
+		}
+	}
+	if a, u := f.lookup(b, AliasMap, key), splitValues(pf.Query(b, ucsAlias[0], key)[key]); !eq(a, u) {
+		b.Fatalf("materialised and ldap: lookups of %s differ", key)
+	}
+	var took [2]time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j, tbl := range tables {
+			start := time.Now()
+			out, err := exec.Command(pf.Postmap, "-c", pf.ConfigDir, "-q", key, tbl).Output()
+			took[j] += time.Since(start)
+			if err != nil || len(out) < 1000*10 {
+				b.Fatalf("postmap -q %s %s: %v (%d bytes)", key, tbl, err, len(out))
+			}
+		}
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(took[0].Seconds()*1000/n, "map-ms/lookup")
+	b.ReportMetric(took[1].Seconds()*1000/n, "ldap-ms/lookup")
+	b.ReportMetric(float64(took[1])/float64(took[0]), "ldap/map")
+}

@@ -57,6 +57,11 @@ type model struct {
 	overLimit     set                 // group UUIDs with an address expanding past the limit
 	mailboxOwners map[string][]string // mailbox key -> UUIDs contributing
 	domainOwners  map[string][]string
+
+	// The rendered tables, and the keys whose lines need re-rendering.
+	aliasT, mailboxT, domainT             *rendered
+	dirtyAlias, dirtyMailbox, dirtyDomain set
+	bulk                                  bool // buildModel renders everything at the end
 }
 
 func newModel(hostFQDN string, limit int) *model {
@@ -77,6 +82,12 @@ func newModel(hostFQDN string, limit int) *model {
 		overLimit:     set{},
 		mailboxOwners: map[string][]string{},
 		domainOwners:  map[string][]string{},
+		aliasT:        newRendered(),
+		mailboxT:      newRendered(),
+		domainT:       newRendered(),
+		dirtyAlias:    set{},
+		dirtyMailbox:  set{},
+		dirtyDomain:   set{},
 	}
 }
 
@@ -125,6 +136,17 @@ func newEntry(uuid, dn string, kind event.Kind, attrs event.Attrs) *entry {
 // change: the entry itself, and every group that lists its old or new DN,
 // with their ancestors.
 func (m *model) put(e *entry) set {
+	old := m.insert(e)
+	seeds := []string{e.ndn}
+	if old != nil && old.ndn != e.ndn {
+		seeds = append(seeds, old.ndn)
+	}
+	return m.ancestors(e.uuid, seeds)
+}
+
+// insert inserts or replaces an entry in the index and returns the entry
+// it replaced.
+func (m *model) insert(e *entry) *entry {
 	old := m.byUUID[e.uuid]
 	m.remove(old)
 	m.byUUID[e.uuid] = e
@@ -139,11 +161,7 @@ func (m *model) put(e *entry) set {
 		}
 		ps[e.uuid] = struct{}{}
 	}
-	seeds := []string{e.ndn}
-	if old != nil && old.ndn != e.ndn {
-		seeds = append(seeds, old.ndn)
-	}
-	return m.ancestors(e.uuid, seeds)
+	return old
 }
 
 // lookup resolves a normalised DN to its entry, or nil.
@@ -283,16 +301,14 @@ func (m *model) expand(affected set) {
 	}
 	ids := make([]string, 0, len(affected))
 	for uuid := range affected {
-		ids = append(ids, uuid)
+		if e := m.byUUID[uuid]; e != nil && e.isGroupish {
+			ids = append(ids, uuid)
+		}
 	}
 	sort.Strings(ids) // a stable walk gives stable reports
 	for _, uuid := range ids {
-		e := m.byUUID[uuid]
-		if e == nil || !e.isGroupish {
-			continue
-		}
 		if _, seen := index[uuid]; !seen {
-			visit(e)
+			visit(m.byUUID[uuid])
 		}
 	}
 }
@@ -306,6 +322,7 @@ func (m *model) expandSCC(scc []string, affected set) {
 		inSCC[u] = struct{}{}
 	}
 	var out []string
+	var lists [][]string // expansions of groups below, each sorted
 	selfLoop := false
 	for _, u := range scc {
 		g := m.byUUID[u]
@@ -322,7 +339,7 @@ func (m *model) expandSCC(scc []string, affected set) {
 					}
 					continue
 				}
-				out = append(out, m.exp[c.uuid]...)
+				lists = append(lists, m.exp[c.uuid])
 			default:
 				if a := c.attrs.FirstLower(event.AttrPrimaryAddress); a != "" && validAddress(a) {
 					out = append(out, a)
@@ -335,6 +352,9 @@ func (m *model) expandSCC(scc []string, affected set) {
 	}
 	sort.Strings(out)
 	out = dedupSorted(out)
+	for _, l := range lists {
+		out = mergeSorted(out, l)
+	}
 	for _, u := range scc {
 		m.exp[u] = out
 	}
@@ -490,6 +510,10 @@ func (m *model) setContribution(uuid string, c contribution) {
 	for _, k := range old.domains {
 		dropOwner(m.domainOwners, k, uuid)
 	}
+	if !m.bulk {
+		m.markDirty(old)
+		m.markDirty(c)
+	}
 	if c.alias == nil && c.mailbox == nil && c.domains == nil && c.invalid == nil {
 		delete(m.contrib, uuid)
 		return
@@ -591,7 +615,8 @@ func validDomain(d string) bool {
 
 // render writes the three table sources, keys sorted, one line each.
 func (m *model) render() (alias, mailbox, domains []byte) {
-	return m.renderAlias(), renderSet(m.mailboxOwners), renderSet(m.domainOwners)
+	m.settle()
+	return m.aliasT.source(), m.mailboxT.source(), m.domainT.source()
 }
 
 func (m *model) aliasValues(key string) []string {
@@ -605,47 +630,6 @@ func (m *model) aliasValues(key string) []string {
 	}
 	sort.Strings(vals)
 	return dedupSorted(vals)
-}
-
-func (m *model) renderAlias() []byte {
-	keys := sortedKeys(m.aliasOwners)
-	var b strings.Builder
-	b.Grow(len(keys) * 48)
-	for _, k := range keys {
-		vals := m.aliasValues(k)
-		if len(vals) == 0 {
-			continue
-		}
-		if len(vals) == 1 && vals[0] == k {
-			if _, mailbox := m.mailboxOwners[k]; mailbox {
-				continue // a mailbox mapping to itself: the same as no entry
-			}
-			// Kept, so the address is accepted: a remote shared folder
-			// (ldap.sharedfolderremote, routed by the transport map).
-		}
-		b.WriteString(k)
-		b.WriteByte(' ')
-		for i, v := range vals {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(v)
-		}
-		b.WriteByte('\n')
-	}
-	return []byte(b.String())
-}
-
-func renderSet(idx map[string][]string) []byte {
-	var b strings.Builder
-	b.Grow(len(idx) * 40)
-	for _, k := range sortedKeys(idx) {
-		b.WriteString(k)
-		b.WriteByte(' ')
-		b.WriteString(k)
-		b.WriteByte('\n')
-	}
-	return []byte(b.String())
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -717,4 +701,79 @@ func (m *model) maxOverLimit() int {
 		n = max(n, len(m.exp[u]))
 	}
 	return n
+}
+
+// buildModel builds the model of a whole directory at once: no ancestor
+// walks per entry, every contribution computed once, the tables rendered
+// from the owner indexes with one sort per table.
+func buildModel(hostFQDN string, limit int, entries []event.Entry) *model {
+	m := newModel(hostFQDN, limit)
+	// Sized for the directory up front: growing maps of 100k keys is a
+	// good part of a full build otherwise.
+	n := len(entries)
+	m.byUUID = make(map[string]*entry, n)
+	m.byDN = make(map[string][]string, n)
+	m.contrib = make(map[string]contribution, n)
+	m.aliasOwners = make(map[string][]string, n)
+	m.mailboxOwners = make(map[string][]string, n)
+	all := make(set, len(entries))
+	for _, e := range entries {
+		if e.UUID == "" {
+			continue
+		}
+		m.insert(newEntry(e.UUID, e.DN, e.Kind, e.Attrs))
+		all[e.UUID] = struct{}{}
+	}
+	m.bulk = true
+	m.recompute(all)
+	m.bulk = false
+	m.aliasT.fill(m.aliasOwners, m.aliasLine)
+	m.mailboxT.fill(m.mailboxOwners, identityLine)
+	m.domainT.fill(m.domainOwners, identityLine)
+	return m
+}
+
+func identityLine(k string) string { return k + " " + k }
+
+// markDirty notes the keys a contribution touches for the next settle.
+func (m *model) markDirty(c contribution) {
+	for k := range c.alias {
+		m.dirtyAlias[k] = struct{}{}
+	}
+	for _, k := range c.mailbox {
+		m.dirtyMailbox[k] = struct{}{}
+		m.dirtyAlias[k] = struct{}{} // a mailbox hides its identity alias
+	}
+	for _, k := range c.domains {
+		m.dirtyDomain[k] = struct{}{}
+	}
+}
+
+// mergeSorted is the sorted union of two sorted, duplicate-free lists; it
+// never modifies either (expansions are shared between groups).
+func mergeSorted(a, b []string) []string {
+	if len(b) == 0 {
+		return a
+	}
+	if len(a) == 0 {
+		return b
+	}
+	out := make([]string, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		switch {
+		case a[i] < b[j]:
+			out = append(out, a[i])
+			i++
+		case a[i] > b[j]:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, a[i])
+			i++
+			j++
+		}
+	}
+	out = append(out, a[i:]...)
+	return append(out, b[j:]...)
 }

@@ -17,6 +17,10 @@ const (
 	Delete
 	// Move the mailbox of Old to New (the rename/delete matrix).
 	Move
+	// MovedAway: the home server changed from this host to another one
+	// and mail/dovecot/mailbox/move_on_homeserver_change is on: copy the
+	// mailbox of Old to host To as New, then apply the delete policy.
+	MovedAway
 )
 
 func (a Action) String() string {
@@ -27,6 +31,8 @@ func (a Action) String() string {
 		return "delete"
 	case Move:
 		return "move"
+	case MovedAway:
+		return "moved away"
 	}
 	return "none"
 }
@@ -35,6 +41,8 @@ func (a Action) String() string {
 type Decision struct {
 	Action   Action
 	Old, New string
+	// To is the new home server of a MovedAway.
+	To string
 	// Branch is the number of the reference §1.3 branch that matched
 	// (1–6), 0 when none did.
 	Branch int
@@ -47,6 +55,21 @@ type Decision struct {
 // present, so it needs no special case: with the address unchanged no
 // branch matches (UCS's `r`/`a` pickle dance, §1.7, is not needed).
 func Decide(ev event.Event, fqdn string) Decision {
+	return DecideWith(ev, fqdn, Policy{})
+}
+
+// Policy is what, beyond UCS, changes the cascade's answer.
+type Policy struct {
+	// MoveOnHomeChange is mail/dovecot/mailbox/move_on_homeserver_change.
+	MoveOnHomeChange bool
+}
+
+// DecideWith is Decide under a policy. With MoveOnHomeChange, a change of
+// the home server from this host to another named host, the entry keeping
+// a primary address, is MovedAway instead of branch (2)'s Delete: the old
+// host copies the mail to the new one before its delete policy applies.
+// A home server set from or to empty (every host) stays UCS's (2) and (5).
+func DecideWith(ev event.Event, fqdn string, p Policy) Decision {
 	hasOld := ev.Op != event.OpAdd && len(ev.Old) > 0
 	hasNew := ev.Op != event.OpDelete && len(ev.New) > 0
 	var oldAddr, newAddr, oldHS, newHS string
@@ -67,6 +90,9 @@ func Decide(ev event.Event, fqdn string) Decision {
 			return Decision{Action: Create, New: newAddr, Branch: 1}
 		}
 		return Decision{Branch: 1}
+	case p.MoveOnHomeChange && hasNew && oldAddr != "" && newAddr != "" && isOldHome && !isNewHome &&
+		oldHS != "" && newHS != "": // (2) on the old host, the mail moving with the user (beyond UCS, §1.9 item 2)
+		return Decision{Action: MovedAway, Old: oldAddr, New: newAddr, To: newHS, Branch: 2}
 	case oldAddr != "" && isOldHome && (newAddr == "" || !isNewHome): // (2) delete
 		return Decision{Action: Delete, Old: oldAddr, Branch: 2}
 	case !hasOld || !hasNew:

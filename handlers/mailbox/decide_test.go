@@ -157,3 +157,34 @@ func TestLayout(t *testing.T) {
 		t.Errorf("Confine refused a symlink staying inside: %v", err)
 	}
 }
+
+// TestDecideMoveOnHomeChange: with move_on_homeserver_change only a change
+// from this host to another named host becomes MovedAway; every other row
+// keeps UCS's answer.
+func TestDecideMoveOnHomeChange(t *testing.T) {
+	t.Parallel()
+	const here, other = "mail.example.org", "other.example.org"
+	mod := func(o, n event.Attrs) event.Event { return event.Event{Op: event.OpModify, Old: o, New: n} }
+	move := mailbox.Policy{MoveOnHomeChange: true}
+	for _, tc := range []struct {
+		name     string
+		ev       event.Event
+		action   mailbox.Action
+		old, new string
+	}{
+		{"this host -> another", mod(attrs("a@x.org", here), attrs("a@x.org", other)), mailbox.MovedAway, "a@x.org", "a@x.org"},
+		{"this host -> another, address changed too", mod(attrs("a@x.org", here), attrs("b@x.org", other)), mailbox.MovedAway, "a@x.org", "b@x.org"},
+		{"empty -> another: every host had one", mod(attrs("a@x.org", ""), attrs("a@x.org", other)), mailbox.Delete, "a@x.org", ""},
+		{"this host -> another, address removed", mod(attrs("a@x.org", here), attrs("", other)), mailbox.Delete, "a@x.org", ""},
+		{"another -> this host", mod(attrs("a@x.org", other), attrs("a@x.org", here)), mailbox.Create, "", "a@x.org"},
+		{"deleted", event.Event{Op: event.OpDelete, Old: attrs("a@x.org", here)}, mailbox.Delete, "a@x.org", ""},
+	} {
+		d := mailbox.DecideWith(tc.ev, here, move)
+		if d.Action != tc.action || d.Old != tc.old || d.New != tc.new || (d.Action == mailbox.MovedAway) != (d.To == other) {
+			t.Errorf("%s: %+v, want %v %q -> %q", tc.name, d, tc.action, tc.old, tc.new)
+		}
+		if u := mailbox.Decide(tc.ev, here); u.Action == mailbox.MovedAway {
+			t.Errorf("%s: Decide without the policy answered %v", tc.name, u.Action)
+		}
+	}
+}

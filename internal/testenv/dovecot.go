@@ -35,6 +35,15 @@ type DovecotOptions struct {
 	// (mail/dovecot/auth/cache_ttl, cache_negative_ttl), so a test sees a
 	// stale positive or negative entry until the cache is flushed.
 	AuthCacheTTL, AuthCacheNegativeTTL time.Duration
+	// DoveadmPassword, when set, opens doveadm's own tcp protocol on a free
+	// port of 127.0.0.1 (Dovecot.DoveadmTCP) with this doveadm_password,
+	// the way two hosts run dsync against each other (move_on_homeserver_change).
+	DoveadmPassword string
+	// MovingUserdb adds a second userdb, for doveadm only, reading the
+	// passwd-file Dovecot.MovingPasswd that mailsync maintains while a
+	// user's mail moves away from this host (README, "Moving mail between
+	// home servers"). Created empty.
+	MovingUserdb bool
 }
 
 // Dovecot is a running Dovecot 2.3 with an LDAP passdb/userdb on the test
@@ -59,6 +68,12 @@ type Dovecot struct {
 	UID, GID   int    // owner of mail files
 	Dir        string // config, logs, base_dir; kept when the test failed
 	LogPath    string
+	// DoveadmTCP is host:port of doveadm's tcp listener (with
+	// DovecotOptions.DoveadmPassword), else "".
+	DoveadmTCP string
+	// MovingPasswd is the doveadm-only passwd-file userdb (with
+	// DovecotOptions.MovingUserdb), else "".
+	MovingPasswd string
 
 	binary  string
 	conf    string
@@ -68,7 +83,7 @@ type Dovecot struct {
 	waitErr error
 }
 
-type dovecotPorts struct{ IMAP, LMTP, HTTP int }
+type dovecotPorts struct{ IMAP, LMTP, HTTP, TCP int }
 
 // StartDovecot starts Dovecot against ldap and waits until IMAP, LMTP and the
 // doveadm API answer. It is stopped in t.Cleanup; Dir is removed unless the
@@ -142,6 +157,10 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 			t.Fatal(err)
 		}
 	}
+	if opts.MovingUserdb {
+		d.MovingPasswd = filepath.Join(dir, "moving.passwd")
+		writeFile(t, d.MovingPasswd, 0o644, "")
+	}
 	writeFile(t, filepath.Join(dir, "master-users"), 0o640,
 		fmt.Sprintf("%s:{PLAIN}%s\n", d.MasterUser, d.MasterPass))
 	if err := os.Chown(filepath.Join(dir, "master-users"), 0, dovecotGID(t)); err != nil {
@@ -156,6 +175,10 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 	// binds it; then pick again.
 	for attempt := 1; ; attempt++ {
 		d.ports = dovecotPorts{IMAP: FreePort(t), LMTP: FreePort(t), HTTP: FreePort(t)}
+		if opts.DoveadmPassword != "" {
+			d.ports.TCP = FreePort(t)
+			d.DoveadmTCP = fmt.Sprintf("127.0.0.1:%d", d.ports.TCP)
+		}
 		d.IMAPAddr = fmt.Sprintf("127.0.0.1:%d", d.ports.IMAP)
 		d.LMTPAddr = fmt.Sprintf("127.0.0.1:%d", d.ports.LMTP)
 		d.DoveadmURL = fmt.Sprintf("http://127.0.0.1:%d/doveadm/v1", d.ports.HTTP)
@@ -250,6 +273,13 @@ func (d *Dovecot) ready() error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("doveadm http: %s", resp.Status)
 	}
+	if d.DoveadmTCP != "" {
+		c, err := net.DialTimeout("tcp", d.DoveadmTCP, time.Second)
+		if err != nil {
+			return fmt.Errorf("doveadm tcp: %w", err)
+		}
+		c.Close()
+	}
 	return nil
 }
 
@@ -292,7 +322,11 @@ func (d *Dovecot) stop(graceful bool) error {
 	d.cmd = nil
 	// Children may hold the listeners a moment longer than the master.
 	deadline := time.Now().Add(5 * time.Second)
-	for _, addr := range []string{d.IMAPAddr, d.LMTPAddr, fmt.Sprintf("127.0.0.1:%d", d.ports.HTTP)} {
+	addrs := []string{d.IMAPAddr, d.LMTPAddr, fmt.Sprintf("127.0.0.1:%d", d.ports.HTTP)}
+	if d.DoveadmTCP != "" {
+		addrs = append(addrs, d.DoveadmTCP)
+	}
+	for _, addr := range addrs {
 		for {
 			c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 			if err != nil {
@@ -412,6 +446,11 @@ mail_home = {{.D.MailHome}}
 mail_location = maildir:~/Maildir{{if .Opts.SeparateIndex}}:INDEX={{.D.IndexRoot}}/%Ld/%Ln{{end}}
 mail_fsync = never
 doveadm_api_key = {{.D.APIKey}}
+{{- if .Opts.DoveadmPassword}}
+# Shared by every mail host: dsync between them over doveadm's tcp protocol.
+doveadm_password = {{.Opts.DoveadmPassword}}
+doveadm_port = {{.Ports.TCP}}
+{{- end}}
 
 passdb {
   driver = passwd-file
@@ -426,6 +465,16 @@ userdb {
   driver = ldap
   args = {{.D.Dir}}/dovecot-ldap.conf.ext
 }
+{{- if .D.MovingPasswd}}
+# mailsync's users whose mail is moving away from this host: resolvable by
+# doveadm (dsync, status) only, so IMAP and LMTP refuse them as before.
+protocol doveadm {
+  userdb {
+    driver = passwd-file
+    args = {{.D.MovingPasswd}}
+  }
+}
+{{- end}}
 
 service imap-login {
   inet_listener imap {
@@ -457,6 +506,12 @@ service doveadm {
     address = 127.0.0.1
     port = {{.Ports.HTTP}}
   }
+{{- if .Ports.TCP}}
+  inet_listener {
+    address = 127.0.0.1
+    port = {{.Ports.TCP}}
+  }
+{{- end}}
 }
 protocol lmtp {
   # LMTP rcpt addresses are looked up as given; no domain stripping.

@@ -195,3 +195,27 @@ func (h *Hosts) pending() error {
 	}
 	return nil
 }
+
+// Apply runs change (a directory change), waits until the listener has
+// published it, then until every host applied it. Settled alone may return
+// before the listener saw the change.
+func (h *Hosts) Apply(t testing.TB, change func()) {
+	t.Helper()
+	info, err := h.Bus.Stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := info.State.LastSeq
+	change()
+	Eventually(t, 30*time.Second, func() error {
+		info, err := h.Bus.Stream.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.State.LastSeq <= before {
+			return fmt.Errorf("change not published yet (stream at %d)", before)
+		}
+		return nil
+	})
+	h.Settled(t)
+}

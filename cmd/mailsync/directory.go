@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"mailsync/config"
+	"mailsync/event"
+)
+
+// ldapTimeout bounds each LDAP request of the operator verbs.
+const ldapTimeout = 2 * time.Minute
+
+// readDirectory reads every entry mailsync follows straight from the
+// directory, with the listener's filter and attributes (package event), as
+// the listener would store them. check and resync work from it, so they
+// need neither the daemon nor its JetStream.
+func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, error) {
+	tlsCfg, err := ldapTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var opts []ldap.DialOpt
+	if tlsCfg != nil {
+		opts = append(opts, ldap.DialWithTLSConfig(tlsCfg))
+	}
+	conn, err := ldap.DialURL(cfg.LDAP.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", cfg.LDAP.URL, err)
+	}
+	defer conn.Close()
+	// go-ldap takes no context: closing the connection ends a search.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	conn.SetTimeout(ldapTimeout)
+	if cfg.LDAP.StartTLS {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if tlsCfg != nil {
+			tc = tlsCfg.Clone()
+		}
+		if u, err := url.Parse(cfg.LDAP.URL); err == nil && tc.ServerName == "" {
+			tc.ServerName = u.Hostname()
+		}
+		if err := conn.StartTLS(tc); err != nil {
+			return nil, fmt.Errorf("starttls to %s: %w", cfg.LDAP.URL, err)
+		}
+	}
+	if cfg.LDAP.BindDN != "" {
+		if err := conn.Bind(cfg.LDAP.BindDN, cfg.LDAP.BindPassword); err != nil {
+			// the password never appears in the error
+			return nil, fmt.Errorf("bind to %s as %s: %w", cfg.LDAP.URL, cfg.LDAP.BindDN, err)
+		}
+	}
+	// nsUniqueId stands in for entryUUID on a 389-DS without the entryUUID
+	// plugin; only the ownership markers of homes compare UUIDs.
+	attrs := append([]string{"entryUUID", "nsUniqueId", "entryCSN"}, event.Followed...)
+	req := ldap.NewSearchRequest(cfg.LDAP.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false,
+		event.Filter, attrs, nil)
+	res, err := conn.SearchWithPaging(req, 1000)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("search %s under %s: %w", cfg.LDAP.URL, cfg.LDAP.BaseDN, err)
+	}
+	out := make([]event.Entry, 0, len(res.Entries))
+	for _, e := range res.Entries {
+		raw := make(map[string][]string, len(e.Attributes))
+		for _, a := range e.Attributes {
+			raw[a.Name] = a.Values
+		}
+		a := event.NewAttrs(raw)
+		kind, ok := event.KindOf(a)
+		if !ok {
+			continue
+		}
+		uuid := e.GetAttributeValue("entryUUID")
+		if uuid == "" {
+			uuid = e.GetAttributeValue("nsUniqueId")
+		}
+		if uuid == "" {
+			uuid = "dn:" + e.DN
+		}
+		out = append(out, event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: a, CSN: e.GetAttributeValue("entryCSN")})
+	}
+	return out, nil
+}

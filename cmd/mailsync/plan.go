@@ -1,0 +1,439 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"mailsync/config"
+	"mailsync/event"
+	"mailsync/handlers/aliases"
+	"mailsync/handlers/homeserver"
+	"mailsync/handlers/mailbox"
+	"mailsync/stream"
+)
+
+type planCmd struct {
+	File string `short:"f" required:"" help:"LDIF file of changes (changetype add, modify, delete, modrdn); - reads stdin." placeholder:"change.ldif"`
+}
+
+// Run shows what the handlers of this host would do with the changes of an
+// LDIF file, doing nothing: each change becomes the event the listener would
+// publish (old from the entries bucket, looked up by DN), the mailbox
+// handler's decision is shown with its paths, and the map handlers' pure
+// models are run on the entries before and after to list the keys that
+// change. Changes apply in order, each on top of the ones before.
+func (c planCmd) Run(e *env) error {
+	cfg, err := loadConfig(e.cfg)
+	if err != nil {
+		return err
+	}
+	var r io.Reader = os.Stdin
+	if c.File != "-" {
+		f, err := os.Open(c.File)
+		if err != nil {
+			return usageError{fmt.Errorf("plan -f: %w", err)}
+		}
+		defer f.Close()
+		r = f
+	}
+	changes, err := parseLDIF(r)
+	if err != nil {
+		return usageError{fmt.Errorf("plan -f %s: %w", c.File, err)}
+	}
+	return withBus(e, func(bus *stream.Bus) error {
+		known, err := stream.LoadEntries(e.ctx, bus.Entries)
+		if err != nil {
+			return err
+		}
+		d := newPlanDir(known)
+		before := expectedMaps(cfg, d.list())
+		for i, ch := range changes {
+			fmt.Fprintf(e.stdout, "change %d (line %d): %s %s\n", i+1, ch.line, ch.Type, ch.DN)
+			ev, note := d.event(ch, i+1)
+			if note != "" {
+				fmt.Fprintf(e.stdout, "  %s\n", note)
+			}
+			if ev == nil {
+				continue
+			}
+			fmt.Fprintf(e.stdout, "  event: %s\n", describeEvent(*ev))
+			d.apply(*ev)
+			if cfg.Wants("mailbox") {
+				fmt.Fprintf(e.stdout, "  mailbox: %s\n", planMailbox(cfg, *ev))
+			}
+			after := expectedMaps(cfg, d.list())
+			for _, h := range []struct {
+				name   string
+				tables []string
+			}{
+				{"aliases", []string{aliases.AliasMap, aliases.MailboxMap, aliases.DomainMap}},
+				{"homeserver", []string{homeserver.TransportMap}},
+			} {
+				if !cfg.Wants(h.name) {
+					continue
+				}
+				var lines []string
+				for _, t := range h.tables {
+					lines = append(lines, diffMap(t, before[t], after[t])...)
+				}
+				if len(lines) == 0 {
+					fmt.Fprintf(e.stdout, "  %s: no map changes\n", h.name)
+					continue
+				}
+				fmt.Fprintf(e.stdout, "  %s:\n", h.name)
+				for _, l := range lines {
+					fmt.Fprintf(e.stdout, "    %s\n", l)
+				}
+			}
+			before = after
+		}
+		fmt.Fprintln(e.stdout, "nothing was changed (plan only)")
+		return nil
+	})
+}
+
+// planDir is the directory as the listener last published it, changed in
+// memory by the planned changes.
+type planDir struct {
+	entries map[string]event.Entry // by UUID
+	byDN    map[string]string      // normalised DN -> UUID
+}
+
+func newPlanDir(known map[string]event.Entry) *planDir {
+	d := &planDir{entries: known, byDN: make(map[string]string, len(known))}
+	for u, e := range known {
+		d.byDN[normDN(e.DN)] = u
+	}
+	return d
+}
+
+func (d *planDir) list() []event.Entry {
+	out := make([]event.Entry, 0, len(d.entries))
+	for _, e := range d.entries {
+		out = append(out, e)
+	}
+	return out
+}
+
+func (d *planDir) apply(ev event.Event) {
+	if old, ok := d.entries[ev.UUID]; ok {
+		delete(d.byDN, normDN(old.DN))
+	}
+	if ev.Op == event.OpDelete {
+		delete(d.entries, ev.UUID)
+		return
+	}
+	d.entries[ev.UUID] = event.Entry{UUID: ev.UUID, DN: ev.DN, Kind: ev.Kind, Attrs: ev.New, CSN: ev.CSN}
+	d.byDN[normDN(ev.DN)] = ev.UUID
+}
+
+// event is the event the listener would publish for ch, or nil with a
+// note saying why there is none.
+func (d *planDir) event(ch ldifChange, n int) (*event.Event, string) {
+	uuid, had := d.byDN[normDN(ch.DN)]
+	var old event.Entry
+	if had {
+		old = d.entries[uuid]
+	}
+	ev := &event.Event{V: event.Version, UUID: uuid, DN: ch.DN}
+	var note string
+	var attrs event.Attrs
+	switch ch.Type {
+	case "add":
+		if had {
+			return nil, "the entry exists already: the directory would refuse the add; no event"
+		}
+		attrs = event.NewAttrs(ch.Attrs)
+	case "delete":
+		if !had {
+			return nil, "not an entry mailsync follows (not in the entries bucket); no event"
+		}
+		ev.Op, ev.Kind, ev.DN, ev.Old = event.OpDelete, old.Kind, old.DN, old.Attrs
+		return ev, ""
+	case "modify":
+		if !had {
+			note = "not in the entries bucket: planned from the LDIF's values alone"
+		} else {
+			ev.DN = old.DN // the directory's spelling, not the LDIF's
+		}
+		attrs = cloneAttrs(old.Attrs)
+		for _, m := range ch.Mods {
+			name, ok := event.CanonicalAttr(m.Attr)
+			if !ok {
+				continue // not followed: no event for it
+			}
+			applyMod(attrs, name, m)
+		}
+	case "modrdn":
+		if !had {
+			return nil, "not an entry mailsync follows (not in the entries bucket); no event"
+		}
+		attrs = cloneAttrs(old.Attrs)
+		parent := ch.NewSuperior
+		if parent == "" {
+			if dn, err := ldap.ParseDN(old.DN); err == nil && len(dn.RDNs) > 1 {
+				parent = old.DN[strings.Index(old.DN, ",")+1:]
+			}
+		}
+		ev.DN = ch.NewRDN
+		if parent != "" {
+			ev.DN += "," + parent
+		}
+		if ch.DeleteOld {
+			if dn, err := ldap.ParseDN(old.DN); err == nil && len(dn.RDNs) > 0 {
+				for _, a := range dn.RDNs[0].Attributes {
+					if name, ok := event.CanonicalAttr(a.Type); ok {
+						applyMod(attrs, name, ldifMod{Op: "delete", Values: []string{a.Value}})
+					}
+				}
+			}
+		}
+		if dn, err := ldap.ParseDN(ev.DN); err == nil && len(dn.RDNs) > 0 {
+			for _, a := range dn.RDNs[0].Attributes {
+				if name, ok := event.CanonicalAttr(a.Type); ok {
+					applyMod(attrs, name, ldifMod{Op: "add", Values: []string{a.Value}})
+				}
+			}
+		}
+	}
+	kind, follows := event.KindOf(attrs)
+	switch {
+	case !had && !follows:
+		return nil, join(note, "not an entry mailsync follows (filter "+event.Filter+"); no event")
+	case !had:
+		ev.Op, ev.Kind, ev.New = event.OpAdd, kind, attrs
+		ev.UUID = fmt.Sprintf("planned-%d", n)
+	case !follows:
+		// Out of the filter: the listener publishes a delete.
+		ev.Op, ev.Kind, ev.DN, ev.Old = event.OpDelete, old.Kind, old.DN, old.Attrs
+		return ev, join(note, "the entry leaves mailsync's filter")
+	case old.DN == ev.DN && old.Attrs.Equal(attrs):
+		return nil, join(note, "nothing mailsync follows changes; no event")
+	default:
+		ev.Op, ev.Kind, ev.Old, ev.New = event.OpModify, kind, old.Attrs, attrs
+		if old.DN != ev.DN {
+			ev.OldDN = old.DN
+		}
+	}
+	return ev, note
+}
+
+func join(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+func cloneAttrs(a event.Attrs) event.Attrs {
+	out := make(event.Attrs, len(a))
+	for k, v := range a {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// applyMod applies one LDAP modification to followed attribute name.
+// Values compare case-insensitively, as the mail attributes' matching
+// rules do.
+func applyMod(a event.Attrs, name string, m ldifMod) {
+	has := func(vals []string, v string) bool {
+		return slices.ContainsFunc(vals, func(x string) bool { return strings.EqualFold(x, v) })
+	}
+	switch m.Op {
+	case "replace":
+		if len(m.Values) == 0 {
+			delete(a, name)
+		} else {
+			a[name] = slices.Clone(m.Values)
+		}
+	case "add":
+		for _, v := range m.Values {
+			if !has(a[name], v) {
+				a[name] = append(a[name], v)
+			}
+		}
+	case "delete":
+		if len(m.Values) == 0 {
+			delete(a, name)
+			return
+		}
+		kept := a[name][:0:0]
+		for _, v := range a[name] {
+			if !has(m.Values, v) {
+				kept = append(kept, v)
+			}
+		}
+		if len(kept) == 0 {
+			delete(a, name)
+		} else {
+			a[name] = kept
+		}
+	}
+}
+
+// normDN lowercases a DN and drops the spaces around its separators, so the
+// LDIF's spelling finds the stored entry.
+func normDN(dn string) string {
+	p, err := ldap.ParseDN(dn)
+	if err != nil {
+		return strings.ToLower(strings.TrimSpace(dn))
+	}
+	rdns := make([]string, len(p.RDNs))
+	for i, r := range p.RDNs {
+		avas := make([]string, len(r.Attributes))
+		for j, a := range r.Attributes {
+			avas[j] = strings.ToLower(a.Type) + "=" + strings.ToLower(a.Value)
+		}
+		sort.Strings(avas)
+		rdns[i] = strings.Join(avas, "+")
+	}
+	return strings.Join(rdns, ",")
+}
+
+// describeEvent says what an event carries: op, kind, DN and the followed
+// attributes that change.
+func describeEvent(ev event.Event) string {
+	s := fmt.Sprintf("%s %s %s", ev.Op, ev.Kind, ev.DN)
+	if ev.OldDN != "" {
+		s += " (was " + ev.OldDN + ")"
+	}
+	var changed []string
+	for _, name := range event.Followed {
+		o, n := ev.Old[name], ev.New[name]
+		if slices.Equal(o, n) {
+			continue
+		}
+		switch {
+		case len(o) == 0:
+			changed = append(changed, fmt.Sprintf("%s +%v", name, n))
+		case len(n) == 0:
+			changed = append(changed, fmt.Sprintf("%s -%v", name, o))
+		default:
+			changed = append(changed, fmt.Sprintf("%s %v -> %v", name, o, n))
+		}
+	}
+	if len(changed) > 0 && ev.Op == event.OpModify {
+		s += "; " + strings.Join(changed, "; ")
+	}
+	return s
+}
+
+// planMailbox says what the mailbox handler would do: the §1.3 cascade's
+// decision (mailbox.Decide), the paths from the mail_home template, the
+// rename and delete policy, and what is on disk now.
+func planMailbox(cfg *config.Config, ev event.Event) string {
+	if ev.Kind != event.KindUser {
+		return "nothing (not a user)"
+	}
+	d := mailbox.Decide(ev, cfg.Host)
+	if d.Action == mailbox.None {
+		return "nothing to do on " + cfg.Host
+	}
+	l, err := mailbox.NewLayout(cfg.Dovecot.MailHome)
+	if err != nil {
+		return fmt.Sprintf("%s, but dovecot.mail_home is unusable: %v", d.Action, err)
+	}
+	branch := fmt.Sprintf(" (reference §1.3 branch %d)", d.Branch)
+	path := func(addr string) (string, string) {
+		p, err := homePath(l, addr)
+		if err != nil {
+			return "", fmt.Sprintf("refused, dead-lettered: %v", err)
+		}
+		if cfg.Bool(config.KeySeparateIndex) {
+			if il, err := mailbox.NewLayout(cfg.Dovecot.IndexHome); err == nil {
+				local, domain, _ := mailbox.ValidateAddress(addr)
+				if ip, err := il.Path(local, domain); err == nil {
+					return p, " (index " + ip + ")"
+				}
+			}
+		}
+		return p, ""
+	}
+	create := func(addr string) string {
+		p, extra := path(addr)
+		if p == "" {
+			return "create mailbox of " + addr + ": " + extra
+		}
+		s := "create mailbox of " + addr + " at " + p + extra
+		if onDisk(p) {
+			if m, ok := mailbox.ReadOwner(p); ok && m.UUID != ev.UUID {
+				return s + ": refused, the home belongs to " + m.DN
+			}
+			s += " (exists: kept, folders ensured)"
+		}
+		return s
+	}
+	remove := func(addr string) string {
+		p, extra := path(addr)
+		if p == "" {
+			return "delete mailbox of " + addr + ": " + extra
+		}
+		if !cfg.Bool(config.KeyDelete) {
+			return fmt.Sprintf("keep %s on disk (%s=no); %s is logged out and the auth cache flushed", p, config.KeyDelete, addr)
+		}
+		if !onDisk(p) {
+			return "delete mailbox of " + addr + ": " + p + " does not exist, nothing to delete"
+		}
+		return "delete mailbox of " + addr + ": " + p + extra + " goes to the trash, then is removed"
+	}
+	switch d.Action {
+	case mailbox.Create:
+		return create(d.New) + branch
+	case mailbox.Delete:
+		return remove(d.Old) + branch
+	}
+	// Move.
+	if !cfg.Bool(config.KeyRename) {
+		return fmt.Sprintf("%s=no: %s; %s%s", config.KeyRename, create(d.New), remove(d.Old), branch)
+	}
+	from, fx := path(d.Old)
+	to, tx := path(d.New)
+	switch {
+	case from == "":
+		return "move mailbox " + d.Old + " -> " + d.New + ": " + fx + branch
+	case to == "":
+		return "move mailbox " + d.Old + " -> " + d.New + ": " + tx + branch
+	case !onDisk(from):
+		return fmt.Sprintf("move %s -> %s: the old home does not exist, so %s%s", from, to, create(d.New), branch)
+	case onDisk(to):
+		return fmt.Sprintf("move %s -> %s: refused, the target exists; nothing is moved%s", from, to, branch)
+	}
+	return fmt.Sprintf("move %s%s -> %s%s, mail kept%s", from, fx, to, tx, branch)
+}
+
+func onDisk(p string) bool {
+	_, err := os.Stat(p)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// diffMap lists the keys of table that change from before to after.
+func diffMap(table string, before, after []byte) []string {
+	b, _ := parseMap(bytes.NewReader(before))
+	a, _ := parseMap(bytes.NewReader(after))
+	var out []string
+	for _, k := range sortedNames(b) {
+		v, ok := a[k]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("%s: - %s (was %s)", table, k, b[k]))
+		case v != b[k]:
+			out = append(out, fmt.Sprintf("%s: ~ %s %s -> %s", table, k, b[k], v))
+		}
+	}
+	for _, k := range sortedNames(a) {
+		if _, ok := b[k]; !ok {
+			out = append(out, fmt.Sprintf("%s: + %s %s", table, k, a[k]))
+		}
+	}
+	return out
+}

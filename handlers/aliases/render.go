@@ -1,0 +1,188 @@
+package aliases
+
+import (
+	"slices"
+	"strings"
+)
+
+// rendered is one table's source kept as a line per key, so that a change
+// re-renders only the keys it touched, the file is reassembled without
+// sorting, and the keys whose line changed since the last write are known
+// (for an incremental postmap).
+type rendered struct {
+	lines map[string]string // key -> line, without the newline
+	keys  []string          // sorted keys of lines, less removed, plus added
+	added []string          // keys new to lines since keys was merged
+	gone  set               // keys that left lines since keys was merged
+	size  int               // bytes of the source: lines and newlines
+
+	changed set // keys whose line changed since the last take
+}
+
+func newRendered() *rendered {
+	return &rendered{lines: map[string]string{}, gone: set{}, changed: set{}}
+}
+
+// set makes line the key's line; "" removes the key. It reports whether the
+// line changed.
+func (r *rendered) set(k, line string) bool {
+	old, had := r.lines[k]
+	if old == line && (had || line == "") {
+		return false
+	}
+	switch {
+	case line == "":
+		delete(r.lines, k)
+		r.size -= len(old) + 1
+		r.gone[k] = struct{}{}
+	case had:
+		r.lines[k] = line
+		r.size += len(line) - len(old)
+	default:
+		r.lines[k] = line
+		r.size += len(line) + 1
+		if _, was := r.gone[k]; was {
+			delete(r.gone, k) // still in keys
+		} else {
+			r.added = append(r.added, k)
+		}
+	}
+	r.changed[k] = struct{}{}
+	return true
+}
+
+// sortedKeys merges the keys added and removed since the last call into the
+// sorted key list: O(n + a log a), not a full sort.
+func (r *rendered) sortedKeys() []string {
+	if len(r.added) == 0 && len(r.gone) == 0 {
+		return r.keys
+	}
+	slices.Sort(r.added)
+	out := make([]string, 0, len(r.lines))
+	i, j := 0, 0
+	for i < len(r.keys) || j < len(r.added) {
+		var k string
+		if j == len(r.added) || (i < len(r.keys) && r.keys[i] < r.added[j]) {
+			k = r.keys[i]
+			i++
+		} else {
+			k = r.added[j]
+			j++
+		}
+		if _, g := r.gone[k]; !g {
+			out = append(out, k)
+		}
+	}
+	r.keys, r.added, r.gone = out, nil, set{}
+	return out
+}
+
+// source is the table source: one line per key, keys sorted.
+func (r *rendered) source() []byte {
+	keys := r.sortedKeys()
+	b := make([]byte, 0, r.size)
+	for _, k := range keys {
+		b = append(b, r.lines[k]...)
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// delta is what changed in a table since the last take: the lines to put
+// and the keys to delete.
+type delta struct {
+	put []string
+	del []string
+}
+
+// take returns the changes since the last take and forgets them.
+func (r *rendered) take() delta {
+	var d delta
+	for k := range r.changed {
+		if l, ok := r.lines[k]; ok {
+			d.put = append(d.put, l)
+		} else {
+			d.del = append(d.del, k)
+		}
+	}
+	r.changed = set{}
+	return d
+}
+
+func (d delta) size() int { return len(d.put) + len(d.del) }
+
+// aliasLine renders one alias key's line, or "" when the key has no entry.
+func (m *model) aliasLine(k string) string {
+	vals := m.aliasValues(k)
+	if len(vals) == 0 {
+		return ""
+	}
+	if len(vals) == 1 && vals[0] == k {
+		if _, mailbox := m.mailboxOwners[k]; mailbox {
+			return "" // a mailbox mapping to itself: the same as no entry
+		}
+		// Kept, so the address is accepted: a remote shared folder
+		// (ldap.sharedfolderremote, routed by the transport map).
+	}
+	n := len(k)
+	for _, v := range vals {
+		n += len(v) + 1
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(k)
+	b.WriteByte(' ')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(v)
+	}
+	return b.String()
+}
+
+// settle re-renders the lines of the keys touched since the last settle and
+// reports whether any table's source changed.
+func (m *model) settle() bool {
+	changed := false
+	for k := range m.dirtyAlias {
+		if m.aliasT.set(k, m.aliasLine(k)) {
+			changed = true
+		}
+	}
+	for k := range m.dirtyMailbox {
+		line := ""
+		if _, ok := m.mailboxOwners[k]; ok {
+			line = k + " " + k
+		}
+		if m.mailboxT.set(k, line) {
+			changed = true
+		}
+	}
+	for k := range m.dirtyDomain {
+		line := ""
+		if _, ok := m.domainOwners[k]; ok {
+			line = k + " " + k
+		}
+		if m.domainT.set(k, line) {
+			changed = true
+		}
+	}
+	m.dirtyAlias, m.dirtyMailbox, m.dirtyDomain = set{}, set{}, set{}
+	return changed
+}
+
+// fill renders an empty table from an owner index in one go. No change is
+// recorded: a table filled this way is written whole.
+func (r *rendered) fill(owners map[string][]string, line func(string) string) {
+	r.lines = make(map[string]string, len(owners))
+	r.keys = make([]string, 0, len(owners))
+	for k := range owners {
+		if l := line(k); l != "" {
+			r.lines[k] = l
+			r.keys = append(r.keys, k)
+			r.size += len(l) + 1
+		}
+	}
+	slices.Sort(r.keys)
+}

@@ -1,0 +1,29 @@
+package aliases
+
+import "mailsync/event"
+
+// Tables returns the sources of the three tables (keyed AliasMap,
+// MailboxMap, DomainMap) that Load writes for entries, computed in memory
+// by the same model, without postmap or any write. `mailsync check` and
+// `mailsync plan` compare with it.
+func Tables(hostFQDN string, expansionLimit int, entries []event.Entry) map[string][]byte {
+	if expansionLimit == 0 {
+		expansionLimit = DefaultExpansionLimit
+	}
+	m := newModel(hostFQDN, expansionLimit)
+	all := set{}
+	for _, e := range entries {
+		if e.UUID == "" {
+			continue
+		}
+		m.put(newEntry(e.UUID, e.DN, e.Kind, e.Attrs))
+		all[e.UUID] = struct{}{}
+	}
+	m.recompute(all)
+	m.settle()
+	return map[string][]byte{
+		AliasMap:   m.aliasT.source(),
+		MailboxMap: m.mailboxT.source(),
+		DomainMap:  m.domainT.source(),
+	}
+}
