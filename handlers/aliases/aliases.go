@@ -41,7 +41,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +50,7 @@ import (
 
 	"mailsync/event"
 	"mailsync/fault"
+	"mailsync/postmap"
 )
 
 // Table file names inside Config.Dir. Postfix's main.cf then names them,
@@ -77,7 +77,7 @@ const (
 )
 
 // mapSuffix is the file postmap makes from a source file, per map type.
-var mapSuffix = map[string]string{"hash": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+var mapSuffix = postmap.Suffixes
 
 // Config configures the handler.
 type Config struct {
@@ -207,17 +207,14 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("aliases: Dir: %w", err)
 	}
-	stale, _ := filepath.Glob(filepath.Join(cfg.Dir, ".*.tmp-*"))
-	for _, f := range stale {
-		os.Remove(f)
-	}
+	postmap.RemoveStale(cfg.Dir)
 	h := &Handler{
 		cfg:            cfg,
 		log:            log,
 		m:              newModel(cfg.HostFQDN, cfg.ExpansionLimit),
 		reports:        map[string]Report{},
 		synced:         map[string]bool{},
-		incrementalMin: incrementalMin,
+		incrementalMin: postmap.DefaultIncrementalMin,
 		kick:           make(chan struct{}, 1),
 		quit:           make(chan struct{}),
 		done:           make(chan struct{}),

@@ -27,6 +27,7 @@ import (
 
 	"mailsync/event"
 	"mailsync/fault"
+	"mailsync/postmap"
 )
 
 // TransportMap is the name of the table in the map dir; main.cf names it in
@@ -34,7 +35,7 @@ import (
 const TransportMap = "transport"
 
 // mapSuffix is the file postmap makes from a source file, per map type.
-var mapSuffix = map[string]string{"hash": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+var mapSuffix = postmap.Suffixes
 
 // Config configures the handler.
 type Config struct {
@@ -105,6 +106,7 @@ func New(cfg Config) (*Handler, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("homeserver: map dir: %w", err)
 	}
+	postmap.RemoveStale(cfg.Dir) // temp files a crash left
 	return &Handler{cfg: cfg, routes: map[string]route{}}, nil
 }
 

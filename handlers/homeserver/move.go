@@ -19,6 +19,7 @@ import (
 
 	"mailsync/dovecotadm"
 	"mailsync/fault"
+	"mailsync/postmap"
 )
 
 // Moving mail between home servers (mail/dovecot/mailbox/move_on_homeserver_change).
@@ -521,7 +522,7 @@ func (m *Mover) drop(uuid string) error {
 	if err := os.Remove(m.recordPath(uuid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fault.Retryable(fmt.Errorf("remove move record: %w", err))
 	}
-	if err := fsyncPath(m.records); err != nil {
+	if err := postmap.SyncDir(m.records); err != nil {
 		return fault.Retryable(fmt.Errorf("fsync %s: %w", m.records, err))
 	}
 	return nil
@@ -564,5 +565,5 @@ func writeAtomic(path string, data []byte, mode fs.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	return fsyncPath(filepath.Dir(path))
+	return postmap.SyncDir(filepath.Dir(path))
 }

@@ -1,0 +1,248 @@
+// Package postmap installs Postfix lookup tables atomically, for every
+// handler that materialises a map (aliases, transport).
+//
+// Each table is prepared in a temp file in the target directory (source
+// written, database built with postmap, both fsynced), all tables at once,
+// since postmap is most of the time; then they are renamed into place in
+// the order given, database before source, and the directory is fsynced. A
+// Postfix process holding the old database keeps reading it; its next open
+// gets the new one. It never sees half a table.
+package postmap
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// Suffixes is the file postmap makes from a source file, per map type.
+var Suffixes = map[string]string{"hash": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+// DefaultIncrementalMin is the table size from which updating a copy of
+// the live database beats rebuilding it: below it, one postmap run over the
+// whole source costs less than the copy and the two runs of an update.
+const DefaultIncrementalMin = 5000
+
+// Writer installs tables into Dir.
+type Writer struct {
+	Dir       string
+	Type      string // hash, lmdb or cdb
+	Postmap   string // the postmap binary
+	ConfigDir string // postmap -c; empty: postmap's own
+	// IncrementalMin: see DefaultIncrementalMin. 0 means every table with
+	// a delta is updated in place.
+	IncrementalMin int
+}
+
+// Table is one table to install: its whole source, and, when the live
+// database is known to hold the previous state, the changes since.
+type Table struct {
+	Name  string
+	Src   []byte
+	Delta *Delta
+}
+
+// Delta is what changed in a table: lines to put, keys to delete.
+type Delta struct {
+	Put []string
+	Del []string
+}
+
+func (d *Delta) size() int { return len(d.Put) + len(d.Del) }
+
+// Install writes the tables atomically, renamed into place in the order
+// given (put tables that others refer to first).
+func (w *Writer) Install(tables ...Table) error {
+	if len(tables) == 0 {
+		return nil
+	}
+	suffix, ok := Suffixes[w.Type]
+	if !ok {
+		return fmt.Errorf("postmap: unknown map type %q", w.Type)
+	}
+	tmps := make([]string, len(tables))
+	errs := make([]error, len(tables))
+	var wg sync.WaitGroup
+	for i, t := range tables {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tmps[i], errs[i] = w.prepare(t)
+		}()
+	}
+	wg.Wait()
+	cleanup := func() {
+		for _, tmp := range tmps {
+			if tmp != "" {
+				os.Remove(tmp)
+				os.Remove(tmp + suffix)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		cleanup()
+		return err
+	}
+	for i, t := range tables {
+		// The database first, so the source is never newer than the
+		// database Postfix compares it with.
+		live := filepath.Join(w.Dir, t.Name)
+		if err := os.Rename(tmps[i]+suffix, live+suffix); err != nil {
+			cleanup()
+			return fmt.Errorf("rename %s -> %s: %w", tmps[i]+suffix, live+suffix, err)
+		}
+		if err := os.Rename(tmps[i], live); err != nil {
+			cleanup()
+			return fmt.Errorf("rename %s -> %s: %w", tmps[i], live, err)
+		}
+		tmps[i] = ""
+	}
+	if err := SyncDir(w.Dir); err != nil {
+		return fmt.Errorf("fsync %s: %w", w.Dir, err)
+	}
+	return nil
+}
+
+// RemoveStale removes temp files a crash left in dir.
+func RemoveStale(dir string) {
+	stale, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
+	for _, f := range stale {
+		os.Remove(f)
+	}
+}
+
+// prepare writes one table's source and database to temp files and fsyncs
+// them; it returns the source's temp name (the database's is that plus the
+// map type's suffix). With a delta, the database is a copy of the live one
+// updated in place (postmap -d, postmap -r -i): a change to a large map
+// then costs its few keys, not a rebuild.
+func (w *Writer) prepare(t Table) (string, error) {
+	suffix := Suffixes[w.Type]
+	f, err := os.CreateTemp(w.Dir, "."+t.Name+".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("write %s: %w", t.Name, err)
+	}
+	tmp := f.Name()
+	fail := func(err error) (string, error) {
+		os.Remove(tmp)
+		os.Remove(tmp + suffix)
+		return "", err
+	}
+	if _, err = f.Write(t.Src); err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(fmt.Errorf("write %s: %w", tmp, err))
+	}
+	table := w.Type + ":" + tmp
+	if d := t.Delta; d != nil && w.incremental(d.size(), bytes.Count(t.Src, []byte{'\n'})) {
+		if err := copyFile(filepath.Join(w.Dir, t.Name)+suffix, tmp+suffix); err != nil {
+			return fail(fmt.Errorf("copy %s database: %w", t.Name, err))
+		}
+		if len(d.Del) > 0 {
+			if err := w.Run(strings.Join(d.Del, "\n")+"\n", true, "-d", "-", table); err != nil {
+				return fail(err)
+			}
+		}
+		if len(d.Put) > 0 {
+			if err := w.Run(strings.Join(d.Put, "\n")+"\n", false, "-r", "-i", table); err != nil {
+				return fail(err)
+			}
+		}
+	} else if err := w.Run("", false, table); err != nil {
+		return fail(err)
+	}
+	if err := syncFile(tmp+suffix, 0o644); err != nil {
+		return fail(fmt.Errorf("fsync %s: %w", tmp+suffix, err))
+	}
+	return tmp, nil
+}
+
+// incremental says whether a table of n lines, changed lines of which
+// changed, is updated in place rather than rebuilt: only the map types
+// postmap can update (a cdb is only ever built whole), only when the table
+// is large and the change small against it.
+func (w *Writer) incremental(changed, n int) bool {
+	return (w.Type == "hash" || w.Type == "lmdb") && n >= w.IncrementalMin && changed*8 < n
+}
+
+// Run runs postmap with args, stdin as its input. With notFoundOK, exit
+// status 1 without a message (postmap -d finding none of the keys, which is
+// the goal) is success.
+func (w *Writer) Run(stdin string, notFoundOK bool, args ...string) error {
+	if w.ConfigDir != "" {
+		args = append([]string{"-c", w.ConfigDir}, args...)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(w.Postmap, args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && notFoundOK && errors.As(err, &exit) && exit.ExitCode() == 1 && stderr.Len() == 0 {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("postmap %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+func copyFile(from, to string) error {
+	src, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(dst, src)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func syncFile(path string, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(mode)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// SyncDir fsyncs a directory, making renames in it durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
