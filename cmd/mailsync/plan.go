@@ -329,13 +329,13 @@ func describeEvent(ev event.Event) string {
 }
 
 // planMailbox says what the mailbox handler would do: the §1.3 cascade's
-// decision (mailbox.Decide), the paths from the mail_home template, the
+// decision (mailbox.DecideWith), the paths from the mail_home template, the
 // rename and delete policy, and what is on disk now.
 func planMailbox(cfg *config.Config, ev event.Event) string {
 	if ev.Kind != event.KindUser {
 		return "nothing (not a user)"
 	}
-	d := mailbox.Decide(ev, cfg.Host)
+	d := mailbox.DecideWith(ev, cfg.Host, mailbox.Policy{MoveOnHomeChange: cfg.Bool(config.KeyMoveOnHomeChange)})
 	if d.Action == mailbox.None {
 		return "nothing to do on " + cfg.Host
 	}
@@ -391,6 +391,12 @@ func planMailbox(cfg *config.Config, ev event.Event) string {
 		return create(d.New) + branch
 	case mailbox.Delete:
 		return remove(d.Old) + branch
+	case mailbox.MovedAway:
+		p, extra := path(d.Old)
+		if p == "" {
+			return "move mail of " + d.Old + " to " + d.To + ": " + extra + branch
+		}
+		return fmt.Sprintf("copy the mail of %s (%s) to %s as %s, verify, then %s%s", d.Old, p, d.To, d.New, remove(d.Old), branch)
 	}
 	// Move.
 	if !cfg.Bool(config.KeyRename) {
