@@ -10,17 +10,7 @@ func Tables(hostFQDN string, expansionLimit int, entries []event.Entry) map[stri
 	if expansionLimit == 0 {
 		expansionLimit = DefaultExpansionLimit
 	}
-	m := newModel(hostFQDN, expansionLimit)
-	all := set{}
-	for _, e := range entries {
-		if e.UUID == "" {
-			continue
-		}
-		m.put(newEntry(e.UUID, e.DN, e.Kind, e.Attrs))
-		all[e.UUID] = struct{}{}
-	}
-	m.recompute(all)
-	m.settle()
+	m := buildModel(hostFQDN, expansionLimit, entries)
 	return map[string][]byte{
 		AliasMap:   m.aliasT.source(),
 		MailboxMap: m.mailboxT.source(),

@@ -164,12 +164,7 @@ func validHost(s string) bool {
 // Load rebuilds the map from the whole directory. An entry whose values
 // cannot be written is left out; its events are dead-lettered by Handle.
 func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
-	routes := make(map[string]route, len(entries))
-	for _, e := range entries {
-		if addr, home, ok, err := Route(e.Attrs, h.cfg.Host); err == nil && ok {
-			routes[e.UUID] = route{address: addr, home: home}
-		}
-	}
+	routes := routesFor(h.cfg.Host, entries)
 	h.mu.Lock()
 	h.routes = routes
 	h.gen++
