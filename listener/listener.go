@@ -49,12 +49,12 @@ import (
 
 // Keys in the state bucket.
 const (
-	KeyCookie        = "cookie"
+	KeyCookie        = stream.KeyCookie
 	KeyHeldDeletes   = "held_deletes"
 	KeyConfirmDelete = "confirm_deletes"
 	// KeyEntriesSeq is the stream sequence up to which the entries bucket
 	// holds every published event's state.
-	KeyEntriesSeq = "entries_seq"
+	KeyEntriesSeq = stream.KeyEntriesSeq
 )
 
 // Config is what the listener needs to follow a directory.

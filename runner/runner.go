@@ -25,8 +25,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -54,6 +56,15 @@ type Handler interface {
 // is given every entry before the first event.
 type Loader interface {
 	Load(ctx context.Context, entries []event.Entry) error
+}
+
+// Derived is a Loader whose state derives wholly from the directory (the
+// maps): events already reflected in the entries it was loaded with are
+// acked without being handled again, so a start after a long stream costs
+// one rebuild, not one write per event.
+type Derived interface {
+	Loader
+	DerivedFromDirectory()
 }
 
 // Config tunes the runner. Zero values take the defaults noted.
@@ -158,12 +169,14 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 	d := &dispatcher{r: r, h: h, log: log, lanes: map[string]*lane{}, sem: make(chan struct{}, r.cfg.Parallel)}
 	defer d.wg.Wait()
 	for {
-		if err := r.load(ctx, h); err != nil {
+		covered, err := r.load(ctx, h)
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
+		d.covered.Store(covered)
 		cons, err := r.consumer(ctx, h)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -208,24 +221,62 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 	}
 }
 
-// load gives a Loader handler every entry, as before the first event.
-func (r *Runner) load(ctx context.Context, h Handler) error {
+// load gives a Loader handler every entry, as before the first event. It
+// first waits for the listener's first complete refresh, so a handler is
+// never loaded with half a directory; for a Derived handler it returns the
+// stream sequence the loaded entries cover.
+func (r *Runner) load(ctx context.Context, h Handler) (uint64, error) {
 	l, ok := h.(Loader)
 	if !ok {
-		return nil
+		return 0, nil
+	}
+	if err := r.waitFirstRefresh(ctx, h.Name()); err != nil {
+		return 0, err
+	}
+	var covered uint64
+	if e, err := r.bus.State.Get(ctx, stream.KeyEntriesSeq); err == nil {
+		covered, _ = strconv.ParseUint(string(e.Value()), 10, 64)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, fmt.Errorf("read entries sequence for %s: %w", h.Name(), err)
 	}
 	entries, err := stream.LoadEntries(ctx, r.bus.Entries)
 	if err != nil {
-		return fmt.Errorf("load directory for %s: %w", h.Name(), err)
+		return 0, fmt.Errorf("load directory for %s: %w", h.Name(), err)
 	}
 	list := make([]event.Entry, 0, len(entries))
 	for _, e := range entries {
 		list = append(list, e)
 	}
 	if err := l.Load(ctx, list); err != nil {
-		return fmt.Errorf("load directory into %s: %w", h.Name(), err)
+		return 0, fmt.Errorf("load directory into %s: %w", h.Name(), err)
 	}
-	return nil
+	if _, ok := h.(Derived); !ok {
+		return 0, nil
+	}
+	return covered, nil
+}
+
+// waitFirstRefresh waits until the state bucket holds a sync cookie.
+func (r *Runner) waitFirstRefresh(ctx context.Context, handler string) error {
+	logged := false
+	for {
+		_, err := r.bus.State.Get(ctx, stream.KeyCookie)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("read sync cookie for %s: %w", handler, err)
+		}
+		if !logged {
+			r.log.Info().Str("handler", handler).Msg("waiting for the listener's first complete refresh of the directory")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // ConsumerConfig is the durable consumer of a handler on a host, delivering
@@ -282,6 +333,8 @@ type dispatcher struct {
 	log zerolog.Logger
 	sem chan struct{}
 	wg  sync.WaitGroup
+	// covered is the stream sequence a Derived handler's last Load covers.
+	covered atomic.Uint64
 
 	mu    sync.Mutex
 	lanes map[string]*lane
@@ -356,14 +409,20 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 		d.deadLetter(ctx, msg, event.Event{}, 1, fault.Permanent(fmt.Errorf("decode event on %s: %w", msg.Subject(), err)))
 		return true
 	}
+	obs := d.r.cfg.Observer
+	if md, err := msg.Metadata(); err == nil && md.Sequence.Stream <= d.covered.Load() {
+		// Already in the state the handler was loaded with.
+		obs.Applied(d.h.Name(), 0, time.Since(ev.At))
+		_ = msg.Ack()
+		return true
+	}
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = d.r.cfg.InitialBackoff
 	bo.MaxInterval = d.r.cfg.MaxBackoff
 	bo.MaxElapsedTime = 0
-	obs := d.r.cfg.Observer
 	started := time.Now()
 	for attempt := 1; ; attempt++ {
-		err := d.h.Handle(ctx, ev)
+		err := d.handle(ctx, msg, ev)
 		if err == nil {
 			obs.Applied(d.h.Name(), time.Since(started), time.Since(ev.At))
 			if aerr := msg.DoubleAck(ctx); aerr != nil && ctx.Err() == nil {
@@ -402,6 +461,27 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 			return false
 		}
 	}
+}
+
+// handle runs the handler, telling JetStream the message is in progress
+// while it works, so a long operation (a mailbox copied between hosts) is
+// not redelivered under it.
+func (d *dispatcher) handle(ctx context.Context, msg jetstream.Msg, ev event.Event) error {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(d.r.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return d.h.Handle(ctx, ev)
 }
 
 // hold waits d while keeping msg from being redelivered.

@@ -29,6 +29,16 @@ const (
 	StateBucket   = "mailsync_state"
 )
 
+// Keys of the state bucket that more than the listener reads.
+const (
+	// KeyCookie is the listener's sync cookie; it exists once a first
+	// refresh of the directory is complete.
+	KeyCookie = "cookie"
+	// KeyEntriesSeq is the stream sequence up to which the entries bucket
+	// holds every published event's state.
+	KeyEntriesSeq = "entries_seq"
+)
+
 // Options shape the stream. Zero values take the defaults noted.
 type Options struct {
 	// Replicas for a clustered JetStream (default 1).

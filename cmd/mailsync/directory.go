@@ -11,6 +11,7 @@ import (
 
 	"mailsync/config"
 	"mailsync/event"
+	"mailsync/listener"
 )
 
 // ldapTimeout bounds each LDAP request of the operator verbs.
@@ -56,8 +57,8 @@ func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, erro
 			return nil, fmt.Errorf("bind to %s as %s: %w", cfg.LDAP.URL, cfg.LDAP.BindDN, err)
 		}
 	}
-	// nsUniqueId stands in for entryUUID on a 389-DS without the entryUUID
-	// plugin; only the ownership markers of homes compare UUIDs.
+	// On 389-DS the listener's identity is the nsUniqueId (listener.Flavor);
+	// the ownership markers of homes compare it.
 	attrs := append([]string{"entryUUID", "nsUniqueId", "entryCSN"}, event.Followed...)
 	req := ldap.NewSearchRequest(cfg.LDAP.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false,
 		event.Filter, attrs, nil)
@@ -79,9 +80,13 @@ func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, erro
 		if !ok {
 			continue
 		}
+		// The identity the listener gives the entry: on 389-DS the
+		// nsUniqueId in UUID form, as its sync plugin sends it.
 		uuid := e.GetAttributeValue("entryUUID")
-		if uuid == "" {
-			uuid = e.GetAttributeValue("nsUniqueId")
+		if cfg.LDAP.Flavor == string(listener.Flavor389DS) || uuid == "" {
+			if id, err := listener.UUIDFromNsUniqueID(e.GetAttributeValue("nsUniqueId")); err == nil {
+				uuid = id
+			}
 		}
 		if uuid == "" {
 			uuid = "dn:" + e.DN

@@ -110,6 +110,10 @@ func New(cfg Config) (*Handler, error) {
 	return &Handler{cfg: cfg, routes: map[string]route{}}, nil
 }
 
+// DerivedFromDirectory marks the maps as derived wholly from the directory:
+// the runner skips events a Load already covers.
+func (h *Handler) DerivedFromDirectory() {}
+
 // Name is the handler's name in consumer names and logs.
 func (h *Handler) Name() string { return "homeserver" }
 
