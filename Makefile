@@ -24,7 +24,7 @@ test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m $(PKGS)
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m $(PKGS)
 
 demo: deps build
 	@bash scripts/demo.sh

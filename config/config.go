@@ -139,7 +139,10 @@ type NATS struct {
 
 // Dovecot is the local Dovecot mailsync drives.
 type Dovecot struct {
-	DoveadmURL         string `yaml:"doveadm_url"`
+	DoveadmURL string `yaml:"doveadm_url"`
+	// CAFile verifies the doveadm API's certificate (https URLs, the
+	// peers' too); empty: the system's roots.
+	CAFile             string `yaml:"ca_file"`
 	APIKeyFile         string `yaml:"api_key_file"`
 	IMAPAddr           string `yaml:"imap_addr"`
 	MasterUser         string `yaml:"master_user"`
@@ -359,6 +362,7 @@ func (c *Config) complete(dir string) error {
 	if !strings.Contains(c.Dovecot.MailHome, "%Ln") || !filepath.IsAbs(c.Dovecot.MailHome) {
 		bad("dovecot.mail_home", "want an absolute template with %%Ln (and %%Ld), got %q", c.Dovecot.MailHome)
 	}
+	c.Dovecot.CAFile = abs(c.Dovecot.CAFile)
 	if c.Dovecot.APIKeyFile != "" {
 		c.Dovecot.APIKeyFile = abs(c.Dovecot.APIKeyFile)
 		k, err := readSecret(c.Dovecot.APIKeyFile)

@@ -169,16 +169,22 @@ func openBus(ctx context.Context, cfg *config.Config, embedded bool) (bus *strea
 }
 
 func ldapTLS(cfg *config.Config) (*tls.Config, error) {
-	if cfg.LDAP.CAFile == "" {
+	return caTLS(cfg.LDAP.CAFile, "ldap.ca_file")
+}
+
+// caTLS is a TLS client config trusting the CA in file (named by key in
+// errors); nil when file is empty.
+func caTLS(file, key string) (*tls.Config, error) {
+	if file == "" {
 		return nil, nil
 	}
-	pem, err := os.ReadFile(cfg.LDAP.CAFile)
+	pem, err := os.ReadFile(file)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("ldap.ca_file: %w", err)}
+		return nil, usageError{fmt.Errorf("%s: %w", key, err)}
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, usageError{fmt.Errorf("ldap.ca_file: no certificate in %s", cfg.LDAP.CAFile)}
+		return nil, usageError{fmt.Errorf("%s: no certificate in %s", key, file)}
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }

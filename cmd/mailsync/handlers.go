@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -83,7 +84,11 @@ func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler
 	if err != nil {
 		return nil, usageError{fmt.Errorf("dovecot.owner: %w", err)}
 	}
-	adm, err := dovecotadm.New(cfg.Dovecot.DoveadmURL, cfg.Dovecot.APIKey)
+	hc, err := doveadmHTTP(cfg)
+	if err != nil {
+		return nil, err
+	}
+	adm, err := dovecotadm.New(cfg.Dovecot.DoveadmURL, cfg.Dovecot.APIKey, dovecotadm.WithHTTPClient(hc))
 	if err != nil {
 		return nil, usageError{fmt.Errorf("dovecot.doveadm_url: %w", err)}
 	}
@@ -127,9 +132,13 @@ func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler
 
 // newMover builds the Mover of move_on_homeserver_change from the peers.
 func newMover(cfg *config.Config, adm *dovecotadm.Client, log zerolog.Logger) (*homeserver.Mover, error) {
+	hc, err := doveadmHTTP(cfg)
+	if err != nil {
+		return nil, err
+	}
 	peers := map[string]homeserver.Peer{}
 	for host, p := range cfg.Peers {
-		c, err := dovecotadm.New(p.DoveadmURL, p.APIKey)
+		c, err := dovecotadm.New(p.DoveadmURL, p.APIKey, dovecotadm.WithHTTPClient(hc))
 		if err != nil {
 			return nil, usageError{fmt.Errorf("peers.%s.doveadm_url: %w", host, err)}
 		}
@@ -156,4 +165,14 @@ func parseOwner(s string) (int, int, error) {
 		return 0, 0, fmt.Errorf("want uid:gid as numbers, got %q", s)
 	}
 	return uid, gid, nil
+}
+
+// doveadmHTTP is the HTTP client for doveadm APIs: HTTPS verified against
+// dovecot.ca_file when set.
+func doveadmHTTP(cfg *config.Config) (*http.Client, error) {
+	tc, err := caTLS(cfg.Dovecot.CAFile, "dovecot.ca_file")
+	if err != nil || tc == nil {
+		return &http.Client{}, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}, nil
 }

@@ -38,7 +38,11 @@ func addHealthChecks(m *metrics.Metrics, cfg *config.Config, bus *stream.Bus, ls
 		})
 	}
 	if cfg.Dovecot.DoveadmURL != "" && cfg.Wants("mailbox") {
-		client := &http.Client{Timeout: 3 * time.Second}
+		client, err := doveadmHTTP(cfg)
+		if err != nil {
+			client = &http.Client{}
+		}
+		client.Timeout = 3 * time.Second
 		m.AddCheck("dovecot", func(ctx context.Context) error {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, cfg.Dovecot.DoveadmURL, nil)
 			if err != nil {

@@ -37,6 +37,7 @@ type demo struct {
 	maps    string
 	out     *os.File
 	status  string
+	ca      *testenv.CA
 }
 
 func (d *demo) say(format string, args ...any) {
@@ -50,7 +51,8 @@ func TestDemo(t *testing.T) {
 	d.maps = filepath.Join(d.dir, "maps")
 	d.say("== mailsync demo: starting slapd, Dovecot and Postfix tools on 127.0.0.1")
 	d.ldap = testenv.StartSlapd(t)
-	d.dovecot = testenv.StartDovecot(t, d.ldap, testenv.DovecotOptions{FQDN: fqdn})
+	d.ca = testenv.NewCA(t) // the doveadm API is served over HTTPS
+	d.dovecot = testenv.StartDovecot(t, d.ldap, testenv.DovecotOptions{FQDN: fqdn, DoveadmTLS: d.ca})
 	d.postfix = testenv.StartPostfix(t)
 	d.say("   slapd %s   IMAP %s   LMTP %s   doveadm %s", d.ldap.URL, d.dovecot.IMAPAddr, d.dovecot.LMTPAddr, d.dovecot.DoveadmURL)
 
@@ -253,6 +255,7 @@ nats:
   port: %d
 dovecot:
   doveadm_url: %s
+  ca_file: %s
   api_key_file: doveadm.key
   imap_addr: %s
   master_user: %s
@@ -265,9 +268,9 @@ postfix:
 metrics:
   listen: 127.0.0.1:%d
 log:
-  level: info
+  level: debug
   format: json
-`, fqdn, d.dir, d.ldap.URL, d.ldap.BaseDN, d.ldap.AdminDN, testenv.FreePort(t), d.dovecot.DoveadmURL,
+`, fqdn, d.dir, d.ldap.URL, d.ldap.BaseDN, d.ldap.AdminDN, testenv.FreePort(t), d.dovecot.DoveadmURL, d.ca.CertFile,
 		d.dovecot.IMAPAddr, d.dovecot.MasterUser, d.dovecot.MailHome, d.dovecot.UID, d.dovecot.GID, d.maps, d.postfix.ConfigDir, testenv.FreePort(t)))
 }
 
@@ -298,6 +301,13 @@ func (d *demo) run(bin, cfg string) (*exec.Cmd, string) {
 			t.Errorf("mailsync did not stop within 15s of SIGTERM")
 		}
 		logf.Close()
+		data, _ := os.ReadFile(logPath)
+		for name, secret := range map[string]string{"LDAP bind password": d.ldap.AdminPW,
+			"doveadm API key": d.dovecot.APIKey, "master password": d.dovecot.MasterPass} {
+			if strings.Contains(string(data), secret) {
+				t.Errorf("the %s appears in mailsync's debug log", name)
+			}
+		}
 		if t.Failed() || os.Getenv("MAILSYNC_DEMO_LOG") != "" {
 			data, _ := os.ReadFile(logPath)
 			t.Logf("mailsync log:\n%s", tail(string(data), 60))

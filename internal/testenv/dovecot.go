@@ -44,6 +44,9 @@ type DovecotOptions struct {
 	// user's mail moves away from this host (README, "Moving mail between
 	// home servers"). Created empty.
 	MovingUserdb bool
+	// DoveadmTLS serves the doveadm HTTP API over HTTPS with a certificate
+	// of this CA (DoveadmURL is then https://).
+	DoveadmTLS *CA
 }
 
 // Dovecot is a running Dovecot 2.3 with an LDAP passdb/userdb on the test
@@ -78,6 +81,7 @@ type Dovecot struct {
 	binary  string
 	conf    string
 	ports   dovecotPorts
+	tls     *CA
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
@@ -122,6 +126,7 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 		t.Fatal(err)
 	}
 	d := &Dovecot{
+		tls:        opts.DoveadmTLS,
 		APIKey:     randomHex(t, 16),
 		MasterUser: "dovecotadmin", // as UCS's postinst names it
 		MasterPass: randomHex(t, 12),
@@ -181,7 +186,11 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 		}
 		d.IMAPAddr = fmt.Sprintf("127.0.0.1:%d", d.ports.IMAP)
 		d.LMTPAddr = fmt.Sprintf("127.0.0.1:%d", d.ports.LMTP)
-		d.DoveadmURL = fmt.Sprintf("http://127.0.0.1:%d/doveadm/v1", d.ports.HTTP)
+		scheme := "http"
+		if opts.DoveadmTLS != nil {
+			scheme = "https"
+		}
+		d.DoveadmURL = fmt.Sprintf("%s://127.0.0.1:%d/doveadm/v1", scheme, d.ports.HTTP)
 		writeFile(t, d.conf, 0o644, render(t, dovecotConf, map[string]any{
 			"D": d, "Ports": d.ports, "Opts": opts,
 			"CacheTTL":    fmt.Sprintf("%d secs", int(opts.AuthCacheTTL.Seconds())),
@@ -265,7 +274,11 @@ func (d *Dovecot) ready() error {
 	}
 	req, _ := http.NewRequest(http.MethodGet, d.DoveadmURL, nil)
 	req.Header.Set("Authorization", "X-Dovecot-API "+base64.StdEncoding.EncodeToString([]byte(d.APIKey)))
-	resp, err := (&http.Client{Timeout: time.Second}).Do(req)
+	client := &http.Client{Timeout: time.Second}
+	if d.tls != nil {
+		client.Transport = &http.Transport{TLSClientConfig: d.tls.ClientTLS()}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("doveadm http: %w", err)
 	}
@@ -423,7 +436,13 @@ state_dir = {{.D.Dir}}/state
 instance_name = mailsync-test
 listen = 127.0.0.1
 protocols = imap lmtp
+{{- if .Opts.DoveadmTLS}}
+ssl = yes
+ssl_cert = <{{.Opts.DoveadmTLS.ServerCert}}
+ssl_key = <{{.Opts.DoveadmTLS.ServerKey}}
+{{- else}}
 ssl = no
+{{- end}}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 log_path = {{.D.LogPath}}
@@ -505,6 +524,9 @@ service doveadm {
   inet_listener http {
     address = 127.0.0.1
     port = {{.Ports.HTTP}}
+{{- if .Opts.DoveadmTLS}}
+    ssl = yes
+{{- end}}
   }
 {{- if .Ports.TCP}}
   inet_listener {
