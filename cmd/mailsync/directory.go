@@ -71,15 +71,6 @@ func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, erro
 	}
 	out := make([]event.Entry, 0, len(res.Entries))
 	for _, e := range res.Entries {
-		raw := make(map[string][]string, len(e.Attributes))
-		for _, a := range e.Attributes {
-			raw[a.Name] = a.Values
-		}
-		a := event.NewAttrs(raw)
-		kind, ok := event.KindOf(a)
-		if !ok {
-			continue
-		}
 		// The identity the listener gives the entry: on 389-DS the
 		// nsUniqueId in UUID form, as its sync plugin sends it.
 		uuid := e.GetAttributeValue("entryUUID")
@@ -91,7 +82,9 @@ func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, erro
 		if uuid == "" {
 			uuid = "dn:" + e.DN
 		}
-		out = append(out, event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: a, CSN: e.GetAttributeValue("entryCSN")})
+		if entry, ok := listener.EntryFrom(e, uuid); ok {
+			out = append(out, entry)
+		}
 	}
 	return out, nil
 }

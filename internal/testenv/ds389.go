@@ -522,20 +522,13 @@ func (d *DS389) Entries(t testing.TB) []event.Entry {
 	}
 	out := make([]event.Entry, 0, len(res.Entries))
 	for _, e := range res.Entries {
-		raw := make(map[string][]string, len(e.Attributes))
-		for _, a := range e.Attributes {
-			raw[a.Name] = a.Values
-		}
-		a := event.NewAttrs(raw)
-		kind, ok := event.KindOf(a)
-		if !ok {
-			continue
-		}
 		uuid, err := listener.UUIDFromNsUniqueID(e.GetAttributeValue("nsUniqueId"))
 		if err != nil {
 			t.Fatalf("entry %s: %v", e.DN, err)
 		}
-		out = append(out, event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: a})
+		if entry, ok := listener.EntryFrom(e, uuid); ok {
+			out = append(out, entry)
+		}
 	}
 	return out
 }

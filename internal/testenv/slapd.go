@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"mailsync/event"
+	"mailsync/listener"
 )
 
 //go:embed schema/ucs-mail.ldif
@@ -319,21 +319,13 @@ func (s *Slapd) Add(t testing.TB, dn string, attrs map[string][]string) {
 // TryAdd adds an entry and returns the error instead of failing.
 func (s *Slapd) TryAdd(t testing.TB, dn string, attrs map[string][]string) error {
 	t.Helper()
-	req := ldap.NewAddRequest(dn, nil)
-	for _, k := range sortedKeys(attrs) {
-		req.Attribute(k, attrs[k])
-	}
-	return s.Conn(t).Add(req)
+	return addEntry(s.Conn(t), dn, attrs)
 }
 
 // Modify replaces the named attributes; an empty slice deletes the attribute.
 func (s *Slapd) Modify(t testing.TB, dn string, replace map[string][]string) {
 	t.Helper()
-	req := ldap.NewModifyRequest(dn, nil)
-	for _, k := range sortedKeys(replace) {
-		req.Replace(k, replace[k])
-	}
-	if err := s.Conn(t).Modify(req); err != nil {
+	if err := modifyEntry(s.Conn(t), dn, replace); err != nil {
 		t.Fatalf("modify %s: %v", dn, err)
 	}
 }
@@ -342,14 +334,11 @@ func (s *Slapd) Modify(t testing.TB, dn string, replace map[string][]string) {
 // It returns the new DN.
 func (s *Slapd) ModRDN(t testing.TB, dn, newRDN, newSuperior string) string {
 	t.Helper()
-	if err := s.Conn(t).ModifyDN(ldap.NewModifyDNRequest(dn, newRDN, true, newSuperior)); err != nil {
+	newDN, err := modRDN(s.Conn(t), dn, newRDN, newSuperior)
+	if err != nil {
 		t.Fatalf("modrdn %s: %v", dn, err)
 	}
-	parent := newSuperior
-	if parent == "" {
-		parent = dn[strings.Index(dn, ",")+1:]
-	}
-	return newRDN + "," + parent
+	return newDN
 }
 
 // Delete deletes an entry.
@@ -375,28 +364,8 @@ var uidCounter struct {
 // attributes are added or override the defaults.
 func (s *Slapd) AddUser(t testing.TB, uid, mail string, extra map[string][]string) string {
 	t.Helper()
-	uidCounter.Lock()
-	uidCounter.n++
-	n := 10000 + uidCounter.n
-	uidCounter.Unlock()
-	attrs := map[string][]string{
-		"objectClass":   {"inetOrgPerson", "posixAccount", "univentionMail"},
-		"uid":           {uid},
-		"cn":            {uid},
-		"sn":            {uid},
-		"uidNumber":     {strconv.Itoa(n)},
-		"gidNumber":     {"5000"},
-		"homeDirectory": {"/home/" + uid},
-		"userPassword":  {"secret"},
-	}
-	if mail != "" {
-		attrs["mailPrimaryAddress"] = []string{mail}
-	}
-	for k, v := range extra {
-		attrs[k] = v
-	}
 	dn := s.UserDN(uid)
-	s.Add(t, dn, attrs)
+	s.Add(t, dn, userAttrs(uid, mail, extra))
 	return dn
 }
 
@@ -404,26 +373,8 @@ func (s *Slapd) AddUser(t testing.TB, uid, mail string, extra map[string][]strin
 // mail address.
 func (s *Slapd) AddGroup(t testing.TB, cn, mail string, members []string, extra map[string][]string) string {
 	t.Helper()
-	uidCounter.Lock()
-	uidCounter.n++
-	n := 20000 + uidCounter.n
-	uidCounter.Unlock()
-	attrs := map[string][]string{
-		"objectClass": {"posixGroup", "univentionGroup"},
-		"cn":          {cn},
-		"gidNumber":   {strconv.Itoa(n)},
-	}
-	if mail != "" {
-		attrs["mailPrimaryAddress"] = []string{mail}
-	}
-	if len(members) > 0 {
-		attrs["uniqueMember"] = members
-	}
-	for k, v := range extra {
-		attrs[k] = v
-	}
 	dn := s.GroupDN(cn)
-	s.Add(t, dn, attrs)
+	s.Add(t, dn, groupAttrs(cn, mail, members, extra))
 	return dn
 }
 
@@ -438,17 +389,9 @@ func (s *Slapd) Entries(t testing.TB) []event.Entry {
 	}
 	out := make([]event.Entry, 0, len(res.Entries))
 	for _, e := range res.Entries {
-		raw := make(map[string][]string, len(e.Attributes))
-		for _, a := range e.Attributes {
-			raw[a.Name] = a.Values
+		if entry, ok := listener.EntryFrom(e, e.GetAttributeValue("entryUUID")); ok {
+			out = append(out, entry)
 		}
-		a := event.NewAttrs(raw)
-		kind, ok := event.KindOf(a)
-		if !ok {
-			continue
-		}
-		out = append(out, event.Entry{UUID: e.GetAttributeValue("entryUUID"), DN: e.DN, Kind: kind,
-			Attrs: a, CSN: e.GetAttributeValue("entryCSN")})
 	}
 	return out
 }
