@@ -749,19 +749,7 @@ func (h *Handler) move(ctx context.Context, ev event.Event, oldAddr, newAddr str
 		return fault.Permanentf("rename mailbox of %s from %q to %q: home %s belongs to entry %s (uuid %s); nothing moved",
 			where(ev), oldAddr, newAddr, oldHome, m.DN, m.UUID)
 	}
-	if err := h.saveIntent(in); err != nil {
-		return err
-	}
-	if err := h.at("move:intent"); err != nil {
-		return err
-	}
-	err = h.run(ctx, in)
-	if fault.IsPermanent(err) {
-		if derr := h.dropIntent(in.UUID); derr != nil {
-			return derr
-		}
-	}
-	return err
+	return h.begin(ctx, in)
 }
 
 // delete applies the delete policy to addr's mailbox. With delete=no the
@@ -796,13 +784,19 @@ func (h *Handler) delete(ctx context.Context, ev event.Event, addr string) error
 	if index != "" {
 		in.Ops = append(in.Ops, pathOp{What: "index", Root: h.index.Root, From: index, To: filepath.Join(h.index.Root, trashDir, stamp)})
 	}
+	return h.begin(ctx, in)
+}
+
+// begin records the intent of a multi-step operation, then runs it; an
+// operation that cannot succeed drops its intent.
+func (h *Handler) begin(ctx context.Context, in *intent) error {
 	if err := h.saveIntent(in); err != nil {
 		return err
 	}
-	if err := h.at("delete:intent"); err != nil {
+	if err := h.at(in.Op + ":intent"); err != nil {
 		return err
 	}
-	err = h.run(ctx, in)
+	err := h.run(ctx, in)
 	if fault.IsPermanent(err) {
 		if derr := h.dropIntent(in.UUID); derr != nil {
 			return derr
