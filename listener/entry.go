@@ -11,15 +11,45 @@ import (
 // false for an entry mailsync does not follow. Readers of the directory
 // outside the sync (`mailsync check`, `resync`, tests) use it to see
 // entries exactly as the listener does.
+// The attributes' value lists are shared with e.
 func EntryFrom(e *ldap.Entry, uuid string) (event.Entry, bool) {
-	raw := make(map[string][]string, len(e.Attributes))
-	for _, a := range e.Attributes {
-		raw[a.Name] = a.Values
-	}
-	attrs := event.NewAttrs(raw)
+	attrs := followedAttrs(e)
 	kind, ok := event.KindOf(attrs)
 	if !ok {
 		return event.Entry{}, false
 	}
 	return event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: attrs, CSN: e.GetAttributeValue("entryCSN")}, true
+}
+
+// followedAttrs is event.NewAttrs for an LDAP entry without the map of raw
+// attributes in between (it runs for every entry of a refresh); the value
+// lists are shared with e.
+func followedAttrs(e *ldap.Entry) event.Attrs {
+	a := make(event.Attrs, len(e.Attributes))
+	for _, at := range e.Attributes {
+		if len(at.Values) == 0 {
+			continue
+		}
+		name, ok := followedName(at.Name)
+		if !ok {
+			continue
+		}
+		if prev, dup := a[name]; dup {
+			a[name] = append(prev[:len(prev):len(prev)], at.Values...)
+		} else {
+			a[name] = at.Values
+		}
+	}
+	return a
+}
+
+// followedName is event.CanonicalAttr, first trying the schema spelling
+// servers send, which needs no lowercasing.
+func followedName(name string) (string, bool) {
+	for _, f := range event.Followed {
+		if name == f {
+			return f, true
+		}
+	}
+	return event.CanonicalAttr(name)
 }

@@ -30,7 +30,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/url"
 	"strconv"
 	"sync"
@@ -39,7 +38,6 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/go-ldap/ldap/v3"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -73,7 +71,11 @@ type Config struct {
 	// ConfirmMassDelete publishes held deletes without waiting for an
 	// operator (the config switch).
 	ConfirmMassDelete bool
-	// BatchSize bounds the events in flight during a refresh (default 1000).
+	// BatchSize is the number of events published together during a
+	// refresh (default 500). Two batches are in flight at once (one's
+	// events, the previous one's states; see publish.go), so about twice as
+	// many messages await acks; keep it under half of nats.go's async
+	// publish limit (4000).
 	BatchSize int
 	// MaxBackoff caps the reconnect delay (default 5s).
 	MaxBackoff time.Duration
@@ -131,14 +133,18 @@ type Listener struct {
 	// known is a compact mirror of KV "entries": enough to tell whether an
 	// entry changed; its attributes are read from KV when an event needs
 	// them as `old`. staged holds the states queued for publishing and not
-	// yet in KV (nil: deleted).
-	known  map[string]knownEntry
-	staged map[string]*event.Entry
+	// yet in KV (entry nil: deleted); the pipeline unstages a batch's
+	// states once KV has acked them, under stagedMu.
+	known    map[string]knownEntry
+	staged   map[string]staged
+	stagedMu sync.Mutex
 
-	// per-session state
-	pending   []pendingPub
-	inflight  []jetstream.PubAckFuture
-	refreshed bool
+	// per-session state: the events queued for the next batch, the number
+	// of batches handed to the pipeline, and the pipeline (nil between
+	// sessions).
+	pending []pendingPub
+	batches uint64
+	pipe    *pipeline
 
 	// work serialises the session loop and an operator's confirmation,
 	// which both touch known and pending.
@@ -149,6 +155,12 @@ type Listener struct {
 
 	mu     sync.Mutex
 	status Status
+}
+
+// staged is an entry state queued for publishing, and the batch it is in.
+type staged struct {
+	entry *event.Entry
+	batch uint64
 }
 
 type knownEntry struct {
@@ -163,28 +175,49 @@ func compact(e event.Entry) knownEntry {
 }
 
 // attrSum is a 64-bit FNV-1a digest of the attributes in a canonical order.
+// It is FNV-1a written out (hash/fnv gives the same sums) because it runs
+// for every entry of a refresh and hash/fnv allocates per string.
 func attrSum(a event.Attrs) uint64 {
-	h := fnv.New64a()
+	h := uint64(fnvOffset64)
 	for _, name := range event.Followed {
 		vals, ok := a[name]
 		if !ok {
 			continue
 		}
-		h.Write([]byte(name))
-		h.Write([]byte{0})
+		h = fnvByte(fnvString(h, name), 0)
 		for _, v := range vals {
-			h.Write([]byte(v))
-			h.Write([]byte{1})
+			h = fnvByte(fnvString(h, v), 1)
 		}
-		h.Write([]byte{2})
+		h = fnvByte(h, 2)
 	}
-	return h.Sum64()
+	return h
+}
+
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+)
+
+func fnvString(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime64
+	}
+	return h
+}
+
+func fnvByte(h uint64, b byte) uint64 {
+	h ^= uint64(b)
+	return h * fnvPrime64
 }
 
 // oldState returns what the listener last published for uuid.
 func (l *Listener) oldState(ctx context.Context, uuid string) (event.Attrs, error) {
-	if e, ok := l.staged[uuid]; ok && e != nil {
-		return e.Attrs, nil
+	l.stagedMu.Lock()
+	s, ok := l.staged[uuid]
+	l.stagedMu.Unlock()
+	if ok && s.entry != nil {
+		return s.entry.Attrs, nil
 	}
 	kv, err := l.bus.Entries.Get(ctx, uuid)
 	if err != nil {
@@ -200,6 +233,14 @@ func (l *Listener) oldState(ctx context.Context, uuid string) (event.Attrs, erro
 type pendingPub struct {
 	ev    event.Event
 	entry *event.Entry // nil for a delete
+	state []byte       // entry encoded for KV, once the event is published
+}
+
+// stage records the state an event queued in the current batch publishes.
+func (l *Listener) stage(uuid string, e *event.Entry) {
+	l.stagedMu.Lock()
+	l.staged[uuid] = staged{entry: e, batch: l.batches + 1}
+	l.stagedMu.Unlock()
 }
 
 // ErrCrash is returned when a test hook aborted the listener.
@@ -214,7 +255,7 @@ func New(cfg Config, bus *stream.Bus, log zerolog.Logger, hooks Hooks) *Listener
 		cfg.MassDeleteMin = 20
 	}
 	if cfg.BatchSize == 0 {
-		cfg.BatchSize = 1000
+		cfg.BatchSize = 500
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 5 * time.Second
@@ -283,7 +324,7 @@ func (l *Listener) Run(ctx context.Context) error {
 		}
 		// Lost the lease: forget the session's state and stand by.
 		l.work.Lock()
-		l.pending, l.inflight, l.known = nil, nil, nil
+		l.pending, l.known = nil, nil
 		l.work.Unlock()
 		l.leaseRev.Store(0)
 	}
@@ -323,6 +364,16 @@ func (l *Listener) active(ctx context.Context) error {
 		if errors.Is(err, ErrCrash) {
 			return err
 		}
+		// Changes queued but not handed to the publisher when the session
+		// failed are gone, yet known already holds their states: start the
+		// next session from what the stream and the entries bucket hold,
+		// or those changes would look unchanged and never be published.
+		l.work.Lock()
+		rerr := l.loadKnown(ctx)
+		l.work.Unlock()
+		if rerr != nil && ctx.Err() == nil {
+			l.log.Error().Err(rerr).Msg("reload entry states after an interrupted sync")
+		}
 		if time.Since(started) > 30*time.Second {
 			bo.Reset()
 		}
@@ -340,6 +391,7 @@ func (l *Listener) active(ctx context.Context) error {
 // listing, which can come back partial on a cluster, nats-server#4824) and
 // checks the count against the bucket's status.
 func (l *Listener) loadKnown(ctx context.Context) error {
+	l.pending = nil // what was not published is found again by the next refresh
 	known := make(map[string]knownEntry)
 	err := stream.WalkEntries(ctx, l.bus.Entries, func(e event.Entry) error {
 		known[e.UUID] = compact(e)
@@ -349,7 +401,9 @@ func (l *Listener) loadKnown(ctx context.Context) error {
 		return err
 	}
 	l.known = known
-	l.staged = make(map[string]*event.Entry)
+	l.stagedMu.Lock()
+	l.staged = make(map[string]staged)
+	l.stagedMu.Unlock()
 	if err := l.recoverFromStream(ctx); err != nil {
 		return err
 	}
@@ -406,11 +460,9 @@ func (l *Listener) recoverFromStream(ctx context.Context) error {
 	if len(l.pending) > 0 {
 		l.log.Warn().Int("events", len(l.pending)).Msg("entry states behind the stream; recovered from it")
 	}
-	if err := l.storeStates(ctx, last); err != nil {
-		return err
-	}
+	b := &batch{pubs: l.pending, entries: len(l.known), seq: last}
 	l.pending = nil
-	return nil
+	return l.storeBatch(ctx, b)
 }
 
 func (l *Listener) dial() (*ldap.Conn, error) {
@@ -479,7 +531,18 @@ func (l *Listener) session(ctx context.Context) error {
 	}
 	resp := conn.Syncrepl(sctx, req, 256, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
 
-	l.pending, l.inflight = nil, nil
+	l.work.Lock()
+	l.pending = nil
+	l.pipe = l.startPipeline(sctx)
+	l.work.Unlock()
+	// Batches already handed over are stored before the session ends,
+	// unless ctx ended or the pipeline failed.
+	defer func() {
+		l.work.Lock()
+		defer l.work.Unlock()
+		l.pipe.stop()
+		l.pipe = nil
+	}()
 	refreshing := true
 	l.setStatus(func(s *Status) { s.Connected, s.Refreshing = true, true })
 	l.log.Info().Bool("full", rf.full).Msg("directory sync started")
@@ -585,9 +648,14 @@ func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, 
 				}
 			}
 		}
-		// In persist mode every change is flushed at once: the latency from
-		// the LDAP write to the event is one publish round trip.
-		if !refreshing || len(l.pending) >= l.cfg.BatchSize || len(newCookie) > 0 {
+		// In persist mode every change is published and stored at once:
+		// the latency from the LDAP write to the event is one publish round
+		// trip. A cookie is saved only once everything before it is stored.
+		if !refreshing || len(newCookie) > 0 {
+			if err := l.sync(ctx); err != nil {
+				return err
+			}
+		} else if len(l.pending) >= l.cfg.BatchSize {
 			if err := l.flush(ctx); err != nil {
 				return err
 			}
@@ -602,17 +670,12 @@ func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, 
 }
 
 func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry, cookie []byte, rf *refresh) error {
-	raw := make(map[string][]string, len(e.Attributes))
-	for _, a := range e.Attributes {
-		raw[a.Name] = a.Values
-	}
-	attrs := event.NewAttrs(raw)
-	kind, ok := event.KindOf(attrs)
+	entry, ok := EntryFrom(e, uuid)
 	if !ok {
 		return l.queueDelete(ctx, uuid)
 	}
-	csn := l.cfg.Flavor.csn(e, attrs, cookie, rf.cookie)
-	entry := event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: attrs, CSN: csn}
+	entry.CSN = l.cfg.Flavor.csn(e, entry.Attrs, cookie, rf.cookie)
+	kind, attrs, csn := entry.Kind, entry.Attrs, entry.CSN
 	now := compact(entry)
 	old, had := l.known[uuid]
 	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {
@@ -632,7 +695,7 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry, c
 		}
 	}
 	l.known[uuid] = now
-	l.staged[uuid] = &entry
+	l.stage(uuid, &entry)
 	l.pending = append(l.pending, pendingPub{ev: ev, entry: &entry})
 	return nil
 }
@@ -647,7 +710,7 @@ func (l *Listener) queueDelete(ctx context.Context, uuid string) error {
 		return err
 	}
 	delete(l.known, uuid)
-	l.staged[uuid] = nil
+	l.stage(uuid, nil)
 	l.pending = append(l.pending, pendingPub{ev: event.Event{V: event.Version, Op: event.OpDelete,
 		Kind: old.kind, UUID: uuid, DN: old.dn, Old: oldAttrs, CSN: old.csn, At: time.Now().UTC()}})
 	return nil
@@ -722,7 +785,7 @@ func (l *Listener) endRefresh(ctx context.Context, rf *refresh) error {
 	}
 	l.setStatus(func(s *Status) { s.Refreshing = false })
 	l.log.Info().Int("entries", len(l.known)).Int("deletes", len(dels)).Msg("directory refresh done")
-	return l.flush(ctx)
+	return l.sync(ctx)
 }
 
 func (l *Listener) heldDeletes(ctx context.Context) (*HeldDeletes, error) {
@@ -788,85 +851,13 @@ func (l *Listener) watchConfirm(ctx context.Context) {
 			}
 			l.confirm.Store(true)
 			l.work.Lock()
-			err := l.flush(ctx)
+			err := l.sync(ctx)
 			l.work.Unlock()
 			if err != nil {
 				l.log.Error().Err(err).Msg("publish confirmed deletes")
 			}
 		}
 	}
-}
-
-// flush publishes the pending events, waits for JetStream's acks, then
-// writes their KV states. Only after flush returns may a cookie be saved.
-func (l *Listener) flush(ctx context.Context) error {
-	if l.confirm.Swap(false) {
-		if err := l.releaseHeld(ctx); err != nil {
-			return err
-		}
-	}
-	if len(l.pending) == 0 {
-		return nil
-	}
-	js := l.bus.JS
-	futures := make([]jetstream.PubAckFuture, 0, len(l.pending))
-	for _, p := range l.pending {
-		data, err := json.Marshal(p.ev)
-		if err != nil {
-			return fmt.Errorf("encode event for %s: %w", p.ev.DN, err)
-		}
-		msg := &nats.Msg{Subject: p.ev.Subject(), Data: data, Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, p.ev.MsgID())
-		f, err := js.PublishMsgAsync(msg)
-		if err != nil {
-			return fmt.Errorf("publish event for %s: %w", p.ev.DN, err)
-		}
-		futures = append(futures, f)
-	}
-	seq, err := waitAcks(ctx, futures)
-	if err != nil {
-		return fmt.Errorf("publish events: %w", err)
-	}
-	l.setStatus(func(s *Status) { s.Published += uint64(len(futures)) })
-	if l.hooks.AfterPublish != nil {
-		if err := l.hooks.AfterPublish(); err != nil {
-			return fmt.Errorf("%w: %v", ErrCrash, err)
-		}
-	}
-	return l.storeStates(ctx, seq)
-}
-
-// storeStates writes the pending events' states into the entries bucket,
-// then records the stream sequence they cover.
-func (l *Listener) storeStates(ctx context.Context, seq uint64) error {
-	js := l.bus.JS
-	futures := make([]jetstream.PubAckFuture, 0, len(l.pending))
-	for _, p := range l.pending {
-		msg := &nats.Msg{Subject: "$KV." + stream.EntriesBucket + "." + p.ev.UUID, Header: nats.Header{}}
-		if p.entry == nil {
-			msg.Header.Set("KV-Operation", "DEL")
-		} else {
-			data, _ := json.Marshal(p.entry)
-			msg.Data = data
-		}
-		f, err := js.PublishMsgAsync(msg)
-		if err != nil {
-			return fmt.Errorf("store entry %s: %w", p.ev.DN, err)
-		}
-		futures = append(futures, f)
-	}
-	if _, err := waitAcks(ctx, futures); err != nil {
-		return fmt.Errorf("store entry states: %w", err)
-	}
-	if seq > 0 {
-		if _, err := l.bus.State.Put(ctx, KeyEntriesSeq, []byte(strconv.FormatUint(seq, 10))); err != nil {
-			return fmt.Errorf("store entries sequence: %w", err)
-		}
-	}
-	l.pending = l.pending[:0]
-	clear(l.staged)
-	l.setStatus(func(s *Status) { s.Entries = len(l.known) })
-	return nil
 }
 
 // releaseHeld publishes the deletes an operator confirmed.
@@ -888,27 +879,6 @@ func (l *Listener) releaseHeld(ctx context.Context) error {
 		return fmt.Errorf("clear delete confirmation: %w", err)
 	}
 	return nil
-}
-
-// waitAcks waits for every publish to be acked and returns the highest
-// stream sequence among them.
-func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) (uint64, error) {
-	var seq uint64
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	for _, f := range futures {
-		select {
-		case a := <-f.Ok():
-			seq = max(seq, a.Sequence)
-		case err := <-f.Err():
-			return 0, err
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-timeout.C:
-			return 0, errors.New("no ack from jetstream after 30s")
-		}
-	}
-	return seq, nil
 }
 
 func (l *Listener) cookie(ctx context.Context) ([]byte, error) {

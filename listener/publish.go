@@ -1,0 +1,273 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"mailsync/stream"
+)
+
+// A session hands its queued events to a pipeline in batches. The pipeline
+// publishes a batch's events and waits for their acks, then writes the
+// batch's entry states to KV and waits for those, then records the stream
+// sequence the entries bucket covers. Two goroutines do this, one per step,
+// so while batch N's states are being stored batch N+1's events are in
+// flight, and meanwhile the session goes on reading the directory and
+// queueing batch N+2. The guarantees stay those of the package doc:
+//   - an entry's state is written only after its event was acked (a batch
+//     reaches the state writer only once all its events are acked);
+//   - batches are published and stored in the order they were queued, each
+//     step on one connection, so a later state of an entry is never
+//     overwritten by an earlier one;
+//   - the cookie is saved only after sync, which waits until every batch
+//     handed over is stored.
+//
+// A failure in either step stops the pipeline at once, as a crash would;
+// the session sees the error at its next flush or sync.
+
+// batch is a run of queued events published together.
+type batch struct {
+	n       uint64 // the batch's number in the session, from 1
+	pubs    []pendingPub
+	entries int           // known entries once the batch is stored, for the status
+	seq     uint64        // highest stream sequence of its events, once acked
+	done    chan struct{} // closed once its states are stored
+}
+
+type pipeline struct {
+	l      *Listener
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	events chan *batch // to the event publisher
+	states chan *batch // from the event publisher to the state writer
+	last   *batch      // the last batch handed over (session side)
+	wg     sync.WaitGroup
+}
+
+func (l *Listener) startPipeline(ctx context.Context) *pipeline {
+	pctx, cancel := context.WithCancelCause(ctx)
+	p := &pipeline{l: l, ctx: pctx, cancel: cancel, events: make(chan *batch), states: make(chan *batch)}
+	p.wg.Add(2)
+	go p.publishLoop()
+	go p.storeLoop()
+	return p
+}
+
+func (p *pipeline) publishLoop() {
+	defer p.wg.Done()
+	defer close(p.states)
+	for {
+		var b *batch
+		select {
+		case <-p.ctx.Done():
+			return
+		case b = <-p.events:
+		}
+		if b == nil {
+			return // stopped
+		}
+		if err := p.l.publishEvents(p.ctx, b); err != nil {
+			p.cancel(err)
+			return
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case p.states <- b:
+		}
+	}
+}
+
+func (p *pipeline) storeLoop() {
+	defer p.wg.Done()
+	for b := range p.states {
+		if err := p.l.storeBatch(p.ctx, b); err != nil {
+			p.cancel(err)
+			return
+		}
+		close(b.done)
+	}
+}
+
+// submit hands b over; it blocks while the pipeline is full.
+func (p *pipeline) submit(b *batch) error {
+	select {
+	case <-p.ctx.Done():
+		return context.Cause(p.ctx)
+	case p.events <- b:
+		p.last = b
+		return nil
+	}
+}
+
+// wait returns once every batch handed over is stored.
+func (p *pipeline) wait() error {
+	if p.last == nil {
+		return nil
+	}
+	select {
+	case <-p.last.done:
+		return nil
+	case <-p.ctx.Done():
+		select {
+		case <-p.last.done:
+			return nil
+		default:
+			return context.Cause(p.ctx)
+		}
+	}
+}
+
+// stop lets the batches handed over be stored (unless the pipeline's
+// context ends first) and ends the pipeline's goroutines.
+func (p *pipeline) stop() {
+	close(p.events)
+	p.wg.Wait()
+	p.cancel(nil)
+}
+
+// flush hands the queued events to the pipeline as one batch; without a
+// pipeline (between sessions) it publishes and stores them itself.
+func (l *Listener) flush(ctx context.Context) error {
+	if l.confirm.Swap(false) {
+		if err := l.releaseHeld(ctx); err != nil {
+			return err
+		}
+	}
+	if len(l.pending) == 0 {
+		return nil
+	}
+	l.batches++
+	b := &batch{n: l.batches, pubs: l.pending, entries: len(l.known), done: make(chan struct{})}
+	l.pending = make([]pendingPub, 0, l.cfg.BatchSize)
+	if l.pipe != nil {
+		return l.pipe.submit(b)
+	}
+	if err := l.publishEvents(ctx, b); err != nil {
+		return err
+	}
+	return l.storeBatch(ctx, b)
+}
+
+// sync flushes and waits until every event queued is published and its
+// state stored. Only after sync returns may a cookie be saved.
+func (l *Listener) sync(ctx context.Context) error {
+	if err := l.flush(ctx); err != nil {
+		return err
+	}
+	if l.pipe == nil {
+		return nil
+	}
+	return l.pipe.wait()
+}
+
+// publishEvents publishes a batch's events and waits for JetStream's acks.
+// It encodes each entry's state on the way, sharing the attributes' JSON
+// with the event.
+func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(b.pubs))
+	var attrs []byte
+	for i := range b.pubs {
+		p := &b.pubs[i]
+		var newJSON []byte
+		if p.entry != nil {
+			attrs = appendAttrs(attrs[:0], p.entry.Attrs)
+			p.state = appendEntry(make([]byte, 0, len(attrs)+len(p.entry.DN)+128), p.entry, attrs)
+			// The event's New is the entry's attributes (queueEntry).
+			newJSON = attrs
+		}
+		data, err := appendEvent(make([]byte, 0, len(newJSON)+len(p.ev.DN)+192), &p.ev, newJSON)
+		if err != nil {
+			return fmt.Errorf("encode event for %s: %w", p.ev.DN, err)
+		}
+		msg := &nats.Msg{Subject: p.ev.Subject(), Data: data,
+			Header: nats.Header{jetstream.MsgIDHeader: []string{p.ev.MsgID()}}}
+		f, err := l.bus.JS.PublishMsgAsync(msg)
+		if err != nil {
+			return fmt.Errorf("publish event for %s: %w", p.ev.DN, err)
+		}
+		futures = append(futures, f)
+	}
+	seq, err := waitAcks(ctx, futures)
+	if err != nil {
+		return fmt.Errorf("publish events: %w", err)
+	}
+	b.seq = seq
+	l.setStatus(func(s *Status) { s.Published += uint64(len(futures)) })
+	if l.hooks.AfterPublish != nil {
+		if err := l.hooks.AfterPublish(); err != nil {
+			return fmt.Errorf("%w: %v", ErrCrash, err)
+		}
+	}
+	return nil
+}
+
+// storeBatch writes a batch's entry states into the entries bucket, then
+// records the stream sequence they cover.
+func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(b.pubs))
+	for i := range b.pubs {
+		p := &b.pubs[i]
+		msg := &nats.Msg{Subject: "$KV." + stream.EntriesBucket + "." + p.ev.UUID}
+		switch {
+		case p.entry == nil:
+			msg.Header = nats.Header{"KV-Operation": []string{"DEL"}}
+		case p.state != nil:
+			msg.Data = p.state
+		default:
+			msg.Data = appendEntry(nil, p.entry, nil)
+		}
+		f, err := l.bus.JS.PublishMsgAsync(msg)
+		if err != nil {
+			return fmt.Errorf("store entry %s: %w", p.ev.DN, err)
+		}
+		futures = append(futures, f)
+	}
+	if _, err := waitAcks(ctx, futures); err != nil {
+		return fmt.Errorf("store entry states: %w", err)
+	}
+	if b.seq > 0 {
+		if _, err := l.bus.State.Put(ctx, KeyEntriesSeq, []byte(strconv.FormatUint(b.seq, 10))); err != nil {
+			return fmt.Errorf("store entries sequence: %w", err)
+		}
+	}
+	// A state queued again in a later batch stays staged for that one.
+	l.stagedMu.Lock()
+	for i := range b.pubs {
+		u := b.pubs[i].ev.UUID
+		if s, ok := l.staged[u]; ok && s.batch <= b.n {
+			delete(l.staged, u)
+		}
+	}
+	l.stagedMu.Unlock()
+	l.setStatus(func(s *Status) { s.Entries = b.entries })
+	return nil
+}
+
+// waitAcks waits for every publish to be acked and returns the highest
+// stream sequence among them.
+func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) (uint64, error) {
+	var seq uint64
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for _, f := range futures {
+		select {
+		case a := <-f.Ok():
+			seq = max(seq, a.Sequence)
+		case err := <-f.Err():
+			return 0, err
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-timeout.C:
+			return 0, errors.New("no ack from jetstream after 30s")
+		}
+	}
+	return seq, nil
+}
