@@ -62,46 +62,68 @@ func (w *Writer) Install(tables ...Table) error {
 	if len(tables) == 0 {
 		return nil
 	}
-	suffix, ok := Suffixes[w.Type]
-	if !ok {
-		return fmt.Errorf("postmap: unknown map type %q", w.Type)
-	}
-	tmps := make([]string, len(tables))
+	ps := make([]*Prepared, len(tables))
 	errs := make([]error, len(tables))
 	var wg sync.WaitGroup
 	for i, t := range tables {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tmps[i], errs[i] = w.prepare(t)
-		}()
+		wg.Go(func() { ps[i], errs[i] = w.Prepare(t) })
 	}
 	wg.Wait()
-	cleanup := func() {
-		for _, tmp := range tmps {
-			if tmp != "" {
-				os.Remove(tmp)
-				os.Remove(tmp + suffix)
-			}
-		}
-	}
 	if err := errors.Join(errs...); err != nil {
-		cleanup()
+		Discard(ps...)
 		return err
 	}
-	for i, t := range tables {
+	return w.Commit(ps...)
+}
+
+// Prepared is a table whose source and database are written, fsynced and
+// waiting in temp files for Commit; it never touches the live table. A
+// caller can prepare each table as soon as its source is known.
+type Prepared struct {
+	name, tmp, suffix string
+}
+
+// Prepare writes one table to temp files in Dir (see prepare).
+func (w *Writer) Prepare(t Table) (*Prepared, error) {
+	suffix, ok := Suffixes[w.Type]
+	if !ok {
+		return nil, fmt.Errorf("postmap: unknown map type %q", w.Type)
+	}
+	tmp, err := w.prepare(t)
+	if err != nil {
+		return nil, err
+	}
+	return &Prepared{name: t.Name, tmp: tmp, suffix: suffix}, nil
+}
+
+// Discard removes the temp files of prepared tables not committed; nil
+// ones are skipped.
+func Discard(ps ...*Prepared) {
+	for _, p := range ps {
+		if p != nil && p.tmp != "" {
+			os.Remove(p.tmp)
+			os.Remove(p.tmp + p.suffix)
+			p.tmp = ""
+		}
+	}
+}
+
+// Commit renames prepared tables into place in the order given and fsyncs
+// the directory. On error, the tables not yet renamed are discarded.
+func (w *Writer) Commit(ps ...*Prepared) error {
+	for _, p := range ps {
 		// The database first, so the source is never newer than the
 		// database Postfix compares it with.
-		live := filepath.Join(w.Dir, t.Name)
-		if err := os.Rename(tmps[i]+suffix, live+suffix); err != nil {
-			cleanup()
-			return fmt.Errorf("rename %s -> %s: %w", tmps[i]+suffix, live+suffix, err)
+		live := filepath.Join(w.Dir, p.name)
+		if err := os.Rename(p.tmp+p.suffix, live+p.suffix); err != nil {
+			Discard(ps...)
+			return fmt.Errorf("rename %s -> %s: %w", p.tmp+p.suffix, live+p.suffix, err)
 		}
-		if err := os.Rename(tmps[i], live); err != nil {
-			cleanup()
-			return fmt.Errorf("rename %s -> %s: %w", tmps[i], live, err)
+		if err := os.Rename(p.tmp, live); err != nil {
+			Discard(ps...)
+			return fmt.Errorf("rename %s -> %s: %w", p.tmp, live, err)
 		}
-		tmps[i] = ""
+		p.tmp = ""
 	}
 	if err := SyncDir(w.Dir); err != nil {
 		return fmt.Errorf("fsync %s: %w", w.Dir, err)

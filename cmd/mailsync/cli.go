@@ -271,18 +271,11 @@ func (runCmd) Run(e *env) error {
 type confirmDeletesCmd struct{}
 
 func (confirmDeletesCmd) Run(e *env) error {
-	cfg, err := loadConfig(e.cfg)
-	if err != nil {
-		return err
-	}
-	bus, closeBus, err := openBus(e.ctx, cfg, false)
-	if err != nil {
-		return err
-	}
-	defer closeBus()
-	if err := listener.ConfirmDeletes(e.ctx, bus); err != nil {
-		return err
-	}
-	fmt.Fprintln(e.stdout, "held deletes confirmed; the running listener publishes them")
-	return nil
+	return withBus(e, func(bus *stream.Bus) error {
+		if err := listener.ConfirmDeletes(e.ctx, bus); err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, "held deletes confirmed; the running listener publishes them")
+		return nil
+	})
 }

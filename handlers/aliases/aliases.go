@@ -231,17 +231,32 @@ func (h *Handler) DerivedFromDirectory() {}
 func (h *Handler) Name() string { return "aliases" }
 
 // Load replaces the whole directory state and rewrites every table from it.
+// It writes the tables itself, not through the writer, so that postmap
+// starts on the tables that are ready while the rest is still computed;
+// meanwhile it holds the lock, so no other write can overtake it.
 func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
 	h.mu.Lock()
-	if h.closed {
+	for h.inflight != nil && !h.closed {
+		b := h.inflight
 		h.mu.Unlock()
+		if err := h.wait(ctx, b); ctx.Err() != nil {
+			return err
+		}
+		h.mu.Lock()
+	}
+	defer h.mu.Unlock()
+	if h.closed {
 		return errors.New("aliases: handler closed")
 	}
-	h.m = buildModel(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries)
-	h.force = true
-	b := h.changedLocked()
-	h.mu.Unlock()
-	return h.wait(ctx, b)
+	err := h.loadLocked(entries)
+	h.updateReportsLocked()
+	// Changes waiting for a write are superseded by the load.
+	if b := h.pending; b != nil {
+		h.pending = nil
+		b.err = err
+		close(b.done)
+	}
+	return err
 }
 
 // Handle applies one change and returns once it is in the tables on disk.
@@ -271,7 +286,10 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 		return fault.Permanentf("aliases: unknown op %q for %s (%s)", ev.Op, ev.DN, ev.UUID)
 	}
 	h.m.recompute(changed)
-	invalid := h.m.contrib[ev.UUID].invalid
+	var invalid []string
+	if c := h.m.contrib[ev.UUID]; c != nil {
+		invalid = c.invalid
+	}
 	var b *batch
 	if h.m.settle() {
 		b = h.changedLocked()

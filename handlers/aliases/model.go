@@ -2,8 +2,11 @@ package aliases
 
 import (
 	"fmt"
+	"runtime"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/go-ldap/ldap/v3"
 
@@ -22,14 +25,39 @@ type entry struct {
 	members    []string
 	memberDNs  []string
 	isGroupish bool
+	// memberAddr is what a group listing this (non-group) entry expands
+	// it to: its primary address, lowercased, or "" when none or invalid.
+	memberAddr string
 }
 
-// contribution is what one entry puts into the three maps.
+// contribution is what one entry puts into the three maps. The owner
+// indexes point at it, so rendering a key needs no lookup by UUID.
 type contribution struct {
-	alias   map[string][]string // key -> sorted values
+	uuid    string
+	alias   []aliasKey // few keys, each once
 	mailbox []string
 	domains []string
 	invalid []string // addresses skipped as malformed
+}
+
+// aliasKey is one alias key of a contribution and its sorted values.
+type aliasKey struct {
+	key  string
+	vals []string
+}
+
+// aliasOf returns the contribution's values for key, or nil.
+func (c *contribution) aliasOf(key string) []string {
+	for i := range c.alias {
+		if c.alias[i].key == key {
+			return c.alias[i].vals
+		}
+	}
+	return nil
+}
+
+func (c *contribution) empty() bool {
+	return c.alias == nil && c.mailbox == nil && c.domains == nil && c.invalid == nil
 }
 
 // set is a string set.
@@ -42,26 +70,61 @@ type model struct {
 	limit    int
 
 	byUUID  map[string]*entry
-	byDN    map[string][]string // normalised DN -> UUIDs carrying it, sorted
-	parents map[string]set      // normalised member DN -> UUIDs of the groups listing it
+	byDN    map[string][]*entry // normalised DN -> entries carrying it, by UUID
+	parents map[string][]string // normalised member DN -> UUIDs of the groups listing it, each once
 
 	exp     map[string][]string // group UUID -> expansion (member addresses, sorted)
 	missing map[string][]string // group UUID -> member DNs not in the index
 	cycles  map[string][]string // sorted UUIDs joined by " " -> UUIDs of one cycle
 	inCycle map[string]string   // group UUID -> key into cycles
-	contrib map[string]contribution
+	contrib map[string]*contribution
 
-	aliasOwners   map[string][]string // alias key -> UUIDs contributing
-	collisions    set                 // alias keys with more than one owner
-	invalid       set                 // UUIDs whose contribution skipped an address
-	overLimit     set                 // group UUIDs with an address expanding past the limit
-	mailboxOwners map[string][]string // mailbox key -> UUIDs contributing
-	domainOwners  map[string][]string
+	aliasOwners   owners // alias key -> contributions defining it
+	collisions    set    // alias keys with more than one owner
+	invalid       set    // UUIDs whose contribution skipped an address
+	overLimit     set    // group UUIDs with an address expanding past the limit
+	mailboxOwners owners // mailbox key -> contributions defining it
+	domainOwners  owners
 
 	// The rendered tables, and the keys whose lines need re-rendering.
 	aliasT, mailboxT, domainT             *rendered
 	dirtyAlias, dirtyMailbox, dirtyDomain set
 	bulk                                  bool // buildModel renders everything at the end
+
+	// While bulk, new one-element index lists come from these.
+	entrySlab   slab[*entry]
+	uuidSlab    slab[string]
+	contribSlab slab[*contribution]
+	// For the mailbox index, built alongside the alias index.
+	contribSlab2 slab[*contribution]
+}
+
+// slab hands out one-element slices cut from shared chunks: the index
+// lists of a full build, which are nearly all one element long, then cost
+// an allocation per thousand. Only for the full build: later changes
+// allocate their own, so a chunk is held at most until the lists of the
+// build are all replaced.
+type slab[T any] []T
+
+// one returns []T{v}, from the slab when it is not nil.
+func (s *slab[T]) one(v T) []T {
+	if s == nil {
+		return []T{v}
+	}
+	if len(*s) == cap(*s) {
+		*s = make([]T, 0, 1024)
+	}
+	*s = append(*s, v)
+	n := len(*s)
+	return (*s)[n-1 : n : n]
+}
+
+// slabs returns the slabs to use now: none unless in a full build.
+func (m *model) slabs() (*slab[*entry], *slab[string], *slab[*contribution], *slab[*contribution]) {
+	if !m.bulk {
+		return nil, nil, nil, nil
+	}
+	return &m.entrySlab, &m.uuidSlab, &m.contribSlab, &m.contribSlab2
 }
 
 func newModel(hostFQDN string, limit int) *model {
@@ -69,19 +132,19 @@ func newModel(hostFQDN string, limit int) *model {
 		hostFQDN:      strings.ToLower(hostFQDN),
 		limit:         limit,
 		byUUID:        map[string]*entry{},
-		byDN:          map[string][]string{},
-		parents:       map[string]set{},
+		byDN:          map[string][]*entry{},
+		parents:       map[string][]string{},
 		exp:           map[string][]string{},
 		missing:       map[string][]string{},
 		cycles:        map[string][]string{},
 		inCycle:       map[string]string{},
-		contrib:       map[string]contribution{},
-		aliasOwners:   map[string][]string{},
+		contrib:       map[string]*contribution{},
+		aliasOwners:   owners{},
 		collisions:    set{},
 		invalid:       set{},
 		overLimit:     set{},
-		mailboxOwners: map[string][]string{},
-		domainOwners:  map[string][]string{},
+		mailboxOwners: owners{},
+		domainOwners:  owners{},
 		aliasT:        newRendered(),
 		mailboxT:      newRendered(),
 		domainT:       newRendered(),
@@ -95,6 +158,9 @@ func newModel(hostFQDN string, limit int) *model {
 // lowercased, spaces around separators dropped. Most DNs need no escaping,
 // so they skip the full parser.
 func normDN(dn string) string {
+	if isNormDN(dn) {
+		return dn
+	}
 	if strings.ContainsAny(dn, "\\\"+#;<>") {
 		if p, err := ldap.ParseDN(dn); err == nil {
 			parts := make([]string, 0, len(p.RDNs))
@@ -117,19 +183,49 @@ func normDN(dn string) string {
 	return strings.Join(rdns, ",")
 }
 
+// isNormDN reports whether dn is already in normDN's form: no uppercase
+// letter, no space, no character needing the parser, '=' in every RDN.
+func isNormDN(dn string) bool {
+	eq := false
+	for i := 0; i < len(dn); i++ {
+		switch ch := dn[i]; {
+		case ch >= 'A' && ch <= 'Z', ch <= ' ', ch == '\\', ch == '"', ch == '+', ch == '#', ch == ';', ch == '<', ch == '>', ch >= 0x80:
+			return false
+		case ch == '=':
+			eq = true
+		case ch == ',':
+			if !eq {
+				return false
+			}
+			eq = false
+		}
+	}
+	return eq
+}
+
 func newEntry(uuid, dn string, kind event.Kind, attrs event.Attrs) *entry {
+	e := &entry{}
+	e.init(uuid, dn, kind, attrs)
+	return e
+}
+
+// init is newEntry into a zero entry.
+func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 	if kind == "" {
 		kind, _ = event.KindOf(attrs)
 	}
-	e := &entry{uuid: uuid, dn: dn, ndn: normDN(dn), kind: kind, attrs: attrs}
-	if kind == event.KindGroup {
+	*e = entry{uuid: uuid, dn: dn, ndn: normDN(dn), kind: kind, attrs: attrs}
+	if kind != event.KindGroup {
+		if a := attrs.FirstLower(event.AttrPrimaryAddress); a != "" && validAddress(a) {
+			e.memberAddr = a
+		}
+	} else {
 		e.isGroupish = true
 		for _, m := range attrs[event.AttrUniqueMember] {
 			e.members = append(e.members, normDN(m))
 			e.memberDNs = append(e.memberDNs, m)
 		}
 	}
-	return e
 }
 
 // put inserts or replaces an entry and returns the UUIDs whose maps may
@@ -150,24 +246,29 @@ func (m *model) insert(e *entry) *entry {
 	old := m.byUUID[e.uuid]
 	m.remove(old)
 	m.byUUID[e.uuid] = e
-	ids := append(m.byDN[e.ndn], e.uuid)
-	sort.Strings(ids)
-	m.byDN[e.ndn] = ids
+	entrySlab, uuidSlab, _, _ := m.slabs()
+	if es := m.byDN[e.ndn]; len(es) == 0 {
+		m.byDN[e.ndn] = entrySlab.one(e)
+	} else {
+		es = append(es, e)
+		slices.SortFunc(es, func(a, b *entry) int { return strings.Compare(a.uuid, b.uuid) })
+		m.byDN[e.ndn] = es
+	}
 	for _, mem := range e.members {
-		ps := m.parents[mem]
-		if ps == nil {
-			ps = set{}
-			m.parents[mem] = ps
+		switch ps := m.parents[mem]; {
+		case len(ps) == 0:
+			m.parents[mem] = uuidSlab.one(e.uuid)
+		case !slices.Contains(ps, e.uuid):
+			m.parents[mem] = append(ps, e.uuid)
 		}
-		ps[e.uuid] = struct{}{}
 	}
 	return old
 }
 
 // lookup resolves a normalised DN to its entry, or nil.
 func (m *model) lookup(ndn string) *entry {
-	if ids := m.byDN[ndn]; len(ids) > 0 {
-		return m.byUUID[ids[0]]
+	if es := m.byDN[ndn]; len(es) > 0 {
+		return es[0]
 	}
 	return nil
 }
@@ -189,23 +290,25 @@ func (m *model) remove(old *entry) {
 	}
 	// Two entries may carry the same DN for a while (a delete and an add
 	// travelling on different subjects); the smallest UUID wins lookups.
-	ids := m.byDN[old.ndn]
-	for i, u := range ids {
-		if u == old.uuid {
-			ids = append(ids[:i:i], ids[i+1:]...)
+	es := m.byDN[old.ndn]
+	for i, e := range es {
+		if e == old {
+			es = append(es[:i:i], es[i+1:]...)
 			break
 		}
 	}
-	if len(ids) == 0 {
+	if len(es) == 0 {
 		delete(m.byDN, old.ndn)
 	} else {
-		m.byDN[old.ndn] = ids
+		m.byDN[old.ndn] = es
 	}
 	for _, mem := range old.members {
-		if ps := m.parents[mem]; ps != nil {
-			delete(ps, old.uuid)
-			if len(ps) == 0 {
+		ps := m.parents[mem]
+		if i := slices.Index(ps, old.uuid); i >= 0 {
+			if len(ps) == 1 {
 				delete(m.parents, mem)
+			} else {
+				m.parents[mem] = append(ps[:i:i], ps[i+1:]...)
 			}
 		}
 	}
@@ -219,7 +322,7 @@ func (m *model) ancestors(uuid string, dns []string) set {
 	for len(queue) > 0 {
 		dn := queue[0]
 		queue = queue[1:]
-		for g := range m.parents[dn] {
+		for _, g := range m.parents[dn] {
 			if _, seen := out[g]; seen {
 				continue
 			}
@@ -241,10 +344,21 @@ func (m *model) recompute(changed set) {
 	}
 }
 
+// affects reports whether uuid is in affected; nil stands for every entry
+// (the full build).
+func affects(affected set, uuid string) bool {
+	if affected == nil {
+		return true
+	}
+	_, ok := affected[uuid]
+	return ok
+}
+
 // expand recomputes the group expansions of the groups in affected with
 // Tarjan's algorithm over the membership graph restricted to them. Groups
 // outside affected keep their expansion: since affected is closed under
-// ancestors, no cycle crosses its border.
+// ancestors, no cycle crosses its border. A nil affected is every group of
+// a model with no expansions yet (the full build).
 func (m *model) expand(affected set) {
 	// Forget the old results of the affected groups.
 	for uuid := range affected {
@@ -273,7 +387,7 @@ func (m *model) expand(affected set) {
 			if c == nil || !c.isGroupish {
 				continue
 			}
-			if _, aff := affected[c.uuid]; !aff {
+			if !affects(affected, c.uuid) {
 				continue
 			}
 			if _, seen := index[c.uuid]; !seen {
@@ -297,9 +411,16 @@ func (m *model) expand(affected set) {
 				break
 			}
 		}
-		m.expandSCC(scc, affected)
+		m.expandSCC(scc)
 	}
-	ids := make([]string, 0, len(affected))
+	var ids []string
+	if affected == nil {
+		for uuid, e := range m.byUUID {
+			if e.isGroupish {
+				ids = append(ids, uuid)
+			}
+		}
+	}
 	for uuid := range affected {
 		if e := m.byUUID[uuid]; e != nil && e.isGroupish {
 			ids = append(ids, uuid)
@@ -316,7 +437,7 @@ func (m *model) expand(affected set) {
 // expandSCC gives every group of one strongly connected component the same
 // expansion: the union of its members' addresses and of the expansions of
 // the groups it reaches, all of which are final by now.
-func (m *model) expandSCC(scc []string, affected set) {
+func (m *model) expandSCC(scc []string) {
 	inSCC := set{}
 	for _, u := range scc {
 		inSCC[u] = struct{}{}
@@ -341,8 +462,8 @@ func (m *model) expandSCC(scc []string, affected set) {
 				}
 				lists = append(lists, m.exp[c.uuid])
 			default:
-				if a := c.attrs.FirstLower(event.AttrPrimaryAddress); a != "" && validAddress(a) {
-					out = append(out, a)
+				if c.memberAddr != "" {
+					out = append(out, c.memberAddr)
 				}
 			}
 		}
@@ -351,10 +472,7 @@ func (m *model) expandSCC(scc []string, affected set) {
 		}
 	}
 	sort.Strings(out)
-	out = dedupSorted(out)
-	for _, l := range lists {
-		out = mergeSorted(out, l)
-	}
+	out = mergeAll(dedupSorted(out), lists)
 	for _, u := range scc {
 		m.exp[u] = out
 	}
@@ -372,11 +490,16 @@ func (m *model) expandSCC(scc []string, affected set) {
 // contribute computes what one entry puts into the maps, following the
 // union of UCS's ldap: tables (reference §3.3) with unionmap on and
 // mailForwardCopyToSelf honoured.
-func (m *model) contribute(e *entry) contribution {
-	var c contribution
+func (m *model) contribute(e *entry) *contribution {
+	return m.contributeInto(&contribution{}, e)
+}
+
+// contributeInto is contribute writing into c, which must be zero.
+func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 	if e == nil {
 		return c
 	}
+	c.uuid = e.uuid
 	a := e.attrs
 	addr := func(v string) string {
 		v = strings.ToLower(strings.TrimSpace(v))
@@ -402,10 +525,13 @@ func (m *model) contribute(e *entry) contribution {
 		if key == "" || len(vals) == 0 {
 			return
 		}
-		if c.alias == nil {
-			c.alias = map[string][]string{}
+		for i := range c.alias {
+			if c.alias[i].key == key {
+				c.alias[i].vals = sortedUnion(c.alias[i].vals, vals)
+				return
+			}
 		}
-		c.alias[key] = sortedUnion(c.alias[key], vals)
+		c.alias = append(c.alias, aliasKey{key, sortedUnion(nil, vals)})
 	}
 	primary := addr(a.First(event.AttrPrimaryAddress))
 	switch e.kind {
@@ -446,15 +572,14 @@ func (m *model) contribute(e *entry) contribution {
 		if primary != "" {
 			keys = append(keys, primary)
 		}
+	keyLoop:
 		for _, k := range keys {
-			if c.alias == nil {
-				c.alias = map[string][]string{}
+			for i := range c.alias {
+				if c.alias[i].key == k {
+					continue keyLoop // the same expansion again
+				}
 			}
-			if prev := c.alias[k]; prev != nil {
-				c.alias[k] = sortedUnion(prev, vals)
-			} else {
-				c.alias[k] = vals
-			}
+			c.alias = append(c.alias, aliasKey{k, vals})
 		}
 	case event.KindList:
 		put(primary, addrs(a[event.AttrMailMember])...)
@@ -488,70 +613,85 @@ func (m *model) contribute(e *entry) contribution {
 
 // setContribution replaces an entry's contribution and keeps the owner
 // indexes in step.
-func (m *model) setContribution(uuid string, c contribution) {
+func (m *model) setContribution(uuid string, c *contribution) {
 	old := m.contrib[uuid]
-	for k := range old.alias {
-		dropOwner(m.aliasOwners, k, uuid)
-		if len(m.aliasOwners[k]) < 2 {
-			delete(m.collisions, k)
+	if old != nil {
+		for _, a := range old.alias {
+			m.aliasOwners.drop(a.key, uuid)
+			if len(m.aliasOwners[a.key]) < 2 {
+				delete(m.collisions, a.key)
+			}
 		}
+		for _, k := range old.mailbox {
+			m.mailboxOwners.drop(k, uuid)
+		}
+		for _, k := range old.domains {
+			m.domainOwners.drop(k, uuid)
+		}
+		delete(m.invalid, uuid)
+		delete(m.overLimit, uuid)
 	}
-	delete(m.invalid, uuid)
-	delete(m.overLimit, uuid)
 	if len(c.invalid) > 0 {
 		m.invalid[uuid] = struct{}{}
 	}
 	if exp := m.exp[uuid]; m.limit > 0 && len(exp) > m.limit && len(c.alias) > 0 {
 		m.overLimit[uuid] = struct{}{}
 	}
-	for _, k := range old.mailbox {
-		dropOwner(m.mailboxOwners, k, uuid)
-	}
-	for _, k := range old.domains {
-		dropOwner(m.domainOwners, k, uuid)
-	}
 	if !m.bulk {
 		m.markDirty(old)
 		m.markDirty(c)
 	}
-	if c.alias == nil && c.mailbox == nil && c.domains == nil && c.invalid == nil {
-		delete(m.contrib, uuid)
+	if c.empty() {
+		if old != nil {
+			delete(m.contrib, uuid)
+		}
 		return
 	}
 	m.contrib[uuid] = c
-	for k := range c.alias {
-		addOwner(m.aliasOwners, k, uuid)
-		if len(m.aliasOwners[k]) > 1 {
-			m.collisions[k] = struct{}{}
+	_, _, sl, _ := m.slabs()
+	for _, a := range c.alias {
+		if m.aliasOwners.add(a.key, c, sl) > 1 {
+			m.collisions[a.key] = struct{}{}
 		}
 	}
 	for _, k := range c.mailbox {
-		addOwner(m.mailboxOwners, k, uuid)
+		m.mailboxOwners.add(k, c, sl)
 	}
 	for _, k := range c.domains {
-		addOwner(m.domainOwners, k, uuid)
+		m.domainOwners.add(k, c, sl)
 	}
 }
 
-// Owner lists are short (one entry, two for a collision), so slices.
-func addOwner(idx map[string][]string, k, uuid string) {
-	s := idx[k]
-	for _, u := range s {
-		if u == uuid {
-			return
+// owners indexes the contributions defining each key. Owner lists are
+// short (one entry, two for a collision), so slices.
+type owners map[string][]*contribution
+
+// add makes c (replacing one of the same UUID) an owner of k and returns
+// the number of owners.
+func (o owners) add(k string, c *contribution, sl *slab[*contribution]) int {
+	s := o[k]
+	if len(s) == 0 {
+		o[k] = sl.one(c)
+		return 1
+	}
+	for i, u := range s {
+		if u.uuid == c.uuid {
+			s[i] = c
+			return len(s)
 		}
 	}
-	idx[k] = append(s, uuid)
+	o[k] = append(s, c)
+	return len(s) + 1
 }
 
-func dropOwner(idx map[string][]string, k, uuid string) {
-	s := idx[k]
+func (o owners) drop(k, uuid string) {
+	s := o[k]
 	for i, u := range s {
-		if u == uuid {
+		if u.uuid == uuid {
 			if len(s) == 1 {
-				delete(idx, k)
+				delete(o, k)
 			} else {
-				idx[k] = append(s[:i:i], s[i+1:]...)
+				o[k] = append(s[:i:i], s[i+1:]...)
 			}
 			return
 		}
@@ -622,11 +762,11 @@ func (m *model) render() (alias, mailbox, domains []byte) {
 func (m *model) aliasValues(key string) []string {
 	owners := m.aliasOwners[key]
 	if len(owners) == 1 {
-		return m.contrib[owners[0]].alias[key]
+		return owners[0].aliasOf(key)
 	}
 	var vals []string
-	for _, u := range owners {
-		vals = append(vals, m.contrib[u].alias[key]...)
+	for _, c := range owners {
+		vals = append(vals, c.aliasOf(key)...)
 	}
 	sort.Strings(vals)
 	return dedupSorted(vals)
@@ -677,8 +817,8 @@ func (m *model) reports() []Report {
 	for k := range m.collisions {
 		owners := m.aliasOwners[k]
 		dns := make([]string, 0, len(owners))
-		for _, u := range owners {
-			dns = append(dns, dn(u))
+		for _, c := range owners {
+			dns = append(dns, dn(c.uuid))
 		}
 		sort.Strings(dns)
 		out = append(out, Report{Kind: ReportCollision, Address: k, DNs: dns,
@@ -704,41 +844,243 @@ func (m *model) maxOverLimit() int {
 }
 
 // buildModel builds the model of a whole directory at once: no ancestor
-// walks per entry, every contribution computed once, the tables rendered
-// from the owner indexes with one sort per table.
+// walks per entry, every contribution computed once, each table rendered
+// straight into its source in one pass over its sorted keys. Parsing and
+// contributing are spread over the CPUs, and each index map is written by
+// one goroutine, the maps side by side.
 func buildModel(hostFQDN string, limit int, entries []event.Entry) *model {
+	return buildModelEarly(hostFQDN, limit, entries, nil)
+}
+
+// buildModelEarly is buildModel calling early, when not nil, with the
+// mailbox and domain table sources as soon as they are final, before the
+// group expansions: Load has them postmap'ed alongside the rest of the
+// build.
+func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte)) *model {
 	m := newModel(hostFQDN, limit)
 	// Sized for the directory up front: growing maps of 100k keys is a
 	// good part of a full build otherwise.
 	n := len(entries)
 	m.byUUID = make(map[string]*entry, n)
-	m.byDN = make(map[string][]string, n)
-	m.contrib = make(map[string]contribution, n)
-	m.aliasOwners = make(map[string][]string, n)
-	m.mailboxOwners = make(map[string][]string, n)
-	all := make(set, len(entries))
-	for _, e := range entries {
-		if e.UUID == "" {
-			continue
-		}
-		m.insert(newEntry(e.UUID, e.DN, e.Kind, e.Attrs))
-		all[e.UUID] = struct{}{}
-	}
+	m.byDN = make(map[string][]*entry, n)
+	m.parents = make(map[string][]string, n)
+	m.contrib = make(map[string]*contribution, n)
+	m.aliasOwners = make(owners, n+n/2)
+	m.mailboxOwners = make(owners, n)
 	m.bulk = true
-	m.recompute(all)
+	es := make([]entry, n)        // one allocation for every entry
+	cs := make([]contribution, n) // and for every contribution
+	// Entries other than groups contribute without expansions: the
+	// mailbox and domain tables are final before any group is expanded.
+	inParallel(n, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if e := entries[i]; e.UUID != "" {
+				es[i].init(e.UUID, e.DN, e.Kind, e.Attrs)
+				if !es[i].isGroupish {
+					m.contributeInto(&cs[i], &es[i])
+				}
+			}
+		}
+	})
+	current := m.insertAll(es)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { m.setContributions(es, cs, current, false) })
+	var mailboxes, domains []string
+	for i := range cs {
+		if current[i] {
+			mailboxes = append(mailboxes, cs[i].mailbox...)
+			domains = append(domains, cs[i].domains...)
+		}
+	}
+	m.mailboxT.fill(sortedUnique(mailboxes), appendIdentityLine, 0)
+	m.domainT.fill(sortedUnique(domains), appendIdentityLine, 0)
+	if early != nil {
+		early(m.mailboxT.source(), m.domainT.source())
+	}
+	m.expand(nil)
+	wg.Wait()
+	for i := range es {
+		if current[i] && es[i].isGroupish {
+			m.contributeInto(&cs[i], &es[i])
+		}
+	}
+	m.setContributions(es, cs, current, true)
 	m.bulk = false
-	m.aliasT.fill(m.aliasOwners, m.aliasLine)
-	m.mailboxT.fill(m.mailboxOwners, identityLine)
-	m.domainT.fill(m.domainOwners, identityLine)
+	m.entrySlab, m.uuidSlab, m.contribSlab, m.contribSlab2 = nil, nil, nil, nil
+	aliasSize := 0
+	for i := range cs {
+		for _, a := range cs[i].alias {
+			aliasSize += len(a.key) + 1
+			for _, v := range a.vals {
+				aliasSize += len(v) + 1
+			}
+		}
+	}
+	m.aliasT.fill(sortedOwnerKeys(m.aliasOwners), m.appendAliasLine, aliasSize)
 	return m
 }
 
-func identityLine(k string) string { return k + " " + k }
+// sortedUnique sorts s and drops repeats.
+func sortedUnique(s []string) []string {
+	if len(s) < 4096 {
+		slices.Sort(s)
+		return slices.Compact(s)
+	}
+	a, b := s[:len(s)/2], s[len(s)/2:]
+	var wg sync.WaitGroup
+	wg.Go(func() { slices.Sort(a) })
+	slices.Sort(b)
+	wg.Wait()
+	return mergeInto(make([]string, 0, len(s)), slices.Compact(a), slices.Compact(b))
+}
+
+// insertAll indexes the entries of a full build, and reports which are
+// current: not without UUID, nor replaced by a later entry of the same
+// UUID. The UUID index is built alongside the DN and member indexes.
+func (m *model) insertAll(es []entry) []bool {
+	current := make([]bool, len(es))
+	var replaced []int
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var last map[string]int // UUID -> index, made at the first duplicate
+		for i := range es {
+			uuid := es[i].uuid
+			if uuid == "" {
+				continue
+			}
+			if old := m.byUUID[uuid]; old != nil {
+				if last == nil {
+					last = make(map[string]int, i)
+					for j := range i {
+						if current[j] {
+							last[es[j].uuid] = j
+						}
+					}
+				}
+				current[last[uuid]] = false
+				replaced = append(replaced, last[uuid])
+			}
+			m.byUUID[uuid] = &es[i]
+			if last != nil {
+				last[uuid] = i
+			}
+			current[i] = true
+		}
+	})
+	entrySlab, uuidSlab, _, _ := m.slabs()
+	for i := range es {
+		e := &es[i]
+		if e.uuid == "" {
+			continue
+		}
+		if same := m.byDN[e.ndn]; len(same) == 0 {
+			m.byDN[e.ndn] = entrySlab.one(e)
+		} else {
+			same = append(same, e)
+			slices.SortFunc(same, func(a, b *entry) int { return strings.Compare(a.uuid, b.uuid) })
+			m.byDN[e.ndn] = same
+		}
+		for _, mem := range e.members {
+			switch ps := m.parents[mem]; {
+			case len(ps) == 0:
+				m.parents[mem] = uuidSlab.one(e.uuid)
+			case !slices.Contains(ps, e.uuid):
+				m.parents[mem] = append(ps, e.uuid)
+			}
+		}
+	}
+	wg.Wait()
+	// A replaced entry leaves the DN and member indexes as insert would
+	// have it leave them, and its successor's memberships are restored.
+	for _, i := range replaced {
+		m.remove(&es[i])
+	}
+	for _, i := range replaced {
+		e := m.byUUID[es[i].uuid]
+		for _, mem := range e.members {
+			if ps := m.parents[mem]; !slices.Contains(ps, e.uuid) {
+				m.parents[mem] = append(ps, e.uuid)
+			}
+		}
+	}
+	return current
+}
+
+// setContributions records the contributions of the current entries, of
+// groups or of the others, for a full build: each index is written by its
+// own goroutine.
+func (m *model) setContributions(es []entry, cs []contribution, current []bool, groups bool) {
+	each := func(f func(e *entry, c *contribution)) {
+		for i := range es {
+			if current[i] && es[i].isGroupish == groups && !cs[i].empty() {
+				f(&es[i], &cs[i])
+			}
+		}
+	}
+	_, _, aliasSlab, mailboxSlab := m.slabs()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		each(func(e *entry, c *contribution) {
+			m.contrib[e.uuid] = c
+			if len(c.invalid) > 0 {
+				m.invalid[e.uuid] = struct{}{}
+			}
+			// Only groups have expansions (and the others are set while
+			// they are computed).
+			if groups && m.limit > 0 && len(m.exp[e.uuid]) > m.limit && len(c.alias) > 0 {
+				m.overLimit[e.uuid] = struct{}{}
+			}
+		})
+	})
+	wg.Go(func() {
+		each(func(e *entry, c *contribution) {
+			for _, k := range c.mailbox {
+				m.mailboxOwners.add(k, c, mailboxSlab)
+			}
+			for _, k := range c.domains {
+				m.domainOwners.add(k, c, nil)
+			}
+		})
+	})
+	each(func(e *entry, c *contribution) {
+		for _, a := range c.alias {
+			if m.aliasOwners.add(a.key, c, aliasSlab) > 1 {
+				m.collisions[a.key] = struct{}{}
+			}
+		}
+	})
+	wg.Wait()
+}
+
+// inParallel calls f over [0, n) cut into one range per CPU.
+func inParallel(n int, f func(lo, hi int)) {
+	parts := min(runtime.GOMAXPROCS(0), max(n/1024, 1))
+	var wg sync.WaitGroup
+	for p := range parts {
+		lo, hi := n*p/parts, n*(p+1)/parts
+		if p == parts-1 {
+			f(lo, hi)
+			break
+		}
+		wg.Go(func() { f(lo, hi) })
+	}
+	wg.Wait()
+}
+
+func appendIdentityLine(b []byte, k string) []byte {
+	b = append(b, k...)
+	b = append(b, ' ')
+	return append(b, k...)
+}
 
 // markDirty notes the keys a contribution touches for the next settle.
-func (m *model) markDirty(c contribution) {
-	for k := range c.alias {
-		m.dirtyAlias[k] = struct{}{}
+func (m *model) markDirty(c *contribution) {
+	if c == nil {
+		return
+	}
+	for _, a := range c.alias {
+		m.dirtyAlias[a.key] = struct{}{}
 	}
 	for _, k := range c.mailbox {
 		m.dirtyMailbox[k] = struct{}{}
@@ -749,31 +1091,80 @@ func (m *model) markDirty(c contribution) {
 	}
 }
 
-// mergeSorted is the sorted union of two sorted, duplicate-free lists; it
-// never modifies either (expansions are shared between groups).
-func mergeSorted(a, b []string) []string {
-	if len(b) == 0 {
-		return a
+// mergeAll is the sorted union of out and lists, all sorted and
+// duplicate-free, in one allocation; it never modifies lists, and shares a
+// list when that is the union. Two-way merges, longest lists first, cost
+// fewer comparisons than one k-way merge.
+func mergeAll(out []string, lists [][]string) []string {
+	heads := make([][]string, 0, len(lists)+1)
+	n := 0
+	for _, l := range append(lists, out) {
+		if len(l) > 0 {
+			heads = append(heads, l)
+			n += len(l)
+		}
 	}
-	if len(a) == 0 {
-		return b
+	switch len(heads) {
+	case 0:
+		return out
+	case 1:
+		return heads[0]
 	}
-	out := make([]string, 0, len(a)+len(b))
+	slices.SortFunc(heads, func(a, b []string) int { return len(b) - len(a) })
+	dst := mergeInto(make([]string, 0, n), heads[0], heads[1])
+	for _, h := range heads[2:] {
+		dst = mergeBack(dst, h)
+	}
+	return dst
+}
+
+// mergeBack merges b into dst in place, from the back, dst having the
+// room; both sorted and duplicate-free.
+func mergeBack(dst, b []string) []string {
+	i, j := len(dst)-1, len(b)-1
+	w := len(dst) + len(b)
+	dst = dst[:w]
+	for j >= 0 {
+		w--
+		switch {
+		case i >= 0 && dst[i] > b[j]:
+			dst[w] = dst[i]
+			i--
+		case i >= 0 && dst[i] == b[j]:
+			dst[w] = dst[i]
+			i--
+			j--
+		default:
+			dst[w] = b[j]
+			j--
+		}
+	}
+	// dst[:i+1] is in place; a duplicate left a gap of w-(i+1) before dst[w:].
+	if gap := w - (i + 1); gap > 0 {
+		copy(dst[i+1:], dst[w:])
+		dst = dst[:len(dst)-gap]
+	}
+	return dst
+}
+
+// mergeInto appends the sorted union of a and b to dst, which must not
+// overlap them.
+func mergeInto(dst, a, b []string) []string {
 	i, j := 0, 0
 	for i < len(a) && j < len(b) {
 		switch {
 		case a[i] < b[j]:
-			out = append(out, a[i])
+			dst = append(dst, a[i])
 			i++
 		case a[i] > b[j]:
-			out = append(out, b[j])
+			dst = append(dst, b[j])
 			j++
 		default:
-			out = append(out, a[i])
+			dst = append(dst, a[i])
 			i++
 			j++
 		}
 	}
-	out = append(out, a[i:]...)
-	return append(out, b[j:]...)
+	dst = append(dst, a[i:]...)
+	return append(dst, b[j:]...)
 }

@@ -2,7 +2,8 @@ package aliases
 
 import (
 	"slices"
-	"strings"
+	"sync"
+	"unsafe"
 )
 
 // rendered is one table's source kept as a line per key, so that a change
@@ -15,6 +16,10 @@ type rendered struct {
 	added []string          // keys new to lines since keys was merged
 	gone  set               // keys that left lines since keys was merged
 	size  int               // bytes of the source: lines and newlines
+	src   []byte            // the source as fill made it, until a change
+
+	// Left by fill for index to turn into lines and keys.
+	filled *filled
 
 	changed set // keys whose line changed since the last take
 }
@@ -26,6 +31,7 @@ func newRendered() *rendered {
 // set makes line the key's line; "" removes the key. It reports whether the
 // line changed.
 func (r *rendered) set(k, line string) bool {
+	r.index()
 	old, had := r.lines[k]
 	if old == line && (had || line == "") {
 		return false
@@ -48,12 +54,14 @@ func (r *rendered) set(k, line string) bool {
 		}
 	}
 	r.changed[k] = struct{}{}
+	r.src = nil
 	return true
 }
 
 // sortedKeys merges the keys added and removed since the last call into the
 // sorted key list: O(n + a log a), not a full sort.
 func (r *rendered) sortedKeys() []string {
+	r.index()
 	if len(r.added) == 0 && len(r.gone) == 0 {
 		return r.keys
 	}
@@ -79,6 +87,9 @@ func (r *rendered) sortedKeys() []string {
 
 // source is the table source: one line per key, keys sorted.
 func (r *rendered) source() []byte {
+	if r.src != nil {
+		return r.src
+	}
 	keys := r.sortedKeys()
 	b := make([]byte, 0, r.size)
 	for _, k := range keys {
@@ -97,6 +108,7 @@ type delta struct {
 
 // take returns the changes since the last take and forgets them.
 func (r *rendered) take() delta {
+	r.index()
 	var d delta
 	for k := range r.changed {
 		if l, ok := r.lines[k]; ok {
@@ -113,32 +125,32 @@ func (d delta) size() int { return len(d.put) + len(d.del) }
 
 // aliasLine renders one alias key's line, or "" when the key has no entry.
 func (m *model) aliasLine(k string) string {
+	return string(m.appendAliasLine(nil, k))
+}
+
+// appendAliasLine appends one alias key's line to b, or nothing when the
+// key has no entry.
+func (m *model) appendAliasLine(b []byte, k string) []byte {
 	vals := m.aliasValues(k)
 	if len(vals) == 0 {
-		return ""
+		return b
 	}
 	if len(vals) == 1 && vals[0] == k {
 		if _, mailbox := m.mailboxOwners[k]; mailbox {
-			return "" // a mailbox mapping to itself: the same as no entry
+			return b // a mailbox mapping to itself: the same as no entry
 		}
 		// Kept, so the address is accepted: a remote shared folder
 		// (ldap.sharedfolderremote, routed by the transport map).
 	}
-	n := len(k)
-	for _, v := range vals {
-		n += len(v) + 1
-	}
-	var b strings.Builder
-	b.Grow(n)
-	b.WriteString(k)
-	b.WriteByte(' ')
+	b = append(b, k...)
+	b = append(b, ' ')
 	for i, v := range vals {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		b.WriteString(v)
+		b = append(b, v...)
 	}
-	return b.String()
+	return b
 }
 
 // settle re-renders the lines of the keys touched since the last settle and
@@ -172,17 +184,78 @@ func (m *model) settle() bool {
 	return changed
 }
 
-// fill renders an empty table from an owner index in one go. No change is
-// recorded: a table filled this way is written whole.
-func (r *rendered) fill(owners map[string][]string, line func(string) string) {
-	r.lines = make(map[string]string, len(owners))
-	r.keys = make([]string, 0, len(owners))
-	for k := range owners {
-		if l := line(k); l != "" {
-			r.lines[k] = l
-			r.keys = append(r.keys, k)
-			r.size += len(l) + 1
+// fill renders an empty table from sorted keys in one go, straight into
+// its source. No change is recorded: a table filled this way is written
+// whole. The per-key lines are indexed later, by index.
+func (r *rendered) fill(keys []string, appendLine func([]byte, string) []byte, sizeHint int) {
+	if sizeHint == 0 {
+		for _, k := range keys {
+			sizeHint += 2*len(k) + 2 // "k k\n"
 		}
 	}
-	slices.Sort(r.keys)
+	ends := make([]int, len(keys)) // end of each key's line in src; -1: none
+	src := make([]byte, 0, sizeHint)
+	for i, k := range keys {
+		start := len(src)
+		src = appendLine(src, k)
+		if len(src) == start {
+			ends[i] = -1
+			continue
+		}
+		src = append(src, '\n')
+		ends[i] = len(src) - 1
+	}
+	r.size = len(src)
+	r.src = src
+	r.filled = &filled{keys: keys, ends: ends}
+}
+
+// filled is what fill leaves for index.
+type filled struct {
+	keys []string
+	ends []int
+}
+
+// index makes the lines and sorted keys of a filled table, each line a
+// piece of the source. Load has it done while postmap runs; otherwise the
+// first use does it.
+func (r *rendered) index() {
+	f := r.filled
+	if f == nil {
+		return
+	}
+	r.filled = nil
+	// The lines share src: it is never written again (a change builds a
+	// new source), so it can be read as a string without a copy.
+	text := unsafe.String(unsafe.SliceData(r.src), len(r.src))
+	r.lines = make(map[string]string, len(f.keys))
+	r.keys = make([]string, 0, len(f.keys))
+	start := 0
+	for i, k := range f.keys {
+		if f.ends[i] < 0 {
+			continue
+		}
+		r.lines[k] = text[start:f.ends[i]]
+		r.keys = append(r.keys, k)
+		start = f.ends[i] + 1
+	}
+}
+
+// sortedOwnerKeys returns the keys of o, sorted: each half sorted by its
+// own goroutine, then merged.
+func sortedOwnerKeys(o owners) []string {
+	keys := make([]string, 0, len(o))
+	for k := range o {
+		keys = append(keys, k)
+	}
+	if len(keys) < 4096 {
+		slices.Sort(keys)
+		return keys
+	}
+	a, b := keys[:len(keys)/2], keys[len(keys)/2:]
+	var wg sync.WaitGroup
+	wg.Go(func() { slices.Sort(a) })
+	slices.Sort(b)
+	wg.Wait()
+	return mergeInto(make([]string, 0, len(keys)), a, b)
 }

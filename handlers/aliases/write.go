@@ -1,11 +1,15 @@
 package aliases
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
+	"mailsync/event"
+	"mailsync/fault"
 	"mailsync/postmap"
 )
 
@@ -16,8 +20,7 @@ func (h *Handler) write(tables []table) error {
 	if len(tables) == 0 {
 		return nil
 	}
-	w := postmap.Writer{Dir: h.cfg.Dir, Type: h.cfg.MapType, Postmap: h.cfg.PostmapPath,
-		ConfigDir: h.cfg.PostfixConfigDir, IncrementalMin: h.incrementalMin}
+	w := h.postmapWriter()
 	ts := make([]postmap.Table, len(tables))
 	for i, t := range tables {
 		ts[i] = postmap.Table{Name: t.name, Src: t.src}
@@ -29,6 +32,62 @@ func (h *Handler) write(tables []table) error {
 		return err
 	}
 	h.writes.Add(int64(len(tables)))
+	return nil
+}
+
+func (h *Handler) postmapWriter() *postmap.Writer {
+	return &postmap.Writer{Dir: h.cfg.Dir, Type: h.cfg.MapType, Postmap: h.cfg.PostmapPath,
+		ConfigDir: h.cfg.PostfixConfigDir, IncrementalMin: h.incrementalMin}
+}
+
+// loadLocked builds the model of a whole directory and installs its three
+// tables whole, the mailbox and domain tables postmap'ed while the group
+// expansions are computed. The caller holds h.mu with no write in flight,
+// so no other write can come between.
+func (h *Handler) loadLocked(entries []event.Entry) error {
+	w := h.postmapWriter()
+	var dom, mbx *postmap.Prepared
+	var domErr, mbxErr error
+	var wg sync.WaitGroup
+	m := buildModelEarly(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries, func(mailbox, domains []byte) {
+		wg.Go(func() { dom, domErr = w.Prepare(postmap.Table{Name: DomainMap, Src: domains}) })
+		wg.Go(func() { mbx, mbxErr = w.Prepare(postmap.Table{Name: MailboxMap, Src: mailbox}) })
+	})
+	h.m = m
+	// The per-key lines, for later changes, are indexed while postmap
+	// builds the alias database.
+	wg.Go(func() {
+		for _, r := range []*rendered{m.domainT, m.mailboxT, m.aliasT} {
+			r.index()
+		}
+	})
+	alias, err := w.Prepare(postmap.Table{Name: AliasMap, Src: m.aliasT.source()})
+	wg.Wait()
+	if err = errors.Join(domErr, mbxErr, err); err == nil {
+		// Domains and mailboxes first, as in write.
+		err = w.Commit(dom, mbx, alias)
+	} else {
+		postmap.Discard(dom, mbx, alias)
+	}
+	if err == nil {
+		h.writes.Add(3)
+		if h.cfg.WriteMainCFLocal {
+			err = writeMainCFLocal(h.cfg.MainCFLocal, h.m.maxOverLimit())
+		}
+	}
+	h.m.settle() // nothing to render: the tables were filled whole
+	for _, r := range []*rendered{h.m.domainT, h.m.mailboxT, h.m.aliasT} {
+		r.take()
+	}
+	if err != nil {
+		h.force = true // the next write must not trust what is on disk
+		clear(h.synced)
+		return fault.Retryable(err)
+	}
+	h.force = false
+	for _, name := range []string{DomainMap, MailboxMap, AliasMap} {
+		h.synced[name] = true
+	}
 	return nil
 }
 
