@@ -529,7 +529,7 @@ func (l *Listener) session(ctx context.Context) error {
 	if err := l.cfg.Flavor.beforeSync(ctx, conn, l.cfg, rf); err != nil {
 		return err
 	}
-	resp := conn.Syncrepl(sctx, req, 256, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
+	resp := conn.Syncrepl(sctx, req, 32, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
 
 	l.work.Lock()
 	l.pending = nil
