@@ -76,7 +76,7 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 		return nil, fmt.Errorf("open jetstream: %w", err)
 	}
 	b := &Bus{NC: nc, JS: js}
-	b.Stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	b.Stream, err = ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "mailsync directory change events",
 		Subjects:    []string{"mailsync.>"},
@@ -87,9 +87,9 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 		Replicas:    o.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create stream %s: %w", StreamName, err)
+		return nil, err
 	}
-	b.Dead, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	b.Dead, err = ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        DeadStream,
 		Description: "mailsync events a handler could not apply (permanent errors)",
 		Subjects:    []string{DeadPrefix + ".>"},
@@ -97,9 +97,9 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 		Replicas:    o.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create stream %s: %w", DeadStream, err)
+		return nil, err
 	}
-	b.Entries, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	b.Entries, err = ensureBucket(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      EntriesBucket,
 		Description: "last published state per entryUUID",
 		History:     1,
@@ -107,9 +107,9 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 		Replicas:    o.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create bucket %s: %w", EntriesBucket, err)
+		return nil, err
 	}
-	b.State, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	b.State, err = ensureBucket(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      StateBucket,
 		Description: "listener state: sync cookie, held deletes, lease",
 		History:     5,
@@ -117,9 +117,56 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 		Replicas:    o.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create bucket %s: %w", StateBucket, err)
+		return nil, err
 	}
 	return b, nil
+}
+
+// ensureStream opens a stream, creating it when missing and updating it
+// only when its settings differ: every process of every host opens the
+// same stream, and an update racing a consumer's creation is what
+// nats-server handles worst, so an unchanged stream is left alone.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	for attempt := 1; ; attempt++ {
+		st, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			st, err = js.CreateStream(ctx, want)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && attempt < 3 {
+				continue // created meanwhile by another process
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open stream %s: %w", want.Name, err)
+		}
+		have := st.CachedInfo().Config
+		if have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas &&
+			len(have.Subjects) == len(want.Subjects) && (len(want.Subjects) == 0 || have.Subjects[0] == want.Subjects[0]) {
+			return st, nil
+		}
+		st, err = js.UpdateStream(ctx, want)
+		if err != nil {
+			return nil, fmt.Errorf("update stream %s: %w", want.Name, err)
+		}
+		return st, nil
+	}
+}
+
+// ensureBucket opens a KV bucket, creating it when missing; see
+// ensureStream.
+func ensureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	for attempt := 1; ; attempt++ {
+		kv, err := js.KeyValue(ctx, want.Bucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			kv, err = js.CreateKeyValue(ctx, want)
+			if (errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse)) && attempt < 3 {
+				continue // created meanwhile by another process
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open bucket %s: %w", want.Bucket, err)
+		}
+		return kv, nil
+	}
 }
 
 // EmbeddedOptions configure the in-process NATS server.
