@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Suffixes is the file postmap makes from a source file, per map type.
@@ -38,6 +39,9 @@ type Writer struct {
 	// IncrementalMin: see DefaultIncrementalMin. 0 means every table with
 	// a delta is updated in place.
 	IncrementalMin int
+	// Installed, when set, learns each installed table and how long it took
+	// from the start of its preparation to its rename (metrics).
+	Installed func(table string, took time.Duration)
 }
 
 // Table is one table to install: its whole source, and, when the live
@@ -81,6 +85,7 @@ func (w *Writer) Install(tables ...Table) error {
 // caller can prepare each table as soon as its source is known.
 type Prepared struct {
 	name, tmp, suffix string
+	started           time.Time
 }
 
 // Prepare writes one table to temp files in Dir (see prepare).
@@ -89,11 +94,12 @@ func (w *Writer) Prepare(t Table) (*Prepared, error) {
 	if !ok {
 		return nil, fmt.Errorf("postmap: unknown map type %q", w.Type)
 	}
+	started := time.Now()
 	tmp, err := w.prepare(t)
 	if err != nil {
 		return nil, err
 	}
-	return &Prepared{name: t.Name, tmp: tmp, suffix: suffix}, nil
+	return &Prepared{name: t.Name, tmp: tmp, suffix: suffix, started: started}, nil
 }
 
 // Discard removes the temp files of prepared tables not committed; nil
@@ -127,6 +133,11 @@ func (w *Writer) Commit(ps ...*Prepared) error {
 	}
 	if err := SyncDir(w.Dir); err != nil {
 		return fmt.Errorf("fsync %s: %w", w.Dir, err)
+	}
+	if w.Installed != nil {
+		for _, p := range ps {
+			w.Installed(p.name, time.Since(p.started))
+		}
 	}
 	return nil
 }

@@ -208,7 +208,8 @@ func (runCmd) Run(e *env) error {
 	if err != nil {
 		return usageError{fmt.Errorf("ldap.flavor: %w", err)}
 	}
-	handlers, closeHandlers, err := buildHandlers(e.ctx, cfg, log)
+	m := metrics.New()
+	handlers, closeHandlers, err := buildHandlers(e.ctx, cfg, log, m.MapWritten)
 	if err != nil {
 		return err
 	}
@@ -237,7 +238,6 @@ func (runCmd) Run(e *env) error {
 		}, bus, log, listener.Hooks{})
 		g.Go(func() error { return lst.Run(lctx) })
 	}
-	m := metrics.New()
 	rn := runner.New(bus, runner.Config{Host: cfg.Host, Observer: m}, log, handlers...)
 	g.Go(func() error { return rn.Run(rctx) })
 	addHealthChecks(m, cfg, bus, lst)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -19,8 +20,9 @@ import (
 	"mailsync/runner"
 )
 
-// buildHandlers makes the handlers the config enables.
-func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger) ([]runner.Handler, func(), error) {
+// buildHandlers makes the handlers the config enables; installed, when
+// set, learns every map installed (metrics).
+func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger, installed func(string, time.Duration)) ([]runner.Handler, func(), error) {
 	var hs []runner.Handler
 	var closers []func() error
 	closeAll := func() {
@@ -30,6 +32,7 @@ func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger) 
 	}
 	if cfg.Wants("aliases") {
 		h, err := aliases.New(aliases.Config{
+			Installed:        installed,
 			Dir:              cfg.Postfix.MapDir,
 			MapType:          cfg.Postfix.MapType,
 			ExpansionLimit:   cfg.Int(config.KeyExpansionLimit),
@@ -58,6 +61,7 @@ func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger) 
 	// homeserver
 	if cfg.Wants("homeserver") {
 		h, err := homeserver.New(homeserver.Config{
+			Installed:        installed,
 			Host:             cfg.Host,
 			Dir:              cfg.Postfix.MapDir,
 			MapType:          cfg.Postfix.MapType,

@@ -133,6 +133,9 @@ func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 		if !strings.Contains(body, `mailsync_events_total{handler="aliases",result="applied"} 2`) {
 			return fmt.Errorf("metrics lack 2 applied aliases events")
 		}
+		if !regexp.MustCompile(`mailsync_map_rebuild_seconds_count\{map="virtual_alias"\} [1-9]`).MatchString(body) {
+			return fmt.Errorf("metrics lack the alias map's rebuild time")
+		}
 		return nil
 	})
 	health, err := httpGet("http://" + metricsAddr + "/healthz")

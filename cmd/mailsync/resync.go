@@ -52,7 +52,7 @@ func (c resyncCmd) Run(e *env) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "read %d entries in %s\n", len(entries), time.Since(start).Round(time.Millisecond))
-	hs, closeHandlers, err := buildHandlers(e.ctx, cfg, log)
+	hs, closeHandlers, err := buildHandlers(e.ctx, cfg, log, nil)
 	if err != nil {
 		return err
 	}

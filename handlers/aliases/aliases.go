@@ -107,6 +107,9 @@ type Config struct {
 	// MainCFLocal is the file for WriteMainCFLocal (default
 	// /etc/postfix/main.cf.local).
 	MainCFLocal string
+	// Installed, when set, learns each table installed and how long it
+	// took (metrics).
+	Installed func(table string, took time.Duration)
 }
 
 func (c *Config) setDefaults() error {

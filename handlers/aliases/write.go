@@ -37,7 +37,7 @@ func (h *Handler) write(tables []table) error {
 
 func (h *Handler) postmapWriter() *postmap.Writer {
 	return &postmap.Writer{Dir: h.cfg.Dir, Type: h.cfg.MapType, Postmap: h.cfg.PostmapPath,
-		ConfigDir: h.cfg.PostfixConfigDir, IncrementalMin: h.incrementalMin}
+		ConfigDir: h.cfg.PostfixConfigDir, IncrementalMin: h.incrementalMin, Installed: h.cfg.Installed}
 }
 
 // loadLocked builds the model of a whole directory and installs its three

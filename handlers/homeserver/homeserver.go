@@ -53,6 +53,9 @@ type Config struct {
 	// Coalesce is how long a change waits for others to share its write
 	// (default 20ms; negative writes at once).
 	Coalesce time.Duration
+	// Installed, when set, learns each map installed and how long it took
+	// (metrics).
+	Installed func(table string, took time.Duration)
 }
 
 func (c *Config) setDefaults() error {

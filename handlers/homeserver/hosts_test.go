@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,30 +74,39 @@ func TestTwoHosts(t *testing.T) {
 	// want: per address, the hosts with a mailbox ("a", "b", "ab", "") and
 	// the transport entry on a and on b ("" none, else the smtp:[] host).
 	type want struct{ boxes, onA, onB string }
+	// check waits until every host shows w: a change is published a moment
+	// after the LDAP write, so settling alone could look too early.
 	check := func(step string, w map[string]want) {
 		t.Helper()
-		hosts.Settled(t)
-		ta, tb := ha.maps.lookup(t, addrs...), hb.maps.lookup(t, addrs...)
-		for _, addr := range addrs {
-			x := w[addr]
-			boxes := ""
-			if ha.hasMailbox(addr) {
-				boxes += "a"
-			}
-			if hb.hasMailbox(addr) {
-				boxes += "b"
-			}
-			route := func(h string) string {
-				if h == "" {
-					return ""
+		testenv.Eventually(t, 30*time.Second, func() error {
+			hosts.Settled(t)
+			ta, tb := ha.maps.lookup(t, addrs...), hb.maps.lookup(t, addrs...)
+			var bad []string
+			for _, addr := range addrs {
+				x := w[addr]
+				boxes := ""
+				if ha.hasMailbox(addr) {
+					boxes += "a"
 				}
-				return "smtp:[" + h + "]"
+				if hb.hasMailbox(addr) {
+					boxes += "b"
+				}
+				route := func(h string) string {
+					if h == "" {
+						return ""
+					}
+					return "smtp:[" + h + "]"
+				}
+				if boxes != x.boxes || ta[addr] != route(x.onA) || tb[addr] != route(x.onB) {
+					bad = append(bad, fmt.Sprintf("%s: %s has mailboxes on %q, transport a=%q b=%q; want mailboxes on %q, a=%q b=%q",
+						step, addr, boxes, ta[addr], tb[addr], x.boxes, route(x.onA), route(x.onB)))
+				}
 			}
-			if boxes != x.boxes || ta[addr] != route(x.onA) || tb[addr] != route(x.onB) {
-				t.Errorf("%s: %s has mailboxes on %q, transport a=%q b=%q; want mailboxes on %q, a=%q b=%q",
-					step, addr, boxes, ta[addr], tb[addr], x.boxes, route(x.onA), route(x.onB))
+			if len(bad) > 0 {
+				return errors.New(strings.Join(bad, "\n"))
 			}
-		}
+			return nil
+		})
 	}
 
 	// (1) created with home a: a creates; b routes to a.
