@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,7 +37,7 @@ func TestTLS(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			bus := testenv.StartNATS(t).Bus(t)
-			logs := &lockedBuffer{}
+			logs := &testenv.LogBuffer{}
 			log := zerolog.New(logs).Level(zerolog.DebugLevel)
 			l := listener.New(listener.Config{URL: c.url, StartTLS: c.startTLS, TLS: c.tls,
 				BindDN: slapd.AdminDN, BindPassword: slapd.AdminPW, BaseDN: slapd.BaseDN, MaxBackoff: 200 * time.Millisecond},
@@ -84,20 +83,3 @@ func TestTLS(t *testing.T) {
 type statusErr struct{ s listener.Status }
 
 func (e *statusErr) Error() string { return "listener status " + e.s.LastError }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,24 +21,6 @@ import (
 	"mailsync/internal/testenv"
 	"mailsync/stream"
 )
-
-// syncBuffer is a log sink safe for the daemon's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func writeConfig(t *testing.T, ldap *testenv.Slapd, natsPort int, extra string) string {
 	t.Helper()
@@ -88,7 +69,7 @@ func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", sock)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr testenv.LogBuffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr) }()
 	t.Cleanup(cancel)
@@ -201,7 +182,7 @@ func TestStatusAndDeadLetterVerbs(t *testing.T) {
 	port := testenv.FreePort(t)
 	cfg := writeConfig(t, ldap, port, "metrics:\n  listen: \"off\"\n")
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr testenv.LogBuffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr) }()
 	t.Cleanup(func() { cancel(); <-done })
@@ -319,7 +300,7 @@ func TestExternalNATSWithTLSAndCredentials(t *testing.T) {
 	} {
 		cfg := writeConfig(t, ldap, 4222, "metrics:\n  listen: \"off\"\n")
 		natsSection(cfg, "  url: "+url+"\n  ca_file: "+ca.CertFile+"\n"+auth)
-		var out syncBuffer
+		var out testenv.LogBuffer
 		if err := run(context.Background(), []string{"status", "-c", cfg}, &out, &out); err != nil {
 			t.Fatalf("status over TLS with %q: %v\n%s", auth, err, out.String())
 		}
@@ -334,7 +315,7 @@ func TestExternalNATSWithTLSAndCredentials(t *testing.T) {
 	} {
 		cfg := writeConfig(t, ldap, 4222, "metrics:\n  listen: \"off\"\n")
 		natsSection(cfg, body)
-		var out syncBuffer
+		var out testenv.LogBuffer
 		if err := run(context.Background(), []string{"status", "-c", cfg}, &out, &out); err == nil {
 			t.Errorf("status with %s succeeded", name)
 		}

@@ -65,7 +65,7 @@ log:
 func startDaemon(t testing.TB, cfg string, natsPort int) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr testenv.LogBuffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr) }()
 	if err := testenv.WaitTCP(fmt.Sprintf("127.0.0.1:%d", natsPort), 10*time.Second); err != nil {

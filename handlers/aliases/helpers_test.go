@@ -1,13 +1,11 @@
 package aliases
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -139,29 +137,11 @@ func deleteEvent(e event.Entry) event.Event {
 	return event.Event{V: event.Version, Op: event.OpDelete, Kind: e.Kind, UUID: e.UUID, DN: e.DN, Old: e.Attrs, At: time.Now()}
 }
 
-// syncBuffer is a log sink safe for the writer goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type fixture struct {
 	pf  *testenv.Postfix
 	h   *Handler
 	cfg Config
-	log *syncBuffer
+	log *testenv.LogBuffer
 }
 
 func newFixture(t testing.TB, pf *testenv.Postfix, mod func(*Config)) *fixture {
@@ -178,7 +158,7 @@ func newFixture(t testing.TB, pf *testenv.Postfix, mod func(*Config)) *fixture {
 	if mod != nil {
 		mod(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	h, err := New(cfg, zerolog.New(logs))
 	if err != nil {
 		t.Fatal(err)
