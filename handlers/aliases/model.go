@@ -246,13 +246,20 @@ func (m *model) insert(e *entry) *entry {
 	old := m.byUUID[e.uuid]
 	m.remove(old)
 	m.byUUID[e.uuid] = e
+	m.indexEntry(e)
+	return old
+}
+
+// indexEntry adds e to the DN index (entries sharing a DN kept in UUID
+// order) and to the reverse membership index of each group it lists.
+func (m *model) indexEntry(e *entry) {
 	entrySlab, uuidSlab, _, _ := m.slabs()
-	if es := m.byDN[e.ndn]; len(es) == 0 {
+	if same := m.byDN[e.ndn]; len(same) == 0 {
 		m.byDN[e.ndn] = entrySlab.one(e)
 	} else {
-		es = append(es, e)
-		slices.SortFunc(es, func(a, b *entry) int { return strings.Compare(a.uuid, b.uuid) })
-		m.byDN[e.ndn] = es
+		same = append(same, e)
+		slices.SortFunc(same, func(a, b *entry) int { return strings.Compare(a.uuid, b.uuid) })
+		m.byDN[e.ndn] = same
 	}
 	for _, mem := range e.members {
 		switch ps := m.parents[mem]; {
@@ -262,7 +269,6 @@ func (m *model) insert(e *entry) *entry {
 			m.parents[mem] = append(ps, e.uuid)
 		}
 	}
-	return old
 }
 
 // lookup resolves a normalised DN to its entry, or nil.
@@ -968,26 +974,9 @@ func (m *model) insertAll(es []entry) []bool {
 			current[i] = true
 		}
 	})
-	entrySlab, uuidSlab, _, _ := m.slabs()
 	for i := range es {
-		e := &es[i]
-		if e.uuid == "" {
-			continue
-		}
-		if same := m.byDN[e.ndn]; len(same) == 0 {
-			m.byDN[e.ndn] = entrySlab.one(e)
-		} else {
-			same = append(same, e)
-			slices.SortFunc(same, func(a, b *entry) int { return strings.Compare(a.uuid, b.uuid) })
-			m.byDN[e.ndn] = same
-		}
-		for _, mem := range e.members {
-			switch ps := m.parents[mem]; {
-			case len(ps) == 0:
-				m.parents[mem] = uuidSlab.one(e.uuid)
-			case !slices.Contains(ps, e.uuid):
-				m.parents[mem] = append(ps, e.uuid)
-			}
+		if es[i].uuid != "" {
+			m.indexEntry(&es[i])
 		}
 	}
 	wg.Wait()
