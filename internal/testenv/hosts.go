@@ -158,10 +158,12 @@ func (h *Hosts) Stop() {
 	}
 }
 
-// Settled waits until every host's handlers have acked everything in the
+// Settled waits until the directory as it is now is published, then until
+// every host's handlers have acked everything in the
 // stream.
 func (h *Hosts) Settled(t testing.TB) {
 	t.Helper()
+	Eventually(t, 60*time.Second, func() error { return published(t, h.LDAP, h.Bus) })
 	Eventually(t, 60*time.Second, h.pending)
 }
 

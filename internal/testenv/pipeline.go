@@ -93,13 +93,37 @@ func (p *Pipeline) Stop() {
 	p.StopRunner()
 }
 
-// Settled waits until every handler's consumer has acked everything in the
-// stream, then returns.
+// Settled waits until the listener has published the directory as it is
+// now, then until every handler's consumer has acked everything in the
+// stream. (Waiting on the consumers alone could return between an LDAP
+// write and its event.)
 func (p *Pipeline) Settled(t testing.TB) {
 	t.Helper()
+	Eventually(t, 30*time.Second, func() error { return published(t, p.LDAP, p.Bus) })
 	Eventually(t, 30*time.Second, func() error {
 		return p.pending()
 	})
+}
+
+// published reports whether the entries bucket holds every entry of the
+// directory as it is now, and nothing else: the listener has published
+// every change made so far.
+func published(t testing.TB, ldap *Slapd, bus *stream.Bus) error {
+	dir := ldap.Entries(t)
+	kv, err := stream.LoadEntries(context.Background(), bus.Entries)
+	if err != nil {
+		return err
+	}
+	if len(kv) != len(dir) {
+		return fmt.Errorf("listener has published %d entries, the directory holds %d", len(kv), len(dir))
+	}
+	for _, e := range dir {
+		k, ok := kv[e.UUID]
+		if !ok || k.DN != e.DN || !k.Attrs.Equal(e.Attrs) {
+			return fmt.Errorf("listener has not published the current state of %s yet", e.DN)
+		}
+	}
+	return nil
 }
 
 func (p *Pipeline) pending() error {
