@@ -62,29 +62,33 @@ func ParseFlavor(s string) (Flavor, error) {
 func (f Flavor) is389() bool { return f == Flavor389DS }
 
 // attrs are the operational attributes requested besides the followed ones.
-func (f Flavor) attrs() []string {
+func (f Flavor) attrs() []string { return []string{f.stampAttr()} }
+
+// stampAttr is the operational attribute that dates an entry's last change.
+func (f Flavor) stampAttr() string {
 	if f.is389() {
-		return []string{"modifyTimestamp"}
+		return "modifyTimestamp"
 	}
-	return []string{"entryCSN"}
+	return "entryCSN"
 }
 
-// csn is the id of the change that produced entry e (with followed
-// attributes a): it goes into the Nats-Msg-Id and must differ between two
-// changes of an entry, and stay the same when the same change is replayed.
-// cookie is the entry's own sync cookie, start the session's.
-func (f Flavor) csn(e *ldap.Entry, a event.Attrs, cookie, start []byte) string {
+// csn is the id of the change that produced entry dn (with followed
+// attributes a and stampAttr value stamp): it goes into the Nats-Msg-Id and
+// must differ between two changes of an entry, and stay the same when the
+// same change is replayed. cookie is the entry's own sync cookie, start the
+// session's.
+func (f Flavor) csn(dn, stamp string, a event.Attrs, cookie, start []byte) string {
 	if !f.is389() {
-		return e.GetAttributeValue("entryCSN")
+		return stamp
 	}
 	if n, ok := changeNumber(cookie); ok {
 		return "cn" + strconv.FormatUint(n, 10)
 	}
 	from, _ := changeNumber(start)
 	h := fnv.New64a()
-	h.Write([]byte(e.DN))
+	h.Write([]byte(dn))
 	fmt.Fprintf(h, "\x00%016x", attrSum(a))
-	return fmt.Sprintf("r%d.%s.%016x", from, e.GetAttributeValue("modifyTimestamp"), h.Sum64())
+	return fmt.Sprintf("r%d.%s.%016x", from, stamp, h.Sum64())
 }
 
 // changeNumber reads the retro changelog change number that ends a 389-DS
@@ -99,13 +103,19 @@ func changeNumber(cookie []byte) (uint64, bool) {
 	return n, err == nil
 }
 
-// beforeSync runs on the session's connection before the sync search.
-// For 389-DS resuming from a cookie it lists the entries the filter matches
-// now and turns the refresh into a present-mode one (see Flavor389DS).
-func (f Flavor) beforeSync(ctx context.Context, conn *ldap.Conn, cfg Config, rf *refresh) error {
+// beforeSync runs before the sync search, on a connection of its own from
+// dial. For 389-DS resuming from a cookie it lists the entries the filter
+// matches now and turns the refresh into a present-mode one (see
+// Flavor389DS).
+func (f Flavor) beforeSync(ctx context.Context, dial func() (*ldap.Conn, error), cfg Config, rf *refresh) error {
 	if !f.is389() || rf.cookie == nil {
 		return nil
 	}
+	conn, err := dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
 	// go-ldap's search takes no context: closing the connection ends it.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()

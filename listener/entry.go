@@ -27,20 +27,25 @@ func EntryFrom(e *ldap.Entry, uuid string) (event.Entry, bool) {
 func followedAttrs(e *ldap.Entry) event.Attrs {
 	a := make(event.Attrs, len(e.Attributes))
 	for _, at := range e.Attributes {
-		if len(at.Values) == 0 {
-			continue
-		}
-		name, ok := followedName(at.Name)
-		if !ok {
-			continue
-		}
-		if prev, dup := a[name]; dup {
-			a[name] = append(prev[:len(prev):len(prev)], at.Values...)
-		} else {
-			a[name] = at.Values
-		}
+		addFollowed(a, at.Name, at.Values)
 	}
 	return a
+}
+
+// addFollowed adds the values of attribute name to a if mailsync follows it.
+func addFollowed(a event.Attrs, name string, values []string) {
+	if len(values) == 0 {
+		return
+	}
+	name, ok := followedName(name)
+	if !ok {
+		return
+	}
+	if prev, dup := a[name]; dup {
+		a[name] = append(prev[:len(prev):len(prev)], values...)
+	} else {
+		a[name] = values
+	}
 }
 
 // followedName is event.CanonicalAttr, first trying the schema spelling

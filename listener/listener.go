@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"mailsync/event"
+	"mailsync/listener/syncrepl"
 	"mailsync/stream"
 )
 
@@ -507,29 +509,51 @@ type refresh struct {
 	cookie  []byte // the cookie the session started from
 }
 
+// dialSync opens the connection the sync search runs on.
+func (l *Listener) dialSync(ctx context.Context) (*syncrepl.Conn, error) {
+	conn, err := syncrepl.Dial(ctx, l.cfg.URL, l.cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	if l.cfg.StartTLS {
+		if err := conn.StartTLS(ctx, l.cfg.TLS); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("starttls to %s: %w", l.cfg.URL, err)
+		}
+	}
+	if l.cfg.BindDN != "" {
+		// the password never appears in the error
+		if err := conn.Bind(ctx, l.cfg.BindDN, l.cfg.BindPassword); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	return conn, nil
+}
+
 // session runs one syncrepl search until it fails or ctx ends.
 func (l *Listener) session(ctx context.Context) error {
-	conn, err := l.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
 	cookie, err := l.cookie(ctx)
 	if err != nil {
 		return err
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	attrs := append(l.cfg.Flavor.attrs(), event.Followed...)
-	req := ldap.NewSearchRequest(l.cfg.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
-		0, 0, false, event.Filter, attrs, nil)
-	// The sync search is started after beforeSync, whose own search must not
-	// wait behind unread sync results on the same connection.
 	rf := &refresh{full: cookie == nil, seen: map[string]struct{}{}, deletes: map[string]struct{}{}, cookie: cookie}
-	if err := l.cfg.Flavor.beforeSync(ctx, conn, l.cfg, rf); err != nil {
+	if err := l.cfg.Flavor.beforeSync(ctx, l.dial, l.cfg, rf); err != nil {
 		return err
 	}
-	resp := conn.Syncrepl(sctx, req, 32, ldap.SyncRequestModeRefreshAndPersist, cookie, false)
+	conn, err := l.dialSync(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resp, err := conn.Search(sctx, syncrepl.Request{BaseDN: l.cfg.BaseDN, Filter: event.Filter,
+		Attributes: append(l.cfg.Flavor.attrs(), event.Followed...),
+		Mode:       syncrepl.ModeRefreshAndPersist, Cookie: cookie})
+	if err != nil {
+		return fmt.Errorf("sync search on %s: %w", l.cfg.URL, err)
+	}
 
 	l.work.Lock()
 	l.pending = nil
@@ -547,142 +571,124 @@ func (l *Listener) session(ctx context.Context) error {
 	l.setStatus(func(s *Status) { s.Connected, s.Refreshing = true, true })
 	l.log.Info().Bool("full", rf.full).Msg("directory sync started")
 
-	for resp.Next() {
-		if err := l.handle(ctx, resp, rf, &refreshing); err != nil {
+	for {
+		m, err := resp.Next()
+		if err != nil {
+			if ldap.IsErrorWithCode(err, ldap.LDAPResultSyncRefreshRequired) {
+				// e-syncRefreshRequired: the server cannot resume from our
+				// cookie. Drop it; the next session is a full refresh whose
+				// unseen entries become deletes.
+				l.log.Warn().Msg("directory asks for a full refresh (e-syncRefreshRequired)")
+				if derr := l.bus.State.Delete(ctx, KeyCookie); derr != nil {
+					return fmt.Errorf("drop sync cookie: %w", derr)
+				}
+				return fmt.Errorf("full refresh required: %w", err)
+			}
+			return fmt.Errorf("sync search on %s: %w", l.cfg.URL, err)
+		}
+		if err := l.handle(ctx, m, rf, &refreshing); err != nil {
 			return err
 		}
 	}
-	err = resp.Err()
-	if ldap.IsErrorWithCode(err, ldap.LDAPResultSyncRefreshRequired) {
-		// e-syncRefreshRequired: the server cannot resume from our cookie.
-		// Drop it; the next session is a full refresh whose unseen entries
-		// become deletes.
-		l.log.Warn().Msg("directory asks for a full refresh (e-syncRefreshRequired)")
-		if derr := l.bus.State.Delete(ctx, KeyCookie); derr != nil {
-			return fmt.Errorf("drop sync cookie: %w", derr)
-		}
-		return fmt.Errorf("full refresh required: %w", err)
-	}
-	if err == nil {
-		err = errors.New("sync search ended")
-	}
-	return fmt.Errorf("sync search on %s: %w", l.cfg.URL, err)
 }
 
 // handle processes one syncrepl message: an entry with its sync state, or a
 // sync info message.
-func (l *Listener) handle(ctx context.Context, resp ldap.Response, rf *refresh, refreshingp *bool) error {
+func (l *Listener) handle(ctx context.Context, m *syncrepl.Message, rf *refresh, refreshingp *bool) error {
 	l.work.Lock()
 	defer l.work.Unlock()
 	refreshing := *refreshingp
 	defer func() { *refreshingp = refreshing }()
-	{
-		var state *ldap.ControlSyncState
-		var info *ldap.ControlSyncInfo
-		for _, c := range resp.Controls() {
-			switch c := c.(type) {
-			case *ldap.ControlSyncState:
-				state = c
-			case *ldap.ControlSyncInfo:
-				info = c
+	var newCookie []byte
+	switch {
+	case m.Kind == syncrepl.KindEntry && m.HasState:
+		uuid := m.UUID.String()
+		switch m.State {
+		case syncrepl.StatePresent:
+			rf.seen[uuid] = struct{}{}
+			rf.present = true
+		case syncrepl.StateAdd, syncrepl.StateModify:
+			rf.seen[uuid] = struct{}{}
+			delete(rf.deletes, uuid)
+			if err := l.queueEntry(ctx, uuid, m, rf); err != nil {
+				return err
+			}
+		case syncrepl.StateDelete:
+			if refreshing {
+				rf.deletes[uuid] = struct{}{}
+			} else if err := l.queueDelete(ctx, uuid); err != nil {
+				return err
 			}
 		}
-		var newCookie []byte
-		switch {
-		case resp.Entry() != nil && state != nil:
-			uuid := state.EntryUUID.String()
-			switch state.State {
-			case ldap.SyncStatePresent:
-				rf.seen[uuid] = struct{}{}
+		newCookie = m.Cookie
+	case m.Kind == syncrepl.KindInfo:
+		newCookie = m.Cookie
+		switch m.Info {
+		case syncrepl.InfoRefreshDelete, syncrepl.InfoRefreshPresent:
+			if m.Info == syncrepl.InfoRefreshPresent {
 				rf.present = true
-			case ldap.SyncStateAdd, ldap.SyncStateModify:
-				rf.seen[uuid] = struct{}{}
-				delete(rf.deletes, uuid)
-				if err := l.queueEntry(ctx, uuid, resp.Entry(), state.Cookie, rf); err != nil {
+			}
+			if refreshing && m.RefreshDone {
+				if err := l.endRefresh(ctx, rf); err != nil {
 					return err
 				}
-			case ldap.SyncStateDelete:
-				if refreshing {
-					rf.deletes[uuid] = struct{}{}
-				} else if err := l.queueDelete(ctx, uuid); err != nil {
-					return err
-				}
+				refreshing = false
 			}
-			newCookie = state.Cookie
-		case info != nil:
-			switch info.Value {
-			case ldap.SyncInfoNewcookie:
-				newCookie = info.NewCookie.Cookie
-			case ldap.SyncInfoRefreshDelete:
-				newCookie = info.RefreshDelete.Cookie
-				if refreshing && info.RefreshDelete.RefreshDone {
-					if err := l.endRefresh(ctx, rf); err != nil {
+		case syncrepl.InfoSyncIDSet:
+			for _, u := range m.UUIDs {
+				id := u.String()
+				switch {
+				case !m.RefreshDeletes:
+					rf.seen[id] = struct{}{}
+					rf.present = true
+				case refreshing:
+					rf.deletes[id] = struct{}{}
+				default:
+					if err := l.queueDelete(ctx, id); err != nil {
 						return err
-					}
-					refreshing = false
-				}
-			case ldap.SyncInfoRefreshPresent:
-				newCookie = info.RefreshPresent.Cookie
-				rf.present = true
-				if refreshing && info.RefreshPresent.RefreshDone {
-					if err := l.endRefresh(ctx, rf); err != nil {
-						return err
-					}
-					refreshing = false
-				}
-			case ldap.SyncInfoSyncIdSet:
-				newCookie = info.SyncIdSet.Cookie
-				for _, u := range info.SyncIdSet.SyncUUIDs {
-					id := u.String()
-					switch {
-					case !info.SyncIdSet.RefreshDeletes:
-						rf.seen[id] = struct{}{}
-						rf.present = true
-					case refreshing:
-						rf.deletes[id] = struct{}{}
-					default:
-						if err := l.queueDelete(ctx, id); err != nil {
-							return err
-						}
 					}
 				}
 			}
 		}
-		// In persist mode every change is published and stored at once:
-		// the latency from the LDAP write to the event is one publish round
-		// trip. A cookie is saved only once everything before it is stored.
-		if !refreshing || len(newCookie) > 0 {
-			if err := l.sync(ctx); err != nil {
-				return err
-			}
-		} else if len(l.pending) >= l.cfg.BatchSize {
-			if err := l.flush(ctx); err != nil {
-				return err
-			}
+	}
+	// In persist mode every change is published and stored at once:
+	// the latency from the LDAP write to the event is one publish round
+	// trip. A cookie is saved only once everything before it is stored.
+	if !refreshing || len(newCookie) > 0 {
+		if err := l.sync(ctx); err != nil {
+			return err
 		}
-		if len(newCookie) > 0 {
-			if err := l.saveCookie(ctx, newCookie); err != nil {
-				return err
-			}
+	} else if len(l.pending) >= l.cfg.BatchSize {
+		if err := l.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if len(newCookie) > 0 {
+		if err := l.saveCookie(ctx, newCookie); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry, cookie []byte, rf *refresh) error {
-	entry, ok := EntryFrom(e, uuid)
+func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Message, rf *refresh) error {
+	attrs := make(event.Attrs, len(m.Attributes))
+	for _, a := range m.Attributes {
+		addFollowed(attrs, a.Name, a.Values)
+	}
+	kind, ok := event.KindOf(attrs)
 	if !ok {
 		return l.queueDelete(ctx, uuid)
 	}
-	entry.CSN = l.cfg.Flavor.csn(e, entry.Attrs, cookie, rf.cookie)
-	kind, attrs, csn := entry.Kind, entry.Attrs, entry.CSN
+	entry := event.Entry{UUID: uuid, DN: m.DN, Kind: kind, Attrs: attrs}
+	entry.CSN = l.cfg.Flavor.csn(m.DN, m.Attr(l.cfg.Flavor.stampAttr()), attrs, m.Cookie, rf.cookie)
 	now := compact(entry)
 	old, had := l.known[uuid]
 	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {
 		return nil // nothing mailsync follows changed
 	}
-	ev := event.Event{V: event.Version, Op: event.OpAdd, Kind: kind, UUID: uuid, DN: e.DN,
-		New: attrs, CSN: csn, At: time.Now().UTC()}
+	ev := event.Event{V: event.Version, Op: event.OpAdd, Kind: kind, UUID: uuid, DN: m.DN,
+		New: attrs, CSN: entry.CSN, At: time.Now().UTC()}
 	if had {
 		oldAttrs, err := l.oldState(ctx, uuid)
 		if err != nil {
@@ -690,10 +696,18 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, e *ldap.Entry, c
 		}
 		ev.Op = event.OpModify
 		ev.Old = oldAttrs
-		if old.dn != e.DN {
+		if old.dn != m.DN {
 			ev.OldDN = old.dn
 		}
 	}
+	// The message's strings share one allocation with all its values;
+	// what stays in memory for good gets its own.
+	if had && old.dn == now.dn {
+		now.dn = old.dn
+	} else {
+		now.dn = strings.Clone(now.dn)
+	}
+	now.csn = strings.Clone(now.csn)
 	l.known[uuid] = now
 	l.stage(uuid, &entry)
 	l.pending = append(l.pending, pendingPub{ev: ev, entry: &entry})
