@@ -126,6 +126,11 @@ func openBus(ctx context.Context, cfg *config.Config, embedded bool) (bus *strea
 		}
 	}
 	opts := []nats.Option{nats.Name("mailsync " + cfg.Host), nats.MaxReconnects(-1)}
+	if ns != nil {
+		// This process's own connection skips the loopback socket: about a
+		// fifth less CPU for a full refresh (BenchmarkInitialRefresh).
+		opts = append(opts, nats.InProcessServer(ns))
+	}
 	if cfg.NATS.CredentialsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATS.CredentialsFile))
 	}

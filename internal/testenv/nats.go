@@ -33,7 +33,7 @@ func StartNATS(t testing.TB) *NATS {
 // Bus connects to the server and opens mailsync's stream and buckets.
 func (n *NATS) Bus(t testing.TB) *stream.Bus {
 	t.Helper()
-	nc, err := nats.Connect(n.URL)
+	nc, err := nats.Connect(n.URL, nats.InProcessServer(n.Server))
 	if err != nil {
 		t.Fatalf("connect nats: %v", err)
 	}
