@@ -137,8 +137,10 @@ type Listener struct {
 	// them as `old`. staged holds the states queued for publishing and not
 	// yet in KV (entry nil: deleted); the pipeline unstages a batch's
 	// states once KV has acked them, under stagedMu.
-	known    map[string]knownEntry
-	staged   map[string]staged
+	known  map[string]knownEntry
+	staged map[string]staged
+	// acks publishes events and states (set while the listener is active)
+	acks     *acker
 	stagedMu sync.Mutex
 
 	// per-session state: the events queued for the next batch, the number
@@ -335,6 +337,12 @@ func (l *Listener) Run(ctx context.Context) error {
 // active follows the directory while ctx lasts (the lease is held), from
 // the entries bucket and the stored cookie as they are now.
 func (l *Listener) active(ctx context.Context) error {
+	acks, err := newAcker(l.bus.NC)
+	if err != nil {
+		return err
+	}
+	defer acks.close()
+	l.acks = acks
 	if err := l.loadKnown(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil

@@ -2,11 +2,9 @@ package listener
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -172,7 +170,7 @@ func (l *Listener) sync(ctx context.Context) error {
 // It encodes each entry's state on the way, sharing the attributes' JSON
 // with the event.
 func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
-	futures := make([]jetstream.PubAckFuture, 0, len(b.pubs))
+	r := l.acks.start("event", len(b.pubs))
 	var attrs []byte
 	for i := range b.pubs {
 		p := &b.pubs[i]
@@ -189,18 +187,16 @@ func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
 		}
 		msg := &nats.Msg{Subject: p.ev.Subject(), Data: data,
 			Header: nats.Header{jetstream.MsgIDHeader: []string{p.ev.MsgID()}}}
-		f, err := l.bus.JS.PublishMsgAsync(msg)
-		if err != nil {
-			return fmt.Errorf("publish event for %s: %w", p.ev.DN, err)
+		if err := l.acks.publish(r, msg, p.ev.DN); err != nil {
+			return err
 		}
-		futures = append(futures, f)
 	}
-	seq, err := waitAcks(ctx, futures)
+	seq, err := l.acks.wait(ctx, r)
 	if err != nil {
 		return fmt.Errorf("publish events: %w", err)
 	}
 	b.seq = seq
-	l.setStatus(func(s *Status) { s.Published += uint64(len(futures)) })
+	l.setStatus(func(s *Status) { s.Published += uint64(len(b.pubs)) })
 	if l.hooks.AfterPublish != nil {
 		if err := l.hooks.AfterPublish(); err != nil {
 			return fmt.Errorf("%w: %v", ErrCrash, err)
@@ -212,7 +208,7 @@ func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
 // storeBatch writes a batch's entry states into the entries bucket, then
 // records the stream sequence they cover.
 func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
-	futures := make([]jetstream.PubAckFuture, 0, len(b.pubs))
+	r := l.acks.start("state", len(b.pubs))
 	for i := range b.pubs {
 		p := &b.pubs[i]
 		msg := &nats.Msg{Subject: "$KV." + stream.EntriesBucket + "." + p.ev.UUID}
@@ -224,13 +220,11 @@ func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
 		default:
 			msg.Data = appendEntry(nil, p.entry, nil)
 		}
-		f, err := l.bus.JS.PublishMsgAsync(msg)
-		if err != nil {
-			return fmt.Errorf("store entry %s: %w", p.ev.DN, err)
+		if err := l.acks.publish(r, msg, p.ev.DN); err != nil {
+			return err
 		}
-		futures = append(futures, f)
 	}
-	if _, err := waitAcks(ctx, futures); err != nil {
+	if _, err := l.acks.wait(ctx, r); err != nil {
 		return fmt.Errorf("store entry states: %w", err)
 	}
 	if b.seq > 0 {
@@ -249,25 +243,4 @@ func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
 	l.stagedMu.Unlock()
 	l.setStatus(func(s *Status) { s.Entries = b.entries })
 	return nil
-}
-
-// waitAcks waits for every publish to be acked and returns the highest
-// stream sequence among them.
-func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) (uint64, error) {
-	var seq uint64
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	for _, f := range futures {
-		select {
-		case a := <-f.Ok():
-			seq = max(seq, a.Sequence)
-		case err := <-f.Err():
-			return 0, err
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-timeout.C:
-			return 0, errors.New("no ack from jetstream after 30s")
-		}
-	}
-	return seq, nil
 }
