@@ -152,9 +152,7 @@ func RemoveStale(dir string) {
 
 // prepare writes one table's source and database to temp files and fsyncs
 // them; it returns the source's temp name (the database's is that plus the
-// map type's suffix). With a delta, the database is a copy of the live one
-// updated in place (postmap -d, postmap -r -i): a change to a large map
-// then costs its few keys, not a rebuild.
+// map type's suffix).
 func (w *Writer) prepare(t Table) (string, error) {
 	suffix := Suffixes[w.Type]
 	f, err := os.CreateTemp(w.Dir, "."+t.Name+".tmp-*")
@@ -170,37 +168,58 @@ func (w *Writer) prepare(t Table) (string, error) {
 	if _, err = f.Write(t.Src); err == nil {
 		err = f.Chmod(0o644)
 	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
+		f.Close()
 		return fail(fmt.Errorf("write %s: %w", tmp, err))
 	}
-	table := w.Type + ":" + tmp
-	if d := t.Delta; d != nil && w.incremental(d.size(), bytes.Count(t.Src, []byte{'\n'})) {
-		if err := copyFile(filepath.Join(w.Dir, t.Name)+suffix, tmp+suffix); err != nil {
-			return fail(fmt.Errorf("copy %s database: %w", t.Name, err))
+	// postmap reads the source from the page cache, so the source is
+	// fsynced while postmap runs; both files are durable before prepare
+	// returns.
+	synced := make(chan error, 1)
+	go func() {
+		err := f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
 		}
-		if len(d.Del) > 0 {
-			if err := w.Run(strings.Join(d.Del, "\n")+"\n", true, "-d", "-", table); err != nil {
-				return fail(err)
-			}
-		}
-		if len(d.Put) > 0 {
-			if err := w.Run(strings.Join(d.Put, "\n")+"\n", false, "-r", "-i", table); err != nil {
-				return fail(err)
-			}
-		}
-	} else if err := w.Run("", false, table); err != nil {
+		synced <- err
+	}()
+	if err := w.build(t, tmp); err != nil {
+		<-synced
 		return fail(err)
+	}
+	if err := <-synced; err != nil {
+		return fail(fmt.Errorf("write %s: %w", tmp, err))
 	}
 	if err := syncFile(tmp+suffix, 0o644); err != nil {
 		return fail(fmt.Errorf("fsync %s: %w", tmp+suffix, err))
 	}
 	return tmp, nil
+}
+
+// build makes the database of table t, whose source is written to tmp,
+// with postmap. With a delta, the database is a copy of the live one
+// updated in place (postmap -d, postmap -r -i): a change to a large map
+// then costs its few keys, not a rebuild.
+func (w *Writer) build(t Table, tmp string) error {
+	suffix := Suffixes[w.Type]
+	table := w.Type + ":" + tmp
+	if d := t.Delta; d != nil && w.incremental(d.size(), bytes.Count(t.Src, []byte{'\n'})) {
+		if err := copyFile(filepath.Join(w.Dir, t.Name)+suffix, tmp+suffix); err != nil {
+			return fmt.Errorf("copy %s database: %w", t.Name, err)
+		}
+		if len(d.Del) > 0 {
+			if err := w.Run(strings.Join(d.Del, "\n")+"\n", true, "-d", "-", table); err != nil {
+				return err
+			}
+		}
+		if len(d.Put) > 0 {
+			if err := w.Run(strings.Join(d.Put, "\n")+"\n", false, "-r", "-i", table); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return w.Run("", false, table)
 }
 
 // incremental says whether a table of n lines, changed lines of which

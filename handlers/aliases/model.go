@@ -1,6 +1,7 @@
 package aliases
 
 import (
+	"cmp"
 	"fmt"
 	"runtime"
 	"slices"
@@ -253,7 +254,13 @@ func (m *model) insert(e *entry) *entry {
 // indexEntry adds e to the DN index (entries sharing a DN kept in UUID
 // order) and to the reverse membership index of each group it lists.
 func (m *model) indexEntry(e *entry) {
-	entrySlab, uuidSlab, _, _ := m.slabs()
+	m.indexDN(e)
+	m.indexMembers(e)
+}
+
+// indexDN adds e to the DN index.
+func (m *model) indexDN(e *entry) {
+	entrySlab, _, _, _ := m.slabs()
 	if same := m.byDN[e.ndn]; len(same) == 0 {
 		m.byDN[e.ndn] = entrySlab.one(e)
 	} else {
@@ -261,6 +268,12 @@ func (m *model) indexEntry(e *entry) {
 		slices.SortFunc(same, func(a, b *entry) int { return strings.Compare(a.uuid, b.uuid) })
 		m.byDN[e.ndn] = same
 	}
+}
+
+// indexMembers adds e to the reverse membership index of each group it
+// lists.
+func (m *model) indexMembers(e *entry) {
+	_, uuidSlab, _, _ := m.slabs()
 	for _, mem := range e.members {
 		switch ps := m.parents[mem]; {
 		case len(ps) == 0:
@@ -294,6 +307,21 @@ func (m *model) remove(old *entry) {
 	if old == nil {
 		return
 	}
+	m.unindexDN(old)
+	for _, mem := range old.members {
+		ps := m.parents[mem]
+		if i := slices.Index(ps, old.uuid); i >= 0 {
+			if len(ps) == 1 {
+				delete(m.parents, mem)
+			} else {
+				m.parents[mem] = append(ps[:i:i], ps[i+1:]...)
+			}
+		}
+	}
+}
+
+// unindexDN removes old from the DN index.
+func (m *model) unindexDN(old *entry) {
 	// Two entries may carry the same DN for a while (a delete and an add
 	// travelling on different subjects); the smallest UUID wins lookups.
 	es := m.byDN[old.ndn]
@@ -307,16 +335,6 @@ func (m *model) remove(old *entry) {
 		delete(m.byDN, old.ndn)
 	} else {
 		m.byDN[old.ndn] = es
-	}
-	for _, mem := range old.members {
-		ps := m.parents[mem]
-		if i := slices.Index(ps, old.uuid); i >= 0 {
-			if len(ps) == 1 {
-				delete(m.parents, mem)
-			} else {
-				m.parents[mem] = append(ps[:i:i], ps[i+1:]...)
-			}
-		}
 	}
 }
 
@@ -350,21 +368,10 @@ func (m *model) recompute(changed set) {
 	}
 }
 
-// affects reports whether uuid is in affected; nil stands for every entry
-// (the full build).
-func affects(affected set, uuid string) bool {
-	if affected == nil {
-		return true
-	}
-	_, ok := affected[uuid]
-	return ok
-}
-
 // expand recomputes the group expansions of the groups in affected with
 // Tarjan's algorithm over the membership graph restricted to them. Groups
 // outside affected keep their expansion: since affected is closed under
-// ancestors, no cycle crosses its border. A nil affected is every group of
-// a model with no expansions yet (the full build).
+// ancestors, no cycle crosses its border. The full build has expandAll.
 func (m *model) expand(affected set) {
 	// Forget the old results of the affected groups.
 	for uuid := range affected {
@@ -393,7 +400,7 @@ func (m *model) expand(affected set) {
 			if c == nil || !c.isGroupish {
 				continue
 			}
-			if !affects(affected, c.uuid) {
+			if _, ok := affected[c.uuid]; !ok {
 				continue
 			}
 			if _, seen := index[c.uuid]; !seen {
@@ -420,13 +427,6 @@ func (m *model) expand(affected set) {
 		m.expandSCC(scc)
 	}
 	var ids []string
-	if affected == nil {
-		for uuid, e := range m.byUUID {
-			if e.isGroupish {
-				ids = append(ids, uuid)
-			}
-		}
-	}
 	for uuid := range affected {
 		if e := m.byUUID[uuid]; e != nil && e.isGroupish {
 			ids = append(ids, uuid)
@@ -855,15 +855,19 @@ func (m *model) maxOverLimit() int {
 // contributing are spread over the CPUs, and each index map is written by
 // one goroutine, the maps side by side.
 func buildModel(hostFQDN string, limit int, entries []event.Entry) *model {
-	return buildModelEarly(hostFQDN, limit, entries, nil)
+	m, indexLater := buildModelEarly(hostFQDN, limit, entries, nil)
+	indexLater()
+	return m
 }
 
-// buildModelEarly is buildModel calling early, when not nil, with the
+// buildModelEarly is buildModel in stages, for Load to run postmap
+// alongside the rest of the build. It calls early, when not nil, with the
 // mailbox and domain table sources as soon as they are final, before the
-// group expansions: Load has them postmap'ed alongside the rest of the
-// build.
-func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte)) *model {
-	m := newModel(hostFQDN, limit)
+// group expansions, and returns once the alias table is rendered, with
+// indexLater, which completes what only later changes and the reports use;
+// the model is not to be used otherwise until indexLater has returned.
+func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte)) (m *model, indexLater func()) {
+	m = newModel(hostFQDN, limit)
 	// Sized for the directory up front: growing maps of 100k keys is a
 	// good part of a full build otherwise.
 	n := len(entries)
@@ -891,7 +895,11 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 	current := m.insertAll(es)
 
 	var wg sync.WaitGroup
-	wg.Go(func() { m.setContributions(es, cs, current, false) })
+	var aliasKeys []string // sorted, so far those of the entries other than groups
+	wg.Go(func() {
+		m.setContributions(es, cs, current, false)
+		aliasKeys = sortedOwnerKeys(m.aliasOwners)
+	})
 	var mailboxes, domains []string
 	for i := range cs {
 		if current[i] {
@@ -899,12 +907,12 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 			domains = append(domains, cs[i].domains...)
 		}
 	}
-	m.mailboxT.fill(sortedUnique(mailboxes), appendIdentityLine, 0)
-	m.domainT.fill(sortedUnique(domains), appendIdentityLine, 0)
+	m.mailboxT.fillIdentity(sortedUnique(mailboxes))
+	m.domainT.fillIdentity(sortedUnique(domains))
 	if early != nil {
 		early(m.mailboxT.source(), m.domainT.source())
 	}
-	m.expand(nil)
+	m.expandAll(es, current)
 	wg.Wait()
 	for i := range es {
 		if current[i] && es[i].isGroupish {
@@ -912,19 +920,17 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 		}
 	}
 	m.setContributions(es, cs, current, true)
-	m.bulk = false
-	m.entrySlab, m.uuidSlab, m.contribSlab, m.contribSlab2 = nil, nil, nil, nil
-	aliasSize := 0
-	for i := range cs {
-		for _, a := range cs[i].alias {
-			aliasSize += len(a.key) + 1
-			for _, v := range a.vals {
-				aliasSize += len(v) + 1
+	var groupKeys []string
+	for i := range es {
+		if current[i] && es[i].isGroupish {
+			for _, a := range cs[i].alias {
+				groupKeys = append(groupKeys, a.key)
 			}
 		}
 	}
-	m.aliasT.fill(sortedOwnerKeys(m.aliasOwners), m.appendAliasLine, aliasSize)
-	return m
+	aliasKeys = mergeInto(make([]string, 0, len(aliasKeys)+len(groupKeys)), aliasKeys, sortedUnique(groupKeys))
+	m.aliasT.fill(aliasKeys, func(i int) []string { return m.aliasLineValues(aliasKeys[i]) })
+	return m, func() { m.indexLater(es, cs, current) }
 }
 
 // sortedUnique sorts s and drops repeats.
@@ -976,29 +982,51 @@ func (m *model) insertAll(es []entry) []bool {
 	})
 	for i := range es {
 		if es[i].uuid != "" {
-			m.indexEntry(&es[i])
+			m.indexDN(&es[i])
 		}
 	}
 	wg.Wait()
-	// A replaced entry leaves the DN and member indexes as insert would
-	// have it leave them, and its successor's memberships are restored.
+	// A replaced entry leaves the DN index as insert would have it leave it.
 	for _, i := range replaced {
-		m.remove(&es[i])
-	}
-	for _, i := range replaced {
-		e := m.byUUID[es[i].uuid]
-		for _, mem := range e.members {
-			if ps := m.parents[mem]; !slices.Contains(ps, e.uuid) {
-				m.parents[mem] = append(ps, e.uuid)
-			}
-		}
+		m.unindexDN(&es[i])
 	}
 	return current
 }
 
+// indexLater completes the model of a full build with what only later
+// changes and the reports use: the reverse membership index and the
+// contributions by UUID, with the sets of entries reporting invalid
+// addresses and expansions over the limit.
+func (m *model) indexLater(es []entry, cs []contribution, current []bool) {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range es {
+			if current[i] {
+				m.indexMembers(&es[i])
+			}
+		}
+	})
+	for i := range es {
+		e, c := &es[i], &cs[i]
+		if !current[i] || c.empty() {
+			continue
+		}
+		m.contrib[e.uuid] = c
+		if len(c.invalid) > 0 {
+			m.invalid[e.uuid] = struct{}{}
+		}
+		if e.isGroupish && m.limit > 0 && len(m.exp[e.uuid]) > m.limit && len(c.alias) > 0 {
+			m.overLimit[e.uuid] = struct{}{}
+		}
+	}
+	wg.Wait()
+	m.bulk = false
+	m.entrySlab, m.uuidSlab, m.contribSlab, m.contribSlab2 = nil, nil, nil, nil
+}
+
 // setContributions records the contributions of the current entries, of
-// groups or of the others, for a full build: each index is written by its
-// own goroutine.
+// groups or of the others, for a full build in the owner indexes the
+// tables are rendered from: each index is written by its own goroutine.
 func (m *model) setContributions(es []entry, cs []contribution, current []bool, groups bool) {
 	each := func(f func(e *entry, c *contribution)) {
 		for i := range es {
@@ -1009,19 +1037,6 @@ func (m *model) setContributions(es []entry, cs []contribution, current []bool, 
 	}
 	_, _, aliasSlab, mailboxSlab := m.slabs()
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		each(func(e *entry, c *contribution) {
-			m.contrib[e.uuid] = c
-			if len(c.invalid) > 0 {
-				m.invalid[e.uuid] = struct{}{}
-			}
-			// Only groups have expansions (and the others are set while
-			// they are computed).
-			if groups && m.limit > 0 && len(m.exp[e.uuid]) > m.limit && len(c.alias) > 0 {
-				m.overLimit[e.uuid] = struct{}{}
-			}
-		})
-	})
 	wg.Go(func() {
 		each(func(e *entry, c *contribution) {
 			for _, k := range c.mailbox {
@@ -1057,10 +1072,9 @@ func inParallel(n int, f func(lo, hi int)) {
 	wg.Wait()
 }
 
-func appendIdentityLine(b []byte, k string) []byte {
-	b = append(b, k...)
-	b = append(b, ' ')
-	return append(b, k...)
+// fillIdentity fills a table mapping each key to itself.
+func (r *rendered) fillIdentity(keys []string) {
+	r.fill(keys, func(i int) []string { return keys[i : i+1] })
 }
 
 // markDirty notes the keys a contribution touches for the next settle.
@@ -1084,8 +1098,8 @@ func (m *model) markDirty(c *contribution) {
 // duplicate-free, in one allocation; it never modifies lists, and shares a
 // list when that is the union. Two-way merges, longest lists first, cost
 // fewer comparisons than one k-way merge.
-func mergeAll(out []string, lists [][]string) []string {
-	heads := make([][]string, 0, len(lists)+1)
+func mergeAll[T cmp.Ordered](out []T, lists [][]T) []T {
+	heads := make([][]T, 0, len(lists)+1)
 	n := 0
 	for _, l := range append(lists, out) {
 		if len(l) > 0 {
@@ -1099,8 +1113,8 @@ func mergeAll(out []string, lists [][]string) []string {
 	case 1:
 		return heads[0]
 	}
-	slices.SortFunc(heads, func(a, b []string) int { return len(b) - len(a) })
-	dst := mergeInto(make([]string, 0, n), heads[0], heads[1])
+	slices.SortFunc(heads, func(a, b []T) int { return len(b) - len(a) })
+	dst := mergeInto(make([]T, 0, n), heads[0], heads[1])
 	for _, h := range heads[2:] {
 		dst = mergeBack(dst, h)
 	}
@@ -1109,7 +1123,7 @@ func mergeAll(out []string, lists [][]string) []string {
 
 // mergeBack merges b into dst in place, from the back, dst having the
 // room; both sorted and duplicate-free.
-func mergeBack(dst, b []string) []string {
+func mergeBack[T cmp.Ordered](dst, b []T) []T {
 	i, j := len(dst)-1, len(b)-1
 	w := len(dst) + len(b)
 	dst = dst[:w]
@@ -1138,7 +1152,7 @@ func mergeBack(dst, b []string) []string {
 
 // mergeInto appends the sorted union of a and b to dst, which must not
 // overlap them.
-func mergeInto(dst, a, b []string) []string {
+func mergeInto[T cmp.Ordered](dst, a, b []T) []T {
 	i, j := 0, 0
 	for i < len(a) && j < len(b) {
 		switch {

@@ -125,23 +125,33 @@ func (d delta) size() int { return len(d.put) + len(d.del) }
 
 // aliasLine renders one alias key's line, or "" when the key has no entry.
 func (m *model) aliasLine(k string) string {
-	return string(m.appendAliasLine(nil, k))
+	vals := m.aliasLineValues(k)
+	if vals == nil {
+		return ""
+	}
+	return string(appendLine(nil, k, vals))
 }
 
-// appendAliasLine appends one alias key's line to b, or nothing when the
-// key has no entry.
-func (m *model) appendAliasLine(b []byte, k string) []byte {
+// aliasLineValues returns the values of one alias key's line, or nil when
+// the key has no entry.
+func (m *model) aliasLineValues(k string) []string {
 	vals := m.aliasValues(k)
 	if len(vals) == 0 {
-		return b
+		return nil
 	}
 	if len(vals) == 1 && vals[0] == k {
 		if _, mailbox := m.mailboxOwners[k]; mailbox {
-			return b // a mailbox mapping to itself: the same as no entry
+			return nil // a mailbox mapping to itself: the same as no entry
 		}
 		// Kept, so the address is accepted: a remote shared folder
 		// (ldap.sharedfolderremote, routed by the transport map).
 	}
+	return vals
+}
+
+// appendLine appends a table line, without the newline: the key, a space
+// and the values separated by commas.
+func appendLine(b []byte, k string, vals []string) []byte {
 	b = append(b, k...)
 	b = append(b, ' ')
 	for i, v := range vals {
@@ -151,6 +161,15 @@ func (m *model) appendAliasLine(b []byte, k string) []byte {
 		b = append(b, v...)
 	}
 	return b
+}
+
+// lineLen is the length of appendLine's line.
+func lineLen(k string, vals []string) int {
+	n := len(k) + len(vals) // the space and the commas
+	for _, v := range vals {
+		n += len(v)
+	}
+	return n
 }
 
 // settle re-renders the lines of the keys touched since the last settle and
@@ -185,26 +204,43 @@ func (m *model) settle() bool {
 }
 
 // fill renders an empty table from sorted keys in one go, straight into
-// its source. No change is recorded: a table filled this way is written
-// whole. The per-key lines are indexed later, by index.
-func (r *rendered) fill(keys []string, appendLine func([]byte, string) []byte, sizeHint int) {
-	if sizeHint == 0 {
-		for _, k := range keys {
-			sizeHint += 2*len(k) + 2 // "k k\n"
-		}
-	}
+// its source; vals gives the values of keys[i], nil for no line. No change
+// is recorded: a table filled this way is written whole. The per-key lines
+// are indexed later, by index.
+//
+// The lines are measured first, so that the source is allocated once at
+// its size and each line written in its place, both passes spread over the
+// CPUs.
+func (r *rendered) fill(keys []string, vals func(i int) []string) {
+	lines := make([][]string, len(keys))
 	ends := make([]int, len(keys)) // end of each key's line in src; -1: none
-	src := make([]byte, 0, sizeHint)
-	for i, k := range keys {
-		start := len(src)
-		src = appendLine(src, k)
-		if len(src) == start {
+	inParallel(len(keys), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			lines[i] = vals(i)
+			if lines[i] != nil {
+				ends[i] = lineLen(keys[i], lines[i])
+			}
+		}
+	})
+	size := 0
+	for i, l := range lines {
+		if l == nil {
 			ends[i] = -1
 			continue
 		}
-		src = append(src, '\n')
-		ends[i] = len(src) - 1
+		size += ends[i] + 1
+		ends[i] = size - 1
 	}
+	src := make([]byte, size)
+	inParallel(len(keys), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if l := lines[i]; l != nil {
+				start := ends[i] - lineLen(keys[i], l)
+				appendLine(src[start:start], keys[i], l)
+				src[ends[i]] = '\n'
+			}
+		}
+	})
 	r.size = len(src)
 	r.src = src
 	r.filled = &filled{keys: keys, ends: ends}

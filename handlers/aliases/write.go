@@ -49,14 +49,15 @@ func (h *Handler) loadLocked(entries []event.Entry) error {
 	var dom, mbx *postmap.Prepared
 	var domErr, mbxErr error
 	var wg sync.WaitGroup
-	m := buildModelEarly(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries, func(mailbox, domains []byte) {
+	m, indexLater := buildModelEarly(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries, func(mailbox, domains []byte) {
 		wg.Go(func() { dom, domErr = w.Prepare(postmap.Table{Name: DomainMap, Src: domains}) })
 		wg.Go(func() { mbx, mbxErr = w.Prepare(postmap.Table{Name: MailboxMap, Src: mailbox}) })
 	})
 	h.m = m
-	// The per-key lines, for later changes, are indexed while postmap
-	// builds the alias database.
+	// What only later changes use, the indexes of the model and the
+	// per-key lines, is made while postmap builds the alias database.
 	wg.Go(func() {
+		indexLater()
 		for _, r := range []*rendered{m.domainT, m.mailboxT, m.aliasT} {
 			r.index()
 		}

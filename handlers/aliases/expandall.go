@@ -1,0 +1,226 @@
+package aliases
+
+import (
+	"slices"
+	"strings"
+	"unsafe"
+)
+
+// expandAll computes the expansion of every current group of a full build,
+// with the results expand gives for every group, on dense integer ids:
+// groups are numbered in the order of es and member addresses ranked in
+// string order, so the walk needs no map and the merges compare integers
+// where expand compares strings. Each expansion becomes strings once, when
+// its component is done.
+func (m *model) expandAll(es []entry, current []bool) {
+	g := m.numberGroups(es, current)
+	n := len(g.groups)
+	index := make([]int32, n) // visit order from 1; 0: not visited yet
+	low := make([]int32, n)
+	comp := make([]int32, n) // component number from 1; 0: still on the stack
+	exp := make([][]int32, n)
+	strs := make([][]string, n)
+	var stack []int32
+	next, comps := int32(1), int32(0)
+	var visit func(u int32)
+	visit = func(u int32) {
+		index[u], low[u] = next, next
+		next++
+		stack = append(stack, u)
+		for _, c := range g.subs(u) {
+			if index[c] == 0 {
+				visit(c)
+				low[u] = min(low[u], low[c])
+			} else if comp[c] == 0 {
+				low[u] = min(low[u], index[c])
+			}
+		}
+		if low[u] != index[u] {
+			return
+		}
+		// u is the root of a strongly connected component: the stack from
+		// u up.
+		i := len(stack) - 1
+		for stack[i] != u {
+			i--
+		}
+		scc := stack[i:]
+		stack = stack[:i]
+		comps++
+		for _, v := range scc {
+			comp[v] = comps
+		}
+		m.expandSCCAll(g, scc, comps, comp, exp, strs)
+	}
+	for u := range int32(n) {
+		if index[u] == 0 {
+			visit(u)
+		}
+	}
+}
+
+// expandSCCAll is expandSCC for expandAll: the component scc, numbered c,
+// gets the union of its members' addresses and of the expansions below it,
+// which are final by now.
+func (m *model) expandSCCAll(g *groupGraph, scc []int32, c int32, comp []int32, exp [][]int32, strs [][]string) {
+	var own []int32
+	if len(scc) == 1 {
+		// Sorted in place: the member list is read only here.
+		own = g.own(scc[0])
+	} else {
+		for _, u := range scc {
+			own = append(own, g.own(u)...)
+		}
+	}
+	slices.Sort(own)
+	own = slices.Compact(own)
+	var lists [][]int32
+	var below []int32 // the groups the lists come from
+	selfLoop := false
+	for _, u := range scc {
+		for _, s := range g.subs(u) {
+			if comp[s] == c {
+				selfLoop = selfLoop || s == u
+				continue
+			}
+			lists = append(lists, exp[s])
+			below = append(below, s)
+		}
+	}
+	out := mergeAll(own, lists)
+	// A union as long as one of its parts is that part: share its strings.
+	var vals []string
+	for _, s := range below {
+		if len(exp[s]) == len(out) {
+			vals = strs[s]
+			break
+		}
+	}
+	if vals == nil && len(out) > 0 {
+		vals = make([]string, len(out))
+		for i, r := range out {
+			vals[i] = g.addrs[r]
+		}
+	}
+	for _, u := range scc {
+		exp[u], strs[u] = out, vals
+		m.exp[g.groups[u].uuid] = vals
+	}
+	if len(scc) > 1 || selfLoop {
+		ids := make([]string, len(scc))
+		for i, u := range scc {
+			ids[i] = g.groups[u].uuid
+		}
+		slices.Sort(ids)
+		k := strings.Join(ids, " ")
+		m.cycles[k] = ids
+		for _, u := range ids {
+			m.inCycle[u] = k
+		}
+	}
+}
+
+// groupGraph is the membership graph of a full build on dense ids, each
+// group's members resolved once: member groups by number, other members by
+// the rank of their address.
+type groupGraph struct {
+	groups []*entry
+	addrs  []string // sorted; an address's rank is its index
+	// The members of group u are ownIDs[ownAt[u]:ownAt[u+1]] and
+	// subIDs[subAt[u]:subAt[u+1]], in one array each.
+	ownIDs, subIDs []int32
+	ownAt, subAt   []int32
+}
+
+func (g *groupGraph) own(u int32) []int32  { return g.ownIDs[g.ownAt[u]:g.ownAt[u+1]] }
+func (g *groupGraph) subs(u int32) []int32 { return g.subIDs[g.subAt[u]:g.subAt[u+1]] }
+
+// numberGroups builds the group graph of the current entries and records
+// the member DNs not in the index, as expandSCC does.
+func (m *model) numberGroups(es []entry, current []bool) *groupGraph {
+	g := &groupGraph{}
+	num := map[*entry]int32{}
+	for i := range es {
+		if current[i] && es[i].isGroupish {
+			num[&es[i]] = int32(len(g.groups))
+			g.groups = append(g.groups, &es[i])
+		}
+	}
+	g.ownAt = make([]int32, 1, len(g.groups)+1)
+	g.subAt = make([]int32, 1, len(g.groups)+1)
+	// Member addresses are numbered by entry first, in order of appearance,
+	// and ranked below; no map of addresses is needed.
+	idOf := make([]int32, len(es)) // index in es -> address id + 1; 0: none yet
+	var addrs []string             // by address id
+	for _, e := range g.groups {
+		var missing []string
+		for i, mem := range e.members {
+			c := m.lookup(mem)
+			switch {
+			case c == nil:
+				missing = append(missing, e.memberDNs[i])
+			case c.isGroupish:
+				g.subIDs = append(g.subIDs, num[c])
+			case c.memberAddr != "":
+				at := indexIn(es, c)
+				if idOf[at] == 0 {
+					addrs = append(addrs, c.memberAddr)
+					idOf[at] = int32(len(addrs))
+				}
+				g.ownIDs = append(g.ownIDs, idOf[at]-1)
+			}
+		}
+		if len(missing) > 0 {
+			m.missing[e.uuid] = missing
+		}
+		g.ownAt = append(g.ownAt, int32(len(g.ownIDs)))
+		g.subAt = append(g.subAt, int32(len(g.subIDs)))
+	}
+	// Ranks in string order, so that sorted ids are sorted addresses; two
+	// entries with the same address get the same rank.
+	order := make([]int32, len(addrs))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return strings.Compare(addrs[a], addrs[b]) })
+	rank := make([]int32, len(addrs))
+	g.addrs = make([]string, 0, len(addrs))
+	for _, id := range order {
+		if n := len(g.addrs); n == 0 || g.addrs[n-1] != addrs[id] {
+			g.addrs = append(g.addrs, addrs[id])
+		}
+		rank[id] = int32(len(g.addrs) - 1)
+	}
+	for i, id := range g.ownIDs {
+		g.ownIDs[i] = rank[id]
+	}
+	// The addresses, copied in rank order into one string: the expansions,
+	// most of the alias table, are then rendered from a megabyte or two
+	// read in order, not from strings all over the heap.
+	size := 0
+	for _, a := range g.addrs {
+		size += len(a)
+	}
+	var all strings.Builder
+	all.Grow(size)
+	for _, a := range g.addrs {
+		all.WriteString(a)
+	}
+	arena, at := all.String(), 0
+	for i, a := range g.addrs {
+		g.addrs[i] = arena[at : at+len(a)]
+		at += len(a)
+	}
+	return g
+}
+
+// indexIn returns the index in es of e, which points into es: the index
+// of a member without a map from entries to indexes.
+func indexIn(es []entry, e *entry) int {
+	i := int((uintptr(unsafe.Pointer(e)) - uintptr(unsafe.Pointer(&es[0]))) / unsafe.Sizeof(es[0]))
+	if i < 0 || i >= len(es) || &es[i] != e {
+		// A full build's model indexes only entries of es.
+		panic("aliases: member entry outside the full build's entries")
+	}
+	return i
+}
