@@ -171,7 +171,12 @@ func (l *Listener) sync(ctx context.Context) error {
 // with the event.
 func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
 	r := l.acks.start("event", len(b.pubs))
-	var attrs []byte
+	// nats.go copies a message into its write buffer before PublishMsg
+	// returns, so one message, header and event buffer serve the batch;
+	// only the states, stored after the acks, are kept.
+	var attrs, data []byte
+	msgID := []string{""}
+	msg := &nats.Msg{Header: nats.Header{jetstream.MsgIDHeader: msgID}}
 	for i := range b.pubs {
 		p := &b.pubs[i]
 		var newJSON []byte
@@ -181,12 +186,11 @@ func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
 			// The event's New is the entry's attributes (queueEntry).
 			newJSON = attrs
 		}
-		data, err := appendEvent(make([]byte, 0, len(newJSON)+len(p.ev.DN)+192), &p.ev, newJSON)
-		if err != nil {
+		var err error
+		if data, err = appendEvent(data[:0], &p.ev, newJSON); err != nil {
 			return fmt.Errorf("encode event for %s: %w", p.ev.DN, err)
 		}
-		msg := &nats.Msg{Subject: p.ev.Subject(), Data: data,
-			Header: nats.Header{jetstream.MsgIDHeader: []string{p.ev.MsgID()}}}
+		msg.Subject, msg.Data, msgID[0] = p.ev.Subject(), data, p.ev.MsgID()
 		if err := l.acks.publish(r, msg, p.ev.DN); err != nil {
 			return err
 		}
@@ -209,12 +213,14 @@ func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
 // records the stream sequence they cover.
 func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
 	r := l.acks.start("state", len(b.pubs))
+	del := nats.Header{"KV-Operation": []string{"DEL"}}
+	msg := &nats.Msg{} // copied by PublishMsg, so reused (publishEvents)
 	for i := range b.pubs {
 		p := &b.pubs[i]
-		msg := &nats.Msg{Subject: "$KV." + stream.EntriesBucket + "." + p.ev.UUID}
+		msg.Subject, msg.Header, msg.Data = "$KV."+stream.EntriesBucket+"."+p.ev.UUID, nil, nil
 		switch {
 		case p.entry == nil:
-			msg.Header = nats.Header{"KV-Operation": []string{"DEL"}}
+			msg.Header = del
 		case p.state != nil:
 			msg.Data = p.state
 		default:
