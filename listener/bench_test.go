@@ -59,10 +59,7 @@ func BenchmarkInitialRefresh(b *testing.B) {
 		users, _ = strconv.Atoi(v)
 		groups = users / 20
 	}
-	rounds := 5
-	if v, err := strconv.Atoi(os.Getenv("MAILSYNC_BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
+	rounds := testenv.BenchRounds()
 	base := "dc=example,dc=org"
 	ldif := testenv.GenerateLDIF(b, base, testenv.DirectoryShape{Users: users, Groups: groups, Members: 20, Nested: 10})
 	slapd := testenv.StartSlapdWith(b, testenv.SlapdOptions{Preload: ldif})
@@ -79,7 +76,7 @@ func BenchmarkInitialRefresh(b *testing.B) {
 			cpus = append(cpus, cpu.Seconds())
 			rss = max(rss, peak)
 		}
-		raw, ms := median(raws), median(syncs)
+		raw, ms := testenv.Median(raws), testenv.Median(syncs)
 		b.ReportMetric(raw, "ldapsearch_s")
 		b.ReportMetric(ms, "mailsync_s")
 		b.ReportMetric(ms/raw, "ratio")
@@ -88,7 +85,7 @@ func BenchmarkInitialRefresh(b *testing.B) {
 		// CPU of this process (listener and embedded NATS) during the
 		// refresh: unlike the times, it hardly moves when other work
 		// shares the machine.
-		b.ReportMetric(median(cpus), "mailsync_cpu_s")
+		b.ReportMetric(testenv.Median(cpus), "mailsync_cpu_s")
 		b.Logf("%d rounds: ldapsearch %.2f s, mailsync %.2f s (ratios of the medians: %.2f; best against best: %.2f)",
 			rounds, raws, syncs, ms/raw, slices.Min(syncs)/slices.Min(raws))
 	}
@@ -167,14 +164,4 @@ func refresh(b *testing.B, slapd *testenv.Slapd, base string, total int) (took, 
 		b.Fatalf("stream holds %d events, want %d", info.State.Msgs, total)
 	}
 	return took, cpu, rssMB
-}
-
-// median of xs (which it sorts).
-func median(xs []float64) float64 {
-	slices.Sort(xs)
-	n := len(xs)
-	if n%2 == 1 {
-		return xs[n/2]
-	}
-	return (xs[n/2-1] + xs[n/2]) / 2
 }
