@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -20,6 +21,27 @@ import (
 // a future with two channels per message and decodes every ack with
 // encoding/json, which at two messages per entry was an eighth of a full
 // refresh's CPU. Here an ack is read in place; only an error is decoded.
+//
+// A quiet round goes further: only its first and last publishes ask for an
+// ack. JetStream stores one connection's messages to a stream in the order
+// they were sent, so when nobody else writes to the stream meanwhile the
+// round is complete exactly when the two acks are n-1 sequences apart and
+// neither is a duplicate. Anything else (a message JetStream refused or
+// dropped unanswered, a deduplicated replay, another writer) is errGap, and
+// the round is published again with every publish acked (round does both;
+// events carry their Msg-Id, so those already stored are not stored twice).
+// Making and delivering an ack per message was about a third of a full
+// refresh's CPU, counting the garbage collection it caused.
+//
+// What the count cannot see: a message of the round lost while another
+// writer's message lands in the same round. The entries bucket has no other
+// writer than the listener holding the lease; the event stream also takes
+// `mailsync dead retry`'s single events. A stream loses a message sent
+// without a reply only when its ingest queue (128 MB) overflows, which
+// Config.BatchBytes keeps the listener far from, or when a limit refuses it
+// (mailsync sets none; an account limit on an external server could). Only
+// both at once inside one round of a few milliseconds would hide a missing
+// event, and `mailsync check` would show its effect.
 type acker struct {
 	nc     *nats.Conn
 	sub    *nats.Subscription
@@ -28,6 +50,9 @@ type acker struct {
 	mu     sync.Mutex
 	rounds map[uint64]*round
 	next   uint64
+
+	// gapped, when set, is told of each quiet round published again.
+	gapped func(what string, n int)
 }
 
 // round is the publishes of one batch.
@@ -37,13 +62,42 @@ type round struct {
 	what   string        // what the publishes are, for errors
 	done   chan struct{} // closed when over
 
-	mu     sync.Mutex
-	names  []string // the DN each publish is about, for errors
-	sealed bool     // wait was called: names is complete
-	got    int
-	seq    uint64
-	err    error
-	over   bool
+	// A quiet round of n publishes asks only the first and the last for
+	// an ack (see acker).
+	quiet bool
+	n     int
+
+	mu          sync.Mutex
+	names       []string // the DN each publish is about, for errors
+	sealed      bool     // wait was called: names is complete
+	got         int
+	seq         uint64
+	first, last uint64 // a quiet round's acked sequences
+	dup         bool   // a quiet round's first or last ack was a duplicate
+	err         error
+	over        bool
+}
+
+// errGap says a quiet round's acks do not prove every publish stored.
+var errGap = errors.New("quiet publish round incomplete")
+
+// expected is the number of acks the round waits for; r.mu is held.
+func (r *round) expected() int {
+	switch {
+	case !r.quiet:
+		return len(r.names)
+	case len(r.names) != r.n:
+		return -1 // fewer publishes than planned: the last asked for none
+	case r.n == 1:
+		return 1
+	default:
+		return 2
+	}
+}
+
+// acked reports whether publish i asks for an ack.
+func (r *round) acked(i int) bool {
+	return !r.quiet || i == 0 || i == r.n-1
 }
 
 // finish ends the round; r.mu is held.
@@ -75,21 +129,74 @@ func (a *acker) close() {
 	}
 }
 
-// start begins a round of publishes of what ("event", "state").
+// start begins a round of publishes of what ("event", "state"), each
+// acked.
 func (a *acker) start(what string, size int) *round {
+	return a.begin(what, size, false)
+}
+
+// startQuiet begins a quiet round of exactly n publishes of what.
+func (a *acker) startQuiet(what string, n int) *round {
+	return a.begin(what, n, true)
+}
+
+func (a *acker) begin(what string, size int, quiet bool) *round {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.next++
 	r := &round{id: a.next, prefix: a.prefix + strconv.FormatUint(a.next, 10) + ".", what: what,
-		names: make([]string, 0, size), done: make(chan struct{})}
+		quiet: quiet, n: size, names: make([]string, 0, size), done: make(chan struct{})}
 	a.rounds[r.id] = r
 	return r
+}
+
+// round publishes n messages of what, msg(i) giving the i-th and the DN it
+// is about, as a quiet round and, if that cannot prove them all stored,
+// again with every publish acked. It returns the highest stream sequence
+// acked. msg may reuse one message: each is sent before the next is made.
+func (a *acker) round(ctx context.Context, what string, n int, msg func(i int) (*nats.Msg, string, error)) (uint64, error) {
+	if n == 0 {
+		return 0, nil
+	}
+	for _, quiet := range []bool{true, false} {
+		r := a.begin(what, n, quiet)
+		for i := 0; i < n; i++ {
+			m, dn, err := msg(i)
+			if err == nil {
+				err = a.publish(r, m, dn)
+			}
+			if err != nil {
+				a.forget(r)
+				return 0, err
+			}
+		}
+		seq, err := a.wait(ctx, r)
+		if quiet && errors.Is(err, errGap) {
+			if a.gapped != nil {
+				a.gapped(what, n)
+			}
+			continue
+		}
+		return seq, err
+	}
+	panic("unreachable")
+}
+
+// forget drops a round given up on before its wait.
+func (a *acker) forget(r *round) {
+	a.mu.Lock()
+	delete(a.rounds, r.id)
+	a.mu.Unlock()
 }
 
 // publish sends msg as the round's next publish, about entry dn.
 func (a *acker) publish(r *round, msg *nats.Msg, dn string) error {
 	r.mu.Lock()
-	msg.Reply = r.prefix + strconv.Itoa(len(r.names))
+	if i := len(r.names); r.acked(i) {
+		msg.Reply = r.prefix + strconv.Itoa(i)
+	} else {
+		msg.Reply = ""
+	}
 	r.names = append(r.names, dn)
 	r.mu.Unlock()
 	if err := a.nc.PublishMsg(msg); err != nil {
@@ -101,14 +208,13 @@ func (a *acker) publish(r *round, msg *nats.Msg, dn string) error {
 // wait returns once every publish of the round is acked, and the highest
 // stream sequence among them; or the first error.
 func (a *acker) wait(ctx context.Context, r *round) (uint64, error) {
-	defer func() {
-		a.mu.Lock()
-		delete(a.rounds, r.id)
-		a.mu.Unlock()
-	}()
+	defer a.forget(r)
 	r.mu.Lock()
 	r.sealed = true
-	if r.got == len(r.names) {
+	switch want := r.expected(); {
+	case want < 0:
+		r.finish(errGap)
+	case r.got == want:
 		r.finish(nil)
 	}
 	r.mu.Unlock()
@@ -121,10 +227,13 @@ func (a *acker) wait(ctx context.Context, r *round) (uint64, error) {
 	case <-timeout.C:
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		return 0, fmt.Errorf("no ack from jetstream after 30s for %d of %d publishes", len(r.names)-r.got, len(r.names))
+		return 0, fmt.Errorf("no ack from jetstream after 30s for %d of %d acked publishes", r.expected()-r.got, r.expected())
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.err == nil && r.quiet && (r.dup || r.last-r.first != uint64(r.n-1)) {
+		return 0, errGap
+	}
 	return r.seq, r.err
 }
 
@@ -147,10 +256,10 @@ func (a *acker) handle(m *nats.Msg) {
 	if r == nil {
 		return // a round given up on
 	}
-	seq, err := parseAck(m)
+	seq, dup, err := parseAck(m)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.over {
+	if r.over || i < 0 || !r.acked(i) {
 		return
 	}
 	if err != nil {
@@ -163,18 +272,35 @@ func (a *acker) handle(m *nats.Msg) {
 	}
 	r.got++
 	r.seq = max(r.seq, seq)
+	if r.quiet {
+		r.dup = r.dup || dup
+		if i == 0 {
+			r.first = seq
+		}
+		if i == r.n-1 {
+			r.last = seq
+		}
+	}
 	// Until wait seals the round, acks catching up with the publishes
 	// sent so far do not end it.
-	if r.sealed && r.got == len(r.names) {
+	if r.sealed && r.got == r.expected() {
 		r.finish(nil)
 	}
 }
 
-var seqField = []byte(`"seq":`)
+var (
+	seqField = []byte(`"seq":`)
+	dupField = []byte(`"duplicate":true`)
+)
 
-// parseAck reads a JetStream publish ack: the stream sequence, or the
-// error JetStream answered with.
-func parseAck(m *nats.Msg) (uint64, error) {
+// parseAck reads a JetStream publish ack: the stream sequence and whether
+// the message was a duplicate, or the error JetStream answered with.
+func parseAck(m *nats.Msg) (seq uint64, dup bool, err error) {
+	seq, err = parseAckSeq(m)
+	return seq, err == nil && bytes.Contains(m.Data, dupField), err
+}
+
+func parseAckSeq(m *nats.Msg) (uint64, error) {
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 		return 0, jetstream.ErrNoStreamResponse
 	}

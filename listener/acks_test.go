@@ -5,7 +5,9 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -99,18 +101,122 @@ func TestParseAck(t *testing.T) {
 	for _, c := range []struct {
 		data string
 		seq  uint64
+		dup  bool
 		err  bool
 	}{
-		{`{"stream":"MAILSYNC","seq":42}`, 42, false},
-		{`{"stream":"MAILSYNC","domain":"hub","seq":7,"duplicate":true}`, 7, false},
-		{`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"MAILSYNC","seq":0}`, 0, true},
-		{`{"stream":"MAILSYNC","seq":3,"error":{"code":500,"description":"odd order"}}`, 0, true},
-		{`{"stream":""}`, 0, true},
-		{`not json`, 0, true},
+		{`{"stream":"MAILSYNC","seq":42}`, 42, false, false},
+		{`{"stream":"MAILSYNC","domain":"hub","seq":7,"duplicate":true}`, 7, true, false},
+		{`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"MAILSYNC","seq":0}`, 0, false, true},
+		{`{"stream":"MAILSYNC","seq":3,"error":{"code":500,"description":"odd order"}}`, 0, false, true},
+		{`{"stream":""}`, 0, false, true},
+		{`not json`, 0, false, true},
 	} {
-		seq, err := parseAck(&nats.Msg{Data: []byte(c.data)})
-		if seq != c.seq || (err != nil) != c.err {
-			t.Errorf("%s: seq %d err %v", c.data, seq, err)
+		seq, dup, err := parseAck(&nats.Msg{Data: []byte(c.data)})
+		if seq != c.seq || dup != c.dup || (err != nil) != c.err {
+			t.Errorf("%s: seq %d dup %v err %v", c.data, seq, dup, err)
 		}
+	}
+}
+
+// countAcks counts the messages arriving on the acker's inbox.
+func countAcks(t *testing.T, a *acker) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	sub, err := a.nc.Subscribe(a.prefix+">", func(*nats.Msg) { n.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+	return &n
+}
+
+// A quiet round asks for two acks, and what its acks cannot vouch for is
+// published again with every publish acked: a message JetStream refuses in
+// the middle of the round is found and named, a replay of stored events is
+// deduplicated, not stored twice.
+func TestAckerQuietRound(t *testing.T) {
+	ctx := context.Background()
+	bus := ackBus(t)
+	a, err := newAcker(bus.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	acks := countAcks(t, a)
+	msgs := func(prefix string, bad int) func(i int) (*nats.Msg, string, error) {
+		return func(i int) (*nats.Msg, string, error) {
+			m := &nats.Msg{Subject: "mailsync.user." + prefix + strconv.Itoa(i), Data: []byte("x"),
+				Header: nats.Header{jetstream.MsgIDHeader: []string{prefix + strconv.Itoa(i)}}}
+			if i == bad {
+				m.Header.Set(jetstream.ExpectedLastSeqHeader, "1")
+			}
+			return m, "uid=" + prefix + strconv.Itoa(i), nil
+		}
+	}
+	flush := func() {
+		if err := bus.NC.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := func() uint64 {
+		info, err := bus.Stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+
+	seq, err := a.round(ctx, "event", 500, msgs("a", -1))
+	flush()
+	if err != nil || seq != 500 || stored() != 500 || acks.Load() != 2 {
+		t.Fatalf("quiet round: seq %d err %v; %d stored, %d acks", seq, err, stored(), acks.Load())
+	}
+	seq, err = a.round(ctx, "event", 1, msgs("b", -1))
+	flush()
+	if err != nil || seq != 501 || acks.Load() != 3 {
+		t.Fatalf("quiet round of one: seq %d err %v; %d acks", seq, err, acks.Load())
+	}
+
+	// Refused in the middle: the quiet round sees the gap, the acked one
+	// names the entry; the others are stored.
+	acks.Store(0)
+	_, err = a.round(ctx, "event", 100, msgs("c", 37))
+	flush()
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || !strings.Contains(err.Error(), "event of uid=c37") {
+		t.Fatalf("refused publish in a quiet round: %v", err)
+	}
+	if n := stored(); n != 501+99 {
+		t.Fatalf("%d stored after the refused round, want %d", n, 501+99)
+	}
+	// The acked round ends at its error; the rest of its acks follow.
+	for deadline := time.Now().Add(5 * time.Second); acks.Load() < 2+100 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if acks.Load() != 2+100 {
+		t.Fatalf("%d acks for the refused round, want 2 quiet and 100 acked", acks.Load())
+	}
+
+	// A replay: every event a duplicate, nothing stored again.
+	seq, err = a.round(ctx, "event", 500, msgs("a", -1))
+	if err != nil || seq != 500 || stored() != 600 {
+		t.Fatalf("replayed round: seq %d err %v; %d stored", seq, err, stored())
+	}
+
+	// A round that publishes fewer messages than it planned ends, as a gap,
+	// then fails where msg fails.
+	r := a.startQuiet("state", 3)
+	a.publish(r, &nats.Msg{Subject: "mailsync.user.d", Data: []byte("z")}, "uid=d")
+	if _, err := a.wait(ctx, r); !errors.Is(err, errGap) {
+		t.Fatalf("short quiet round: %v", err)
+	}
+	boom := errors.New("boom")
+	if _, err := a.round(ctx, "state", 3, func(i int) (*nats.Msg, string, error) {
+		if i == 2 {
+			return nil, "", boom
+		}
+		return &nats.Msg{Subject: "mailsync.user.e", Data: []byte("z")}, "uid=e", nil
+	}); !errors.Is(err, boom) {
+		t.Fatalf("round whose message fails: %v", err)
 	}
 }

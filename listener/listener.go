@@ -79,6 +79,12 @@ type Config struct {
 	// many messages await acks; keep it under half of nats.go's async
 	// publish limit (4000).
 	BatchSize int
+	// BatchBytes bounds a batch by the size of its attributes (about its
+	// events' and states' bytes) as BatchSize bounds it by count (default
+	// 16 MiB): a refresh of large groups then neither holds hundreds of
+	// megabytes nor comes near the 128 MB a JetStream stream queues before
+	// it drops what it receives (see acker on why that matters).
+	BatchBytes int
 	// MaxBackoff caps the reconnect delay (default 5s).
 	MaxBackoff time.Duration
 	// LeaseID names this listener in the lease (default host:pid:random).
@@ -146,9 +152,10 @@ type Listener struct {
 	// per-session state: the events queued for the next batch, the number
 	// of batches handed to the pipeline, and the pipeline (nil between
 	// sessions).
-	pending []pendingPub
-	batches uint64
-	pipe    *pipeline
+	pending      []pendingPub
+	pendingBytes int // attrsSize of the pending events, old and new
+	batches      uint64
+	pipe         *pipeline
 
 	// work serialises the session loop and an operator's confirmation,
 	// which both touch known and pending.
@@ -261,6 +268,9 @@ func New(cfg Config, bus *stream.Bus, log zerolog.Logger, hooks Hooks) *Listener
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = 500
 	}
+	if cfg.BatchBytes == 0 {
+		cfg.BatchBytes = 16 << 20
+	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 5 * time.Second
 	}
@@ -328,7 +338,7 @@ func (l *Listener) Run(ctx context.Context) error {
 		}
 		// Lost the lease: forget the session's state and stand by.
 		l.work.Lock()
-		l.pending, l.known = nil, nil
+		l.pending, l.pendingBytes, l.known = nil, 0, nil
 		l.work.Unlock()
 		l.leaseRev.Store(0)
 	}
@@ -342,6 +352,10 @@ func (l *Listener) active(ctx context.Context) error {
 		return err
 	}
 	defer acks.close()
+	acks.gapped = func(what string, n int) {
+		l.log.Warn().Str("what", what).Int("publishes", n).
+			Msg("a batch's acks did not account for every publish; published again, each acked")
+	}
 	l.acks = acks
 	if err := l.loadKnown(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -401,7 +415,7 @@ func (l *Listener) active(ctx context.Context) error {
 // listing, which can come back partial on a cluster, nats-server#4824) and
 // checks the count against the bucket's status.
 func (l *Listener) loadKnown(ctx context.Context) error {
-	l.pending = nil // what was not published is found again by the next refresh
+	l.pending, l.pendingBytes = nil, 0 // what was not published is found again by the next refresh
 	known := make(map[string]knownEntry)
 	err := stream.WalkEntries(ctx, l.bus.Entries, func(e event.Entry) error {
 		known[e.UUID] = compact(e)
@@ -564,7 +578,7 @@ func (l *Listener) session(ctx context.Context) error {
 	}
 
 	l.work.Lock()
-	l.pending = nil
+	l.pending, l.pendingBytes = nil, 0
 	l.pipe = l.startPipeline(sctx)
 	l.work.Unlock()
 	// Batches already handed over are stored before the session ends,
@@ -666,7 +680,7 @@ func (l *Listener) handle(ctx context.Context, m *syncrepl.Message, rf *refresh,
 		if err := l.sync(ctx); err != nil {
 			return err
 		}
-	} else if len(l.pending) >= l.cfg.BatchSize {
+	} else if len(l.pending) >= l.cfg.BatchSize || l.pendingBytes >= l.cfg.BatchBytes {
 		if err := l.flush(ctx); err != nil {
 			return err
 		}
@@ -719,6 +733,7 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 	l.known[uuid] = now
 	l.stage(uuid, &entry)
 	l.pending = append(l.pending, pendingPub{ev: ev, entry: &entry})
+	l.pendingBytes += attrsSize(ev.Old) + 2*attrsSize(attrs)
 	return nil
 }
 
@@ -733,6 +748,7 @@ func (l *Listener) queueDelete(ctx context.Context, uuid string) error {
 	}
 	delete(l.known, uuid)
 	l.stage(uuid, nil)
+	l.pendingBytes += attrsSize(oldAttrs)
 	l.pending = append(l.pending, pendingPub{ev: event.Event{V: event.Version, Op: event.OpDelete,
 		Kind: old.kind, UUID: uuid, DN: old.dn, Old: oldAttrs, CSN: old.csn, At: time.Now().UTC()}})
 	return nil

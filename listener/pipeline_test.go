@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +17,26 @@ import (
 	"mailsync/listener"
 	"mailsync/stream"
 )
+
+// A batch is bounded by its bytes as by its count: forty users with 2 kB
+// of attributes each, in batches of at most 8 kB, take ten batches or more
+// where the count alone (500) would make one.
+func TestBatchBytes(t *testing.T) {
+	const users = 40
+	r := newRig(t)
+	r.cfg.BatchSize, r.cfg.BatchBytes = 500, 8<<10
+	pad := strings.Repeat("x", 2000)
+	for i := range users {
+		r.ldap.AddUser(t, fmt.Sprintf("big%02d", i), fmt.Sprintf("big%02d@example.org", i),
+			map[string][]string{event.AttrAlternativeAddress: {pad + fmt.Sprintf("%02d@example.org", i)}})
+	}
+	var batches atomic.Int32
+	r.start(listener.Hooks{AfterPublish: func() error { batches.Add(1); return nil }})
+	r.waitCount(0, users)
+	if n := batches.Load(); n < 10 {
+		t.Fatalf("%d users of 2 kB published in %d batches of at most 8 kB", users, n)
+	}
+}
 
 // A refresh in many small batches keeps several in the pipeline at once.
 // Whatever point it stops at, no entry state is stored before its event,

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"mailsync/event"
 	"mailsync/stream"
 )
 
@@ -29,6 +30,18 @@ import (
 //
 // A failure in either step stops the pipeline at once, as a crash would;
 // the session sees the error at its next flush or sync.
+
+// attrsSize is about the bytes a's values take in an event.
+func attrsSize(a event.Attrs) int {
+	n := 0
+	for k, vs := range a {
+		n += len(k) + 4
+		for _, v := range vs {
+			n += len(v) + 3
+		}
+	}
+	return n
+}
 
 // batch is a run of queued events published together.
 type batch struct {
@@ -144,7 +157,7 @@ func (l *Listener) flush(ctx context.Context) error {
 	}
 	l.batches++
 	b := &batch{n: l.batches, pubs: l.pending, entries: len(l.known), done: make(chan struct{})}
-	l.pending = make([]pendingPub, 0, l.cfg.BatchSize)
+	l.pending, l.pendingBytes = make([]pendingPub, 0, l.cfg.BatchSize), 0
 	if l.pipe != nil {
 		return l.pipe.submit(b)
 	}
@@ -170,32 +183,30 @@ func (l *Listener) sync(ctx context.Context) error {
 // It encodes each entry's state on the way, sharing the attributes' JSON
 // with the event.
 func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
-	r := l.acks.start("event", len(b.pubs))
 	// nats.go copies a message into its write buffer before PublishMsg
 	// returns, so one message, header and event buffer serve the batch;
 	// only the states, stored after the acks, are kept.
 	var attrs, data []byte
 	msgID := []string{""}
 	msg := &nats.Msg{Header: nats.Header{jetstream.MsgIDHeader: msgID}}
-	for i := range b.pubs {
+	seq, err := l.acks.round(ctx, "event", len(b.pubs), func(i int) (*nats.Msg, string, error) {
 		p := &b.pubs[i]
 		var newJSON []byte
 		if p.entry != nil {
 			attrs = appendAttrs(attrs[:0], p.entry.Attrs)
-			p.state = appendEntry(make([]byte, 0, len(attrs)+len(p.entry.DN)+128), p.entry, attrs)
+			if p.state == nil {
+				p.state = appendEntry(make([]byte, 0, len(attrs)+len(p.entry.DN)+128), p.entry, attrs)
+			}
 			// The event's New is the entry's attributes (queueEntry).
 			newJSON = attrs
 		}
 		var err error
 		if data, err = appendEvent(data[:0], &p.ev, newJSON); err != nil {
-			return fmt.Errorf("encode event for %s: %w", p.ev.DN, err)
+			return nil, "", fmt.Errorf("encode event for %s: %w", p.ev.DN, err)
 		}
 		msg.Subject, msg.Data, msgID[0] = p.ev.Subject(), data, p.ev.MsgID()
-		if err := l.acks.publish(r, msg, p.ev.DN); err != nil {
-			return err
-		}
-	}
-	seq, err := l.acks.wait(ctx, r)
+		return msg, p.ev.DN, nil
+	})
 	if err != nil {
 		return fmt.Errorf("publish events: %w", err)
 	}
@@ -212,10 +223,9 @@ func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
 // storeBatch writes a batch's entry states into the entries bucket, then
 // records the stream sequence they cover.
 func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
-	r := l.acks.start("state", len(b.pubs))
 	del := nats.Header{"KV-Operation": []string{"DEL"}}
 	msg := &nats.Msg{} // copied by PublishMsg, so reused (publishEvents)
-	for i := range b.pubs {
+	_, err := l.acks.round(ctx, "state", len(b.pubs), func(i int) (*nats.Msg, string, error) {
 		p := &b.pubs[i]
 		msg.Subject, msg.Header, msg.Data = "$KV."+stream.EntriesBucket+"."+p.ev.UUID, nil, nil
 		switch {
@@ -226,11 +236,9 @@ func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
 		default:
 			msg.Data = appendEntry(nil, p.entry, nil)
 		}
-		if err := l.acks.publish(r, msg, p.ev.DN); err != nil {
-			return err
-		}
-	}
-	if _, err := l.acks.wait(ctx, r); err != nil {
+		return msg, p.ev.DN, nil
+	})
+	if err != nil {
 		return fmt.Errorf("store entry states: %w", err)
 	}
 	if b.seq > 0 {
