@@ -36,14 +36,21 @@ func ackBus(t *testing.T) *stream.Bus {
 	return bus
 }
 
-func TestAckerRounds(t *testing.T) {
-	ctx := context.Background()
+// ackerBus is ackBus with an acker on its connection.
+func ackerBus(t *testing.T) (*stream.Bus, *acker) {
+	t.Helper()
 	bus := ackBus(t)
 	a, err := newAcker(bus.NC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.close()
+	t.Cleanup(a.close)
+	return bus, a
+}
+
+func TestAckerRounds(t *testing.T) {
+	ctx := context.Background()
+	bus, a := ackerBus(t)
 
 	// Two rounds in flight at once, as the pipeline has them.
 	r1, r2 := a.start("event", 300), a.start("state", 300)
@@ -136,12 +143,7 @@ func countAcks(t *testing.T, a *acker) *atomic.Int64 {
 // deduplicated, not stored twice.
 func TestAckerQuietRound(t *testing.T) {
 	ctx := context.Background()
-	bus := ackBus(t)
-	a, err := newAcker(bus.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.close()
+	bus, a := ackerBus(t)
 	acks := countAcks(t, a)
 	msgs := func(prefix string, bad int) func(i int) (*nats.Msg, string, error) {
 		return func(i int) (*nats.Msg, string, error) {
