@@ -111,12 +111,7 @@ func (m *model) expandSCCAll(g *groupGraph, scc []int32, c int32, comp []int32, 
 		for i, u := range scc {
 			ids[i] = g.groups[u].uuid
 		}
-		slices.Sort(ids)
-		k := strings.Join(ids, " ")
-		m.cycles[k] = ids
-		for _, u := range ids {
-			m.inCycle[u] = k
-		}
+		m.recordCycle(ids)
 	}
 }
 

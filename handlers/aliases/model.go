@@ -483,13 +483,18 @@ func (m *model) expandSCC(scc []string) {
 		m.exp[u] = out
 	}
 	if len(scc) > 1 || selfLoop {
-		ids := append([]string(nil), scc...)
-		sort.Strings(ids)
-		k := strings.Join(ids, " ")
-		m.cycles[k] = ids
-		for _, u := range ids {
-			m.inCycle[u] = k
-		}
+		m.recordCycle(append([]string(nil), scc...))
+	}
+}
+
+// recordCycle notes the groups with UUIDs ids (which it sorts) as one
+// membership cycle, to be reported once.
+func (m *model) recordCycle(ids []string) {
+	sort.Strings(ids)
+	k := strings.Join(ids, " ")
+	m.cycles[k] = ids
+	for _, u := range ids {
+		m.inCycle[u] = k
 	}
 }
 
