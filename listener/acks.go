@@ -129,23 +129,14 @@ func (a *acker) close() {
 	}
 }
 
-// start begins a round of publishes of what ("event", "state"), each
-// acked.
-func (a *acker) start(what string, size int) *round {
-	return a.begin(what, size, false)
-}
-
-// startQuiet begins a quiet round of exactly n publishes of what.
-func (a *acker) startQuiet(what string, n int) *round {
-	return a.begin(what, n, true)
-}
-
-func (a *acker) begin(what string, size int, quiet bool) *round {
+// begin starts a round of n publishes of what ("event", "state"), each
+// acked or, quiet, only the first and the last (see acker).
+func (a *acker) begin(what string, n int, quiet bool) *round {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.next++
 	r := &round{id: a.next, prefix: a.prefix + strconv.FormatUint(a.next, 10) + ".", what: what,
-		quiet: quiet, n: size, names: make([]string, 0, size), done: make(chan struct{})}
+		quiet: quiet, n: n, names: make([]string, 0, n), done: make(chan struct{})}
 	a.rounds[r.id] = r
 	return r
 }

@@ -53,7 +53,7 @@ func TestAckerRounds(t *testing.T) {
 	bus, a := ackerBus(t)
 
 	// Two rounds in flight at once, as the pipeline has them.
-	r1, r2 := a.start("event", 300), a.start("state", 300)
+	r1, r2 := a.begin("event", 300, false), a.begin("state", 300, false)
 	for i := 0; i < 300; i++ {
 		dn := "uid=u" + strconv.Itoa(i)
 		if err := a.publish(r1, &nats.Msg{Subject: "mailsync.user.a" + strconv.Itoa(i), Data: []byte("x")}, dn); err != nil {
@@ -77,7 +77,7 @@ func TestAckerRounds(t *testing.T) {
 	}
 
 	// A publish JetStream refuses fails its round, naming the entry.
-	r := a.start("event", 2)
+	r := a.begin("event", 2, false)
 	a.publish(r, &nats.Msg{Subject: "mailsync.user.c", Data: []byte("z")}, "uid=fine")
 	bad := &nats.Msg{Subject: "mailsync.user.d", Data: []byte("z"), Header: nats.Header{}}
 	bad.Header.Set(jetstream.ExpectedLastSeqHeader, "1")
@@ -89,7 +89,7 @@ func TestAckerRounds(t *testing.T) {
 	}
 
 	// No stream for the subject: JetStream's no-responders status.
-	r = a.start("state", 1)
+	r = a.begin("state", 1, false)
 	a.publish(r, &nats.Msg{Subject: "nostream.here", Data: []byte("z")}, "uid=lost")
 	if _, err = a.wait(ctx, r); !errors.Is(err, jetstream.ErrNoStreamResponse) || !strings.Contains(err.Error(), "uid=lost") {
 		t.Fatalf("publish without a stream: %v", err)
@@ -98,7 +98,7 @@ func TestAckerRounds(t *testing.T) {
 	// An ended context ends the wait.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	r = a.start("event", 1)
+	r = a.begin("event", 1, false)
 	if _, err := a.wait(cctx, r); err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatalf("empty round with an ended context: %v", err)
 	}
@@ -207,7 +207,7 @@ func TestAckerQuietRound(t *testing.T) {
 
 	// A round that publishes fewer messages than it planned ends, as a gap,
 	// then fails where msg fails.
-	r := a.startQuiet("state", 3)
+	r := a.begin("state", 3, true)
 	a.publish(r, &nats.Msg{Subject: "mailsync.user.d", Data: []byte("z")}, "uid=d")
 	if _, err := a.wait(ctx, r); !errors.Is(err, errGap) {
 		t.Fatalf("short quiet round: %v", err)

@@ -338,7 +338,8 @@ func (l *Listener) Run(ctx context.Context) error {
 		}
 		// Lost the lease: forget the session's state and stand by.
 		l.work.Lock()
-		l.pending, l.pendingBytes, l.known = nil, 0, nil
+		l.dropPending()
+		l.known = nil
 		l.work.Unlock()
 		l.leaseRev.Store(0)
 	}
@@ -415,7 +416,7 @@ func (l *Listener) active(ctx context.Context) error {
 // listing, which can come back partial on a cluster, nats-server#4824) and
 // checks the count against the bucket's status.
 func (l *Listener) loadKnown(ctx context.Context) error {
-	l.pending, l.pendingBytes = nil, 0 // what was not published is found again by the next refresh
+	l.dropPending() // what was not published is found again by the next refresh
 	known := make(map[string]knownEntry)
 	err := stream.WalkEntries(ctx, l.bus.Entries, func(e event.Entry) error {
 		known[e.UUID] = compact(e)
@@ -485,7 +486,7 @@ func (l *Listener) recoverFromStream(ctx context.Context) error {
 		l.log.Warn().Int("events", len(l.pending)).Msg("entry states behind the stream; recovered from it")
 	}
 	b := &batch{pubs: l.pending, entries: len(l.known), seq: last}
-	l.pending = nil
+	l.dropPending()
 	return l.storeBatch(ctx, b)
 }
 
@@ -578,7 +579,7 @@ func (l *Listener) session(ctx context.Context) error {
 	}
 
 	l.work.Lock()
-	l.pending, l.pendingBytes = nil, 0
+	l.dropPending()
 	l.pipe = l.startPipeline(sctx)
 	l.work.Unlock()
 	// Batches already handed over are stored before the session ends,

@@ -43,6 +43,11 @@ func attrsSize(a event.Attrs) int {
 	return n
 }
 
+// dropPending forgets the events queued for the next batch.
+func (l *Listener) dropPending() {
+	l.pending, l.pendingBytes = nil, 0
+}
+
 // batch is a run of queued events published together.
 type batch struct {
 	n       uint64 // the batch's number in the session, from 1
