@@ -130,8 +130,8 @@ type groupGraph struct {
 func (g *groupGraph) own(u int32) []int32  { return g.ownIDs[g.ownAt[u]:g.ownAt[u+1]] }
 func (g *groupGraph) subs(u int32) []int32 { return g.subIDs[g.subAt[u]:g.subAt[u+1]] }
 
-// numberGroups builds the group graph of the current entries and records
-// the member DNs not in the index, as expandSCC does.
+// numberGroups builds the group graph of the current entries; eachMember
+// records the member DNs not in the index, as for expandSCC.
 func (m *model) numberGroups(es []entry, current []bool) *groupGraph {
 	g := &groupGraph{}
 	num := map[*entry]int32{}
@@ -147,27 +147,17 @@ func (m *model) numberGroups(es []entry, current []bool) *groupGraph {
 	// and ranked below; no map of addresses is needed.
 	idOf := make([]int32, len(es)) // index in es -> address id + 1; 0: none yet
 	var addrs []string             // by address id
+	sub := func(c *entry) { g.subIDs = append(g.subIDs, num[c]) }
+	own := func(c *entry) {
+		at := indexIn(es, c)
+		if idOf[at] == 0 {
+			addrs = append(addrs, c.memberAddr)
+			idOf[at] = int32(len(addrs))
+		}
+		g.ownIDs = append(g.ownIDs, idOf[at]-1)
+	}
 	for _, e := range g.groups {
-		var missing []string
-		for i, mem := range e.members {
-			c := m.lookup(mem)
-			switch {
-			case c == nil:
-				missing = append(missing, e.memberDNs[i])
-			case c.isGroupish:
-				g.subIDs = append(g.subIDs, num[c])
-			case c.memberAddr != "":
-				at := indexIn(es, c)
-				if idOf[at] == 0 {
-					addrs = append(addrs, c.memberAddr)
-					idOf[at] = int32(len(addrs))
-				}
-				g.ownIDs = append(g.ownIDs, idOf[at]-1)
-			}
-		}
-		if len(missing) > 0 {
-			m.missing[e.uuid] = missing
-		}
+		m.eachMember(e, sub, own)
 		g.ownAt = append(g.ownAt, int32(len(g.ownIDs)))
 		g.subAt = append(g.subAt, int32(len(g.subIDs)))
 	}

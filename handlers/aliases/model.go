@@ -452,30 +452,13 @@ func (m *model) expandSCC(scc []string) {
 	var lists [][]string // expansions of groups below, each sorted
 	selfLoop := false
 	for _, u := range scc {
-		g := m.byUUID[u]
-		var missing []string
-		for i, mem := range g.members {
-			c := m.lookup(mem)
-			switch {
-			case c == nil:
-				missing = append(missing, g.memberDNs[i])
-			case c.isGroupish:
-				if _, same := inSCC[c.uuid]; same {
-					if c.uuid == u {
-						selfLoop = true
-					}
-					continue
-				}
-				lists = append(lists, m.exp[c.uuid])
-			default:
-				if c.memberAddr != "" {
-					out = append(out, c.memberAddr)
-				}
+		m.eachMember(m.byUUID[u], func(c *entry) {
+			if _, same := inSCC[c.uuid]; same {
+				selfLoop = selfLoop || c.uuid == u
+				return
 			}
-		}
-		if len(missing) > 0 {
-			m.missing[u] = missing
-		}
+			lists = append(lists, m.exp[c.uuid])
+		}, func(c *entry) { out = append(out, c.memberAddr) })
 	}
 	sort.Strings(out)
 	out = mergeAll(dedupSorted(out), lists)
@@ -484,6 +467,27 @@ func (m *model) expandSCC(scc []string) {
 	}
 	if len(scc) > 1 || selfLoop {
 		m.recordCycle(append([]string(nil), scc...))
+	}
+}
+
+// eachMember resolves the members of group g: it calls group with each
+// member that is a group, addr with each other member that has an address,
+// and records the member DNs not in the index (reported as missing).
+func (m *model) eachMember(g *entry, group, addr func(c *entry)) {
+	var missing []string
+	for i, mem := range g.members {
+		c := m.lookup(mem)
+		switch {
+		case c == nil:
+			missing = append(missing, g.memberDNs[i])
+		case c.isGroupish:
+			group(c)
+		case c.memberAddr != "":
+			addr(c)
+		}
+	}
+	if len(missing) > 0 {
+		m.missing[g.uuid] = missing
 	}
 }
 
