@@ -90,9 +90,14 @@ type Peer struct {
 
 // Metrics is where /metrics and /healthz are served.
 type Metrics struct {
-	// Listen is host:port (default 127.0.0.1:9154, loopback only); "off"
-	// disables the endpoint.
+	// Listen is host:port (default 127.0.0.1:9154); "off" disables the
+	// endpoint. The host must be a loopback address unless AllowRemote is
+	// set: /metrics and /healthz tell anyone who reaches them about the
+	// directory and the mail servers.
 	Listen string `yaml:"listen"`
+	// AllowRemote permits a Listen address off loopback (behind a
+	// firewall or a proxy that restricts who connects).
+	AllowRemote bool `yaml:"allow_remote"`
 }
 
 // LDAP is the directory to follow.
@@ -450,8 +455,10 @@ func (c *Config) complete(dir string) error {
 		c.Metrics.Listen = "127.0.0.1:9154"
 	}
 	if c.Metrics.Listen != "off" {
-		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+		if host, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
 			bad("metrics.listen", "want host:port or off, got %q", c.Metrics.Listen)
+		} else if !c.Metrics.AllowRemote && !isLoopback(host) {
+			bad("metrics.listen", "%q is reachable from other hosts; use a loopback address (127.0.0.1:9154) or set metrics.allow_remote: true", c.Metrics.Listen)
 		}
 	}
 	switch c.Log.Level {
@@ -544,4 +551,14 @@ func ReadUCR(path string) (map[string]string, error) {
 		m[strings.TrimSpace(k)] = strings.TrimSpace(v)
 	}
 	return m, sc.Err()
+}
+
+// isLoopback tells whether a listen host reaches this host alone: localhost
+// or a loopback IP. An empty host listens on every interface.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

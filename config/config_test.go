@@ -124,3 +124,29 @@ peers:
 		}
 	}
 }
+
+func TestMetricsListenLoopbackOnly(t *testing.T) {
+	base := "ldap:\n  url: ldap://127.0.0.1:1\n  base_dn: dc=x\nhandlers: [aliases]\nmetrics:\n"
+	for _, tc := range []struct {
+		metrics string
+		ok      bool
+	}{
+		{"  listen: 127.0.0.1:9154\n", true},
+		{"  listen: '[::1]:9154'\n", true},
+		{"  listen: localhost:9154\n", true},
+		{"  listen: 'off'\n", true},
+		{"  listen: 0.0.0.0:9154\n", false},
+		{"  listen: ':9154'\n", false},
+		{"  listen: 192.0.2.7:9154\n", false},
+		{"  listen: '[::]:9154'\n", false},
+		{"  listen: 0.0.0.0:9154\n  allow_remote: true\n", true},
+	} {
+		_, err := Parse([]byte(base+tc.metrics), t.TempDir())
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("%q refused: %v", tc.metrics, err)
+		case !tc.ok && (err == nil || !strings.Contains(err.Error(), "metrics.listen:") || !strings.Contains(err.Error(), "metrics.allow_remote")):
+			t.Errorf("%q: want an error naming metrics.listen and metrics.allow_remote, got %v", tc.metrics, err)
+		}
+	}
+}
