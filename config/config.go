@@ -54,22 +54,53 @@ var policyDefaults = map[string]string{
 	KeyExpansionLimit: "1000",
 }
 
+// Settings package mailconf renders the servers' configuration from (manual
+// 14.7.1-14.7.7, reference §5.2). They have no defaults here: the renderer
+// knows the server's own default and checks each value, naming its key.
+var mailconfKeys = []string{"mail/relayhost", "mail/relayauth", "mail/messagesizelimit", "mail/archivefolder"}
+
+// mailconfPrefixes are the UCR prefixes whose every key the renderers read.
+var mailconfPrefixes = []string{"mail/postfix/"}
+
+// IsPolicyKey reports whether key is a setting mailsync reads.
+func IsPolicyKey(key string) bool {
+	if _, ok := policyDefaults[key]; ok {
+		return true
+	}
+	for _, k := range mailconfKeys {
+		if key == k {
+			return true
+		}
+	}
+	for _, p := range mailconfPrefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // Config is the whole configuration.
 type Config struct {
 	// Host is this mail host's FQDN. Default: UCR hostname.domainname, else
 	// the system hostname.
-	Host     string            `yaml:"host"`
-	StateDir string            `yaml:"state_dir"`
-	UCRFile  string            `yaml:"ucr_file"`
-	Handlers []string          `yaml:"handlers"`
-	LDAP     LDAP              `yaml:"ldap"`
-	NATS     NATS              `yaml:"nats"`
-	Dovecot  Dovecot           `yaml:"dovecot"`
-	Postfix  Postfix           `yaml:"postfix"`
-	Policy   map[string]string `yaml:"policy"`
-	Log      Log               `yaml:"log"`
-	Listener Listener          `yaml:"listener"`
-	Metrics  Metrics           `yaml:"metrics"`
+	Host     string   `yaml:"host"`
+	StateDir string   `yaml:"state_dir"`
+	UCRFile  string   `yaml:"ucr_file"`
+	Handlers []string `yaml:"handlers"`
+	// Configure names the servers whose configuration mailsync renders
+	// and installs (`mailsync configure`, and `mailsync run` when the
+	// settings change): postfix, dovecot. Default none: a hand-written
+	// main.cf is never replaced unasked.
+	Configure []string          `yaml:"configure"`
+	LDAP      LDAP              `yaml:"ldap"`
+	NATS      NATS              `yaml:"nats"`
+	Dovecot   Dovecot           `yaml:"dovecot"`
+	Postfix   Postfix           `yaml:"postfix"`
+	Policy    map[string]string `yaml:"policy"`
+	Log       Log               `yaml:"log"`
+	Listener  Listener          `yaml:"listener"`
+	Metrics   Metrics           `yaml:"metrics"`
 	// Peers are the other mail hosts, by FQDN, that mail moves to when a
 	// user's home server changes (move_on_homeserver_change).
 	Peers map[string]Peer `yaml:"peers"`
@@ -158,6 +189,12 @@ type Dovecot struct {
 	// IndexHome is the separate index template, used when
 	// mail/dovecot/location/separate_index is set.
 	IndexHome string `yaml:"index_home"`
+	// LMTPAddr is where Postfix delivers to Dovecot (virtual_transport
+	// lmtp:<addr>): unix:private/dovecot-lmtp or inet:host:port.
+	LMTPAddr string `yaml:"lmtp_addr"`
+	// AuthAddr is Dovecot's auth socket Postfix's smtpd asks for SASL
+	// (smtpd_sasl_path): private/auth or inet:host:port.
+	AuthAddr string `yaml:"auth_addr"`
 	// Owner of created directories, as uid:gid (default: the spool's owner).
 	Owner string `yaml:"owner"`
 	// MovingUserdb is the passwd-file mailsync lists users in while their
@@ -174,14 +211,39 @@ type Postfix struct {
 	MapDir  string `yaml:"map_dir"`
 	MapType string `yaml:"map_type"`
 	Postmap string `yaml:"postmap"`
-	// ConfigDir is the Postfix config dir postmap reads main.cf from
-	// (postmap -c); empty: postmap's default, /etc/postfix.
+	// ConfigDir is the Postfix config dir: where `mailsync configure`
+	// writes main.cf and master.cf, and postmap reads main.cf from
+	// (postmap -c). Default /etc/postfix.
 	ConfigDir string `yaml:"config_dir"`
 	// Coalesce is the window over which map changes are gathered.
 	Coalesce time.Duration `yaml:"coalesce"`
+	// Binary is the postfix command (check, reload, status).
+	Binary string `yaml:"binary"`
+	// RelayAuthFile holds "username:password" for mail/relayauth=yes;
+	// mailsync writes it into <config_dir>/smtp_auth (0600) with postmap.
+	RelayAuthFile string `yaml:"relay_auth_file"`
+	// QueueDir and DataDir are main.cf's queue_directory and
+	// data_directory (Debian's /var/spool/postfix, /var/lib/postfix).
+	QueueDir string `yaml:"queue_dir"`
+	DataDir  string `yaml:"data_dir"`
+	// Listen is where the master.cf services listen: smtp (25),
+	// submission (587), smtps (465), each a master.cf service name or
+	// host:port; "" for a port keeps Postfix's service name.
+	Listen PostfixListen `yaml:"listen"`
+	// TLSCert and TLSKey are smtpd's certificate (UCS: the host's
+	// certificate; here Debian's snakeoil by default).
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
 	// WriteMainCFLocal lets mailsync write the expansion limit line itself.
 	WriteMainCFLocal bool   `yaml:"write_main_cf_local"`
 	MainCFLocal      string `yaml:"main_cf_local"`
+}
+
+// PostfixListen are the SMTP services' addresses (manual 14.7.5).
+type PostfixListen struct {
+	SMTP       string `yaml:"smtp"`
+	Submission string `yaml:"submission"`
+	SMTPS      string `yaml:"smtps"`
 }
 
 // Log configures logging.
@@ -248,12 +310,12 @@ func (c *Config) complete(dir string) error {
 		pol[k] = v
 	}
 	for k, v := range ucr {
-		if _, ok := policyDefaults[k]; ok && v != "" {
+		if IsPolicyKey(k) && v != "" {
 			pol[k] = v
 		}
 	}
 	for k, v := range c.Policy {
-		if _, ok := policyDefaults[k]; !ok {
+		if !IsPolicyKey(k) {
 			bad("policy."+k, "unknown policy setting")
 			continue
 		}
@@ -293,6 +355,14 @@ func (c *Config) complete(dir string) error {
 		case "mailbox", "aliases", "homeserver":
 		default:
 			bad(fmt.Sprintf("handlers[%d]", i), "unknown handler %q (want mailbox, aliases, homeserver)", h)
+		}
+	}
+
+	for i, p := range c.Configure {
+		switch p {
+		case "postfix", "dovecot":
+		default:
+			bad(fmt.Sprintf("configure[%d]", i), "unknown server %q (want postfix, dovecot)", p)
 		}
 	}
 
@@ -447,8 +517,36 @@ func (c *Config) complete(dir string) error {
 	if c.Postfix.Coalesce == 0 {
 		c.Postfix.Coalesce = 20 * time.Millisecond
 	}
+	// Debian's Postfix layout.
+	if c.Postfix.ConfigDir == "" {
+		c.Postfix.ConfigDir = "/etc/postfix"
+	}
+	for _, d := range []struct {
+		v    *string
+		def  string
+		file bool
+	}{
+		{&c.Postfix.Binary, "/usr/sbin/postfix", false},
+		{&c.Postfix.QueueDir, "/var/spool/postfix", true},
+		{&c.Postfix.DataDir, "/var/lib/postfix", true},
+		{&c.Postfix.TLSCert, "/etc/ssl/certs/ssl-cert-snakeoil.pem", true},
+		{&c.Postfix.TLSKey, "/etc/ssl/private/ssl-cert-snakeoil.key", true},
+		{&c.Postfix.Listen.SMTP, "smtp", false},
+		{&c.Postfix.Listen.Submission, "submission", false},
+		{&c.Postfix.Listen.SMTPS, "submissions", false},
+		{&c.Postfix.RelayAuthFile, "", true},
+		{&c.Dovecot.LMTPAddr, "unix:private/dovecot-lmtp", false}, // UCS postinst (reference §5.1)
+		{&c.Dovecot.AuthAddr, "private/auth", false},              // Debian's dovecot-core, UCS's 10-master.conf
+	} {
+		if *d.v == "" {
+			*d.v = d.def
+		}
+		if d.file {
+			*d.v = abs(*d.v)
+		}
+	}
 	if c.Postfix.MainCFLocal == "" {
-		c.Postfix.MainCFLocal = "/etc/postfix/main.cf.local" // manual 14.7.8
+		c.Postfix.MainCFLocal = filepath.Join(c.Postfix.ConfigDir, "main.cf.local") // manual 14.7.7
 	}
 
 	if c.Metrics.Listen == "" {

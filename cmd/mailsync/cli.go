@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"syscall"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -41,6 +43,7 @@ type cli struct {
 	Resync         resyncCmd         `cmd:"" help:"Rebuild the maps and create missing mailboxes from the directory (never deletes)."`
 	Replay         replayCmd         `cmd:"" help:"Make this host's handlers re-apply events from a stream sequence or time."`
 	Plan           planCmd           `cmd:"" help:"Show what an LDIF change would do on this host, doing nothing."`
+	Configure      configureCmd      `cmd:"" help:"Render Postfix's (and Dovecot's) configuration from the settings, validate it, install it atomically and reload; --dry-run shows the diff."`
 }
 
 type env struct {
@@ -256,6 +259,10 @@ func (runCmd) Run(e *env) error {
 		}()
 	}
 	notifyReady(mctx, m, log)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go settingsWatch(mctx, e.cfg, 2*time.Second, hup, log.With().Str("part", "mailconf").Logger())
 
 	errc := make(chan error, 1)
 	go func() { errc <- g.Wait() }()
