@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -78,11 +76,6 @@ func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger, 
 	return hs, closeAll, nil
 }
 
-// crashEnv names a step of a mailbox operation at which the process kills
-// itself with SIGKILL. It exists for the crash-safety tests of
-// handlers/mailbox, which must kill a real process mid-operation.
-const crashEnv = "MAILSYNC_TEST_CRASH_AT"
-
 func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler, error) {
 	uid, gid, err := parseOwner(cfg.Dovecot.Owner)
 	if err != nil {
@@ -96,17 +89,7 @@ func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler
 	if err != nil {
 		return nil, usageError{fmt.Errorf("dovecot.doveadm_url: %w", err)}
 	}
-	var hooks mailbox.Hooks
-	if step := os.Getenv(crashEnv); step != "" {
-		log.Warn().Str("step", step).Msg(crashEnv + " set: this process kills itself at that step")
-		hooks.At = func(s string) error {
-			if s == step {
-				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-				select {}
-			}
-			return nil
-		}
-	}
+	hooks := testHooks(log)
 	var mover mailbox.Mover
 	if cfg.Bool(config.KeyMoveOnHomeChange) {
 		if mover, err = newMover(cfg, adm, log); err != nil {

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -222,13 +221,7 @@ func (d *demo) build() string {
 	if p := os.Getenv("MAILSYNC_BIN"); p != "" {
 		return p
 	}
-	bin := filepath.Join(d.dir, "mailsync")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	out, err := exec.Command(goBin, "build", "-o", bin, "mailsync/cmd/mailsync").CombinedOutput()
-	if err != nil {
-		d.t.Fatalf("build mailsync: %v\n%s", err, out)
-	}
-	return bin
+	return testenv.BuildRelease(d.t)
 }
 
 func (d *demo) config() string {

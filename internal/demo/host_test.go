@@ -219,13 +219,10 @@ func TestLeavesHostAlone(t *testing.T) {
 // Ctrl-C (SIGINT to its process group, as a terminal does) once it waits,
 // and checks that it cleaned up: exit 0 and its servers' ports closed.
 func testDemoCleanup(t *testing.T, root string) {
-	bindir := t.TempDir()
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(goBin, "build", "-o", filepath.Join(bindir, "mailsync"), "mailsync/cmd/mailsync").CombinedOutput(); err != nil {
-		t.Fatalf("build mailsync: %v\n%s", err, out)
-	}
 	cmd := exec.Command("bash", filepath.Join(root, "scripts", "demo.sh"))
-	cmd.Env = append(os.Environ(), "MAILSYNC_DEMO_BIN_DIR="+bindir, "PATH="+filepath.Dir(goBin)+":"+os.Getenv("PATH"))
+	cmd.Env = append(os.Environ(), "MAILSYNC_BIN="+testenv.BuildRelease(t), "MAILSYNC_DEMO_BIN_DIR="+t.TempDir(),
+		"PATH="+filepath.Dir(goBin)+":"+os.Getenv("PATH"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {

@@ -1,23 +1,35 @@
 package testenv
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
 )
 
-// BuildMailsync builds the mailsync binary into a temp dir and returns its
-// path; MAILSYNC_BIN, when set, names a binary to use instead.
+// TestHooksTag is the build tag that compiles mailsync's test hooks
+// (MAILSYNC_TEST_CRASH_AT) into the binary; `make build` leaves it out.
+const TestHooksTag = "mailsync_testhooks"
+
+// BuildMailsync builds the mailsync binary with its test hooks
+// (TestHooksTag) into a temp dir and returns its path.
 func BuildMailsync(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("MAILSYNC_BIN"); p != "" {
-		return p
-	}
+	return buildMailsync(t, "-tags", TestHooksTag)
+}
+
+// BuildRelease builds mailsync as `make build` does: without test hooks.
+func BuildRelease(t testing.TB) string {
+	t.Helper()
+	return buildMailsync(t)
+}
+
+func buildMailsync(t testing.TB, flags ...string) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "mailsync")
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	out, err := exec.Command(goBin, "build", "-o", bin, "mailsync/cmd/mailsync").CombinedOutput()
+	args := append(append([]string{"build"}, flags...), "-o", bin, "mailsync/cmd/mailsync")
+	out, err := exec.Command(goBin, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("build mailsync: %v\n%s", err, out)
 	}

@@ -1,0 +1,35 @@
+//go:build mailsync_testhooks
+
+package main
+
+import (
+	"os"
+	"syscall"
+
+	"github.com/rs/zerolog"
+
+	"mailsync/handlers/mailbox"
+)
+
+// crashEnv names a step of a mailbox operation at which the process kills
+// itself with SIGKILL. It exists for the crash-safety tests of
+// handlers/mailbox, which must kill a real process mid-operation, and only
+// in a binary built with the mailsync_testhooks tag
+// (testenv.BuildMailsync); the release build (testhooks_off.go) has no
+// such hook and never reads the variable.
+const crashEnv = "MAILSYNC_TEST_CRASH_AT"
+
+func testHooks(log zerolog.Logger) mailbox.Hooks {
+	var hooks mailbox.Hooks
+	if step := os.Getenv(crashEnv); step != "" {
+		log.Warn().Str("step", step).Msg(crashEnv + " set: this process kills itself at that step")
+		hooks.At = func(s string) error {
+			if s == step {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+			return nil
+		}
+	}
+	return hooks
+}
