@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,6 +39,45 @@ type leaseRecord struct {
 // renewed in time.
 var errLeaseLost = errors.New("listener lease lost")
 
+// HolderID is the lease holder identity of the listener of the daemon on
+// host that keeps its state in stateDir: the host and an id stored in
+// stateDir (file listener-id, written on first use). It stays the same
+// across restarts, so a daemon restarted after a crash takes over its own
+// predecessor's lease at once instead of waiting for it to expire (a crash
+// loop faster than the TTL would otherwise never run a listener); a
+// standby on another host, with another state dir, still waits for expiry.
+// Two processes must never share a state dir (the daemon holds a lock on
+// it), or both would hold the one lease.
+func HolderID(host, stateDir string) (string, error) {
+	p := filepath.Join(stateDir, "listener-id")
+	data, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		b := make([]byte, 8)
+		if _, err := rand.Read(b); err != nil {
+			return "", fmt.Errorf("listener id: %w", err)
+		}
+		id := hex.EncodeToString(b)
+		tmp := p + ".tmp"
+		if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
+			return "", fmt.Errorf("write listener id: %w", err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			return "", fmt.Errorf("write listener id: %w", err)
+		}
+		data, err = []byte(id), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read listener id: %w", err)
+	}
+	id := strings.TrimSpace(string(data))
+	if id == "" {
+		return "", fmt.Errorf("read listener id: %s is empty", p)
+	}
+	return host + ":" + id, nil
+}
+
+// defaultLeaseID names a listener with no stable identity: a restart is a
+// new holder and waits for the old lease to expire.
 func defaultLeaseID() string {
 	h, _ := os.Hostname()
 	b := make([]byte, 4)

@@ -189,3 +189,47 @@ func TestLeaseHandover(t *testing.T) {
 		return nil
 	})
 }
+
+// TestLeaseRestartSameHolder: a listener restarted with the same holder
+// identity (same host and state dir, listener.HolderID) takes over the lease
+// its killed predecessor left at once; a standby with another identity (another
+// host) waits until the lease expires.
+func TestLeaseRestartSameHolder(t *testing.T) {
+	mx1, mx2 := t.TempDir(), t.TempDir()
+	id1, err := listener.HolderID("mx1.example.org", mx1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := listener.HolderID("mx1.example.org", mx1)
+	id2, _ := listener.HolderID("mx2.example.org", mx2)
+	if again != id1 || id2 == id1 {
+		t.Fatalf("holder ids: %q then %q for one state dir, %q for another", id1, again, id2)
+	}
+
+	ldap := testenv.StartSlapd(t)
+	h := testenv.StartHosts(t, ldap)
+	h.StartListener(id1, listener.Hooks{KeepLeaseOnExit: true})
+	waitActive(t, h, id1, 10*time.Second)
+	h.StopListener(id1) // killed: the lease stays
+
+	// Restarted on the same host: its own lease, at once.
+	h.StartListener(id1, listener.Hooks{KeepLeaseOnExit: true})
+	if d := waitActive(t, h, id1, 10*time.Second); d > listener.DefaultLeaseTTL/2 {
+		t.Errorf("the restarted listener took %s to take its own lease back (TTL %s)", d, listener.DefaultLeaseTTL)
+	}
+	ldap.AddUser(t, "anna", "anna@example.org", nil)
+	h.StopListener(id1)
+
+	// Another host's standby waits for the lease to expire.
+	h.StartListener(id2, listener.Hooks{})
+	if d := waitActive(t, h, id2, 10*time.Second); d < listener.DefaultLeaseTTL-listener.DefaultLeaseRenew {
+		t.Errorf("the standby of another host took the lease after %s, before it expired (TTL %s)", d, listener.DefaultLeaseTTL)
+	}
+	ldap.AddUser(t, "ben", "ben@example.org", nil)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if evs := streamEvents(t, h.Bus); len(evs) != 2 {
+			return fmt.Errorf("%d events, want anna and ben", len(evs))
+		}
+		return nil
+	})
+}

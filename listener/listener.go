@@ -87,7 +87,8 @@ type Config struct {
 	BatchBytes int
 	// MaxBackoff caps the reconnect delay (default 5s).
 	MaxBackoff time.Duration
-	// LeaseID names this listener in the lease (default host:pid:random).
+	// LeaseID names this listener in the lease: HolderID for a daemon
+	// (default host:pid:random, new with every start).
 	LeaseID string
 	// LeaseTTL is how long an unrenewed lease stays with its holder
 	// (default 3s); the holder renews it every LeaseRenew (default 1s).

@@ -212,6 +212,15 @@ func (runCmd) Run(e *env) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
+	unlock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	holder, err := listener.HolderID(cfg.Host, cfg.StateDir)
+	if err != nil {
+		return err
+	}
 	flavor, err := listener.ParseFlavor(cfg.LDAP.Flavor)
 	if err != nil {
 		return usageError{fmt.Errorf("ldap.flavor: %w", err)}
@@ -243,6 +252,7 @@ func (runCmd) Run(e *env) error {
 			BaseDN: cfg.LDAP.BaseDN, StartTLS: cfg.LDAP.StartTLS, TLS: tlsCfg,
 			MassDeleteShare: cfg.Listener.MassDeleteShare, MassDeleteMin: cfg.Listener.MassDeleteMin,
 			ConfirmMassDelete: cfg.Listener.ConfirmMassDelete,
+			LeaseID:           holder,
 		}, bus, log, listener.Hooks{})
 		g.Go(func() error { return lst.Run(lctx) })
 	}
