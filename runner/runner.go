@@ -168,6 +168,9 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 	name := ConsumerName(h.Name(), r.cfg.Host)
 	d := &dispatcher{r: r, h: h, log: log, lanes: map[string]*lane{}, sem: make(chan struct{}, r.cfg.Parallel)}
 	defer d.wg.Wait()
+	if u, ok := h.(LatestUser); ok {
+		u.UseLatest(r.Latest)
+	}
 	for {
 		covered, err := r.load(ctx, h)
 		if err != nil {

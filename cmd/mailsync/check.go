@@ -48,19 +48,16 @@ func (checkCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	var found []disagreement
+	var found, kept []disagreement
 	var summary []string
 	if cfg.Wants("mailbox") {
-		exp, err := expectedHomes(cfg.Dovecot.MailHome, cfg.Host, entries)
-		if err != nil {
-			return err
-		}
-		d, err := checkHomes(cfg, exp)
+		d, k, n, err := checkHomes(cfg, entries)
 		if err != nil {
 			return err
 		}
 		found = append(found, d...)
-		summary = append(summary, fmt.Sprintf("%d mailboxes", len(exp.homes)))
+		kept = k
+		summary = append(summary, fmt.Sprintf("%d mailboxes", n))
 	}
 	maps := expectedMaps(cfg, entries)
 	for _, name := range sortedNames(maps) {
@@ -71,11 +68,21 @@ func (checkCmd) Run(e *env) error {
 		found = append(found, d...)
 		summary = append(summary, fmt.Sprintf("%s (%d keys)", name, n))
 	}
+	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	for _, d := range kept {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.kind, d.what, d.detail)
+	}
 	if len(found) == 0 {
-		fmt.Fprintf(e.stdout, "everything agrees with the directory (%d entries): %s\n", len(entries), strings.Join(summary, ", "))
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		extra := ""
+		if len(kept) > 0 {
+			extra = fmt.Sprintf("; %d homes kept by policy (listed above)", len(kept))
+		}
+		fmt.Fprintf(e.stdout, "everything agrees with the directory (%d entries): %s%s\n", len(entries), strings.Join(summary, ", "), extra)
 		return nil
 	}
-	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 	for _, d := range found {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.kind, d.what, d.detail)
 	}
@@ -140,107 +147,93 @@ func homePath(l mailbox.Layout, addr string) (string, error) {
 	return l.Path(local, domain)
 }
 
-// checkHomes finds the expected homes that do not exist (missing) and the
-// homes on disk that no responsible user owns (orphaned), plus homes whose
-// marker names another entry than the user whose address they carry.
-func checkHomes(cfg *config.Config, exp homes) ([]disagreement, error) {
-	found := append([]disagreement(nil), exp.invalid...)
-	onDisk, err := existingHomes(exp.layout)
+// mailboxSettings are the mailbox handler's plan settings from the config.
+func mailboxSettings(cfg *config.Config) (mailbox.Settings, error) {
+	l, err := mailbox.NewLayout(cfg.Dovecot.MailHome)
 	if err != nil {
-		return nil, err
+		return mailbox.Settings{}, usageError{fmt.Errorf("dovecot.mail_home: %w", err)}
 	}
-	have := make(map[string]bool, len(onDisk))
-	for _, p := range onDisk {
-		have[p] = true
-		o, ok := exp.homes[p]
-		if !ok {
-			detail := "no user this host is responsible for has this address"
-			if m, ok := mailbox.ReadOwner(p); ok {
-				detail += fmt.Sprintf("; made for %s (%s)", m.DN, m.Address)
-			}
-			if !cfg.Bool(config.KeyDelete) {
-				detail += "; kept by " + config.KeyDelete + "=no?"
-			}
-			found = append(found, disagreement{"orphaned mailbox", p, detail})
-			continue
-		}
-		if m, ok := mailbox.ReadOwner(p); ok && m.UUID != o.entry.UUID {
-			found = append(found, disagreement{"foreign mailbox", p,
-				fmt.Sprintf("%s has the address, the home was made for %s (%s)", o.entry.DN, m.DN, m.Address)})
-		}
-	}
-	var missing []string
-	for p := range exp.homes {
-		if !have[p] {
-			missing = append(missing, p)
-		}
-	}
-	sort.Strings(missing)
-	for _, p := range missing {
-		o := exp.homes[p]
-		found = append(found, disagreement{"missing mailbox", o.address, fmt.Sprintf("%s has no home %s", o.entry.DN, p)})
-	}
-	return found, nil
+	return mailbox.Settings{Host: cfg.Host, Rename: cfg.Bool(config.KeyRename), Delete: cfg.Bool(config.KeyDelete),
+		MoveOnHomeChange: cfg.Bool(config.KeyMoveOnHomeChange), Layout: l}, nil
 }
 
-// existingHomes lists the directories on disk the mail_home template can
-// name, skipping mailsync's own (.mailsync-trash, staging copies) and any
-// other dot directory, which no valid address produces.
-func existingHomes(l mailbox.Layout) ([]string, error) {
-	matches, err := filepath.Glob(homeGlob(l.Template))
+// checkHomes asks the mailbox handler's own plan (mailbox.PlanFor) what it
+// would still do for each user, and for each entry owning a home, if the
+// host had applied the directory as it is now: every step left is a
+// disagreement, and the homes the plan keeps by policy (delete=no, an
+// address given up) are reported apart, not counted. Homes without an
+// owner marker that no user's address names are orphans.
+func checkHomes(cfg *config.Config, entries []event.Entry) (found, kept []disagreement, n int, err error) {
+	s, err := mailboxSettings(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("list homes under %s: %w", l.Root, err)
+		return nil, nil, 0, err
 	}
-	var out []string
-	for _, p := range matches {
-		rel, err := filepath.Rel(l.Root, p)
-		if err != nil || hasDotComponent(rel) {
-			continue
-		}
-		if st, err := os.Stat(p); err == nil && st.IsDir() {
-			out = append(out, p)
+	spool, err := mailbox.ReadSpool(s.Layout)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	users := map[string]*mailbox.State{}
+	var order []string
+	for _, e := range entries {
+		if st, ok := mailbox.StateOf(e); ok {
+			users[e.UUID] = &st
+			order = append(order, e.UUID)
 		}
 	}
-	sort.Strings(out)
-	return out, nil
-}
-
-// homeGlob turns a mail_home template into a glob: each variable becomes
-// "*", the fixed text is escaped.
-func homeGlob(template string) string {
-	var b strings.Builder
-	for i := 0; i < len(template); i++ {
-		c := template[i]
-		if c != '%' {
-			if strings.IndexByte(`*?[\`, c) >= 0 {
-				b.WriteByte('\\')
+	for _, u := range spool.Owners() {
+		if _, ok := users[u]; !ok {
+			order = append(order, u)
+		}
+	}
+	other := func(u string) (*mailbox.State, bool, error) { return users[u], true, nil }
+	named := map[string]bool{}
+	for _, u := range order {
+		cur := users[u]
+		in, err := spool.Input(cfg.Host, u, cur, cur, other)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		p := mailbox.PlanFor(in, s)
+		if cur != nil && cur.Address != "" && homeserver.Responsible(cur.HomeServer, cfg.Host) {
+			n++
+			if hp, err := homePath(s.Layout, cur.Address); err == nil {
+				named[hp] = true
 			}
-			b.WriteByte(c)
-			continue
 		}
-		rest := template[i+1:]
-		switch {
-		case strings.HasPrefix(rest, "%"):
-			b.WriteByte('%')
-			i++
-		case strings.HasPrefix(rest, "L") && len(rest) > 1:
-			b.WriteByte('*')
-			i += 2
-		default:
-			b.WriteByte('*')
-			i++
+		if p.Refused != nil {
+			found = append(found, disagreement{"refused address", cur.Address, p.Refused.Error()})
+		}
+		for _, st := range p.Steps {
+			switch st.Kind {
+			case mailbox.StepCreate:
+				found = append(found, disagreement{"missing mailbox", st.Address, fmt.Sprintf("%s has no home %s", cur.DN, st.Path)})
+			case mailbox.StepMove:
+				found = append(found, disagreement{"misplaced mailbox", st.FromPath, fmt.Sprintf("%s has the address %s now: %s", cur.DN, st.Address, st)})
+			case mailbox.StepAttic:
+				found = append(found, disagreement{"foreign mailbox", st.Path, fmt.Sprintf("%s has the address, the home was made for %s (%s)",
+					cur.DN, st.Home.Owner.DN, st.Home.Owner.Address)})
+			case mailbox.StepTrash:
+				found = append(found, disagreement{"undeleted mailbox", st.Path, fmt.Sprintf("made for %s (%s), which no longer has it here; %s=yes",
+					st.Home.Owner.DN, st.Home.Owner.Address, config.KeyDelete)})
+			default:
+				found = append(found, disagreement{"pending mailbox step", st.Path, st.String()})
+			}
+		}
+		for _, h := range p.Kept {
+			why := "its entry is gone"
+			if cur != nil {
+				why = fmt.Sprintf("%s has %q now", cur.DN, cur.Address)
+			}
+			kept = append(kept, disagreement{"kept by policy", h.Path, fmt.Sprintf("made for %s (%s); %s; %s=no",
+				h.Owner.DN, h.Owner.Address, why, config.KeyDelete)})
 		}
 	}
-	return b.String()
-}
-
-func hasDotComponent(rel string) bool {
-	for _, c := range strings.Split(rel, string(filepath.Separator)) {
-		if strings.HasPrefix(c, ".") {
-			return true
+	for _, p := range spool.Unmarked() {
+		if !named[p] {
+			found = append(found, disagreement{"orphaned mailbox", p, "no user this host is responsible for has this address, and it has no owner marker"})
 		}
 	}
-	return false
+	return found, kept, n, nil
 }
 
 // expectedMaps is every map source a full rebuild from entries writes for

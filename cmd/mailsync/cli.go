@@ -44,6 +44,7 @@ type cli struct {
 	Replay         replayCmd         `cmd:"" help:"Make this host's handlers re-apply events from a stream sequence or time."`
 	Plan           planCmd           `cmd:"" help:"Show what an LDIF change would do on this host, doing nothing."`
 	Configure      configureCmd      `cmd:"" help:"Render Postfix's (and Dovecot's) configuration from the settings, validate it, install it atomically and reload; --dry-run shows the diff."`
+	Attic          atticCmd          `cmd:"" help:"List or restore the homes moved aside when their address went to another user."`
 }
 
 type env struct {

@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"slices"
 	"sort"
@@ -55,6 +53,16 @@ func (c planCmd) Run(e *env) error {
 			return err
 		}
 		d := newPlanDir(known)
+		var spool *mailbox.Spool
+		if cfg.Wants("mailbox") {
+			s, err := mailboxSettings(cfg)
+			if err != nil {
+				return err
+			}
+			if spool, err = mailbox.ReadSpool(s.Layout); err != nil {
+				return err
+			}
+		}
 		before := expectedMaps(cfg, d.list())
 		for i, ch := range changes {
 			fmt.Fprintf(e.stdout, "change %d (line %d): %s %s\n", i+1, ch.line, ch.Type, ch.DN)
@@ -68,7 +76,7 @@ func (c planCmd) Run(e *env) error {
 			fmt.Fprintf(e.stdout, "  event: %s\n", describeEvent(*ev))
 			d.apply(*ev)
 			if cfg.Wants("mailbox") {
-				fmt.Fprintf(e.stdout, "  mailbox: %s\n", planMailbox(cfg, *ev))
+				fmt.Fprintf(e.stdout, "  mailbox: %s\n", planMailbox(cfg, spool, d, *ev))
 			}
 			after := expectedMaps(cfg, d.list())
 			for _, h := range []struct {
@@ -328,98 +336,51 @@ func describeEvent(ev event.Event) string {
 	return s
 }
 
-// planMailbox says what the mailbox handler would do: the §1.3 cascade's
-// decision (mailbox.DecideWith), the paths from the mail_home template, the
-// rename and delete policy, and what is on disk now.
-func planMailbox(cfg *config.Config, ev event.Event) string {
+// planMailbox says what the mailbox handler would do: its own plan
+// (mailbox.PlanFor) from the state before the change, taken as applied on
+// this host, to the state after it, against the homes on disk now.
+func planMailbox(cfg *config.Config, spool *mailbox.Spool, d *planDir, ev event.Event) string {
 	if ev.Kind != event.KindUser {
 		return "nothing (not a user)"
 	}
-	d := mailbox.DecideWith(ev, cfg.Host, mailbox.Policy{MoveOnHomeChange: cfg.Bool(config.KeyMoveOnHomeChange)})
-	if d.Action == mailbox.None {
+	s, err := mailboxSettings(cfg)
+	if err != nil {
+		return "unusable: " + err.Error()
+	}
+	var cur, applied *mailbox.State
+	if ev.Op != event.OpDelete {
+		if st, ok := mailbox.StateOf(event.Entry{UUID: ev.UUID, DN: ev.DN, Kind: ev.Kind, Attrs: ev.New, CSN: ev.CSN}); ok {
+			cur = &st
+		}
+	}
+	if ev.Op != event.OpAdd {
+		dn := ev.DN
+		if ev.OldDN != "" {
+			dn = ev.OldDN
+		}
+		if st, ok := mailbox.StateOf(event.Entry{UUID: ev.UUID, DN: dn, Kind: ev.Kind, Attrs: ev.Old}); ok {
+			applied = &st
+		}
+	}
+	in, err := spool.Input(cfg.Host, ev.UUID, cur, applied, func(u string) (*mailbox.State, bool, error) {
+		e, ok := d.entries[u]
+		if !ok {
+			return nil, true, nil
+		}
+		st, ok := mailbox.StateOf(e)
+		if !ok {
+			return nil, true, nil
+		}
+		return &st, true, nil
+	})
+	if err != nil {
+		return "cannot read the spool: " + err.Error()
+	}
+	p := mailbox.PlanFor(in, s)
+	if p.Done() {
 		return "nothing to do on " + cfg.Host
 	}
-	l, err := mailbox.NewLayout(cfg.Dovecot.MailHome)
-	if err != nil {
-		return fmt.Sprintf("%s, but dovecot.mail_home is unusable: %v", d.Action, err)
-	}
-	branch := fmt.Sprintf(" (reference §1.3 branch %d)", d.Branch)
-	path := func(addr string) (string, string) {
-		p, err := homePath(l, addr)
-		if err != nil {
-			return "", fmt.Sprintf("refused, dead-lettered: %v", err)
-		}
-		if cfg.Bool(config.KeySeparateIndex) {
-			if il, err := mailbox.NewLayout(cfg.Dovecot.IndexHome); err == nil {
-				local, domain, _ := mailbox.ValidateAddress(addr)
-				if ip, err := il.Path(local, domain); err == nil {
-					return p, " (index " + ip + ")"
-				}
-			}
-		}
-		return p, ""
-	}
-	create := func(addr string) string {
-		p, extra := path(addr)
-		if p == "" {
-			return "create mailbox of " + addr + ": " + extra
-		}
-		s := "create mailbox of " + addr + " at " + p + extra
-		if onDisk(p) {
-			if m, ok := mailbox.ReadOwner(p); ok && m.UUID != ev.UUID {
-				return s + ": refused, the home belongs to " + m.DN
-			}
-			s += " (exists: kept, folders ensured)"
-		}
-		return s
-	}
-	remove := func(addr string) string {
-		p, extra := path(addr)
-		if p == "" {
-			return "delete mailbox of " + addr + ": " + extra
-		}
-		if !cfg.Bool(config.KeyDelete) {
-			return fmt.Sprintf("keep %s on disk (%s=no); %s is logged out and the auth cache flushed", p, config.KeyDelete, addr)
-		}
-		if !onDisk(p) {
-			return "delete mailbox of " + addr + ": " + p + " does not exist, nothing to delete"
-		}
-		return "delete mailbox of " + addr + ": " + p + extra + " goes to the trash, then is removed"
-	}
-	switch d.Action {
-	case mailbox.Create:
-		return create(d.New) + branch
-	case mailbox.Delete:
-		return remove(d.Old) + branch
-	case mailbox.MovedAway:
-		p, extra := path(d.Old)
-		if p == "" {
-			return "move mail of " + d.Old + " to " + d.To + ": " + extra + branch
-		}
-		return fmt.Sprintf("copy the mail of %s (%s) to %s as %s, verify, then %s%s", d.Old, p, d.To, d.New, remove(d.Old), branch)
-	}
-	// Move.
-	if !cfg.Bool(config.KeyRename) {
-		return fmt.Sprintf("%s=no: %s; %s%s", config.KeyRename, create(d.New), remove(d.Old), branch)
-	}
-	from, fx := path(d.Old)
-	to, tx := path(d.New)
-	switch {
-	case from == "":
-		return "move mailbox " + d.Old + " -> " + d.New + ": " + fx + branch
-	case to == "":
-		return "move mailbox " + d.Old + " -> " + d.New + ": " + tx + branch
-	case !onDisk(from):
-		return fmt.Sprintf("move %s -> %s: the old home does not exist, so %s%s", from, to, create(d.New), branch)
-	case onDisk(to):
-		return fmt.Sprintf("move %s -> %s: refused, the target exists; nothing is moved%s", from, to, branch)
-	}
-	return fmt.Sprintf("move %s%s -> %s%s, mail kept%s", from, fx, to, tx, branch)
-}
-
-func onDisk(p string) bool {
-	_, err := os.Stat(p)
-	return !errors.Is(err, fs.ErrNotExist)
+	return p.String()
 }
 
 // diffMap lists the keys of table that change from before to after.

@@ -146,6 +146,16 @@ func (h *Handler) drainRaceHomesLocked(uuid, dn, home string) error {
 // moveMessages moves the message files of Maildir src (cur and new of
 // every folder) into Maildir dst.
 func (h *Handler) moveMessages(src, dst string) (int, error) {
+	uid, gid := h.owner()
+	return moveMessageFiles(h.home.Root, src, uid, gid, func(rel string) string { return filepath.Join(dst, rel) })
+}
+
+// moveMessageFiles moves the message files of Maildir src (cur and new of
+// every folder), each with one rename(2), to where dest puts their path
+// relative to src, making missing directories below root owned by
+// uid:gid. A crash leaves every message in one place; a rerun moves the
+// rest.
+func moveMessageFiles(root, src string, uid, gid int, dest func(rel string) string) (int, error) {
 	moved := 0
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -155,7 +165,7 @@ func (h *Handler) moveMessages(src, dst string) (int, error) {
 			return err
 		}
 		if d.Type()&fs.ModeSymlink != 0 {
-			return fmt.Errorf("symlink %s in a home to take over", p)
+			return fmt.Errorf("symlink %s in a home whose messages move", p)
 		}
 		if d.IsDir() || !d.Type().IsRegular() {
 			return nil
@@ -164,9 +174,8 @@ func (h *Handler) moveMessages(src, dst string) (int, error) {
 		if dir := filepath.Base(filepath.Dir(rel)); dir != "cur" && dir != "new" {
 			return nil
 		}
-		to := filepath.Join(dst, rel)
-		uid, gid := h.owner()
-		if err := mkdirOwned(h.home.Root, filepath.Dir(to), uid, gid); err != nil {
+		to := dest(rel)
+		if err := mkdirOwned(root, filepath.Dir(to), uid, gid); err != nil {
 			return err
 		}
 		if err := renameNoReplace(p, to); err != nil {

@@ -4,7 +4,8 @@
 //
 // Guarantees:
 //   - The decision is UCS's cascade (Decide, reference §1.3), per host, with
-//     the one responsibility rule of package homeserver.
+//     the one responsibility rule of package homeserver, on the transition
+//     from the state last applied on this host to the entry's newest one.
 //   - No mail is lost by a crash: every multi-step operation (a move, a
 //     delete) first writes an intent record to the state dir and fsyncs it;
 //     each step is idempotent and judged by what is on disk, so Load (at
@@ -30,9 +31,13 @@
 //   - The separate index dir moves and is deleted with the home (§1.5 leaves
 //     it behind).
 //   - Each home carries a marker (.mailsync-owner) naming the entry that
-//     owns it; an address reused by another entry is refused instead of
-//     handing the new user the old user's mail (§1.9 item 1). Homes without
-//     a marker (made before mailsync) are reused as UCS does.
+//     owns it. A home left at an address another entry now has (kept by
+//     delete=no or rename=no) goes to the attic first instead of handing
+//     the new user the old user's mail (§1.9 item 1; attic.go); an address
+//     two entries hold at once is refused. Homes without a marker (made
+//     before mailsync) are reused as UCS does.
+//   - Level-triggered: an event is a trigger; the entry is converged to its
+//     newest state from the state last applied here (plan.go, converge.go).
 package mailbox
 
 import (
@@ -122,6 +127,11 @@ type Handler struct {
 	folders []string
 	intents string
 
+	latest  LatestFunc
+	locks   sync.Map // uuid -> *sync.Mutex (entryLock)
+	applied *appliedStore
+	homes   *homeIndex
+
 	fsMu sync.Mutex // serialises checks and moves of homes across entries
 	// rename is renameNoReplace; tests replace it to force the
 	// cross-filesystem path.
@@ -159,6 +169,13 @@ func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, er
 	if err := os.MkdirAll(h.intents, 0o700); err != nil {
 		return nil, fmt.Errorf("mailbox intents: %w", err)
 	}
+	if h.applied, err = newAppliedStore(filepath.Join(cfg.StateDir, "mailbox-applied")); err != nil {
+		return nil, err
+	}
+	h.homes = newHomeIndex()
+	if err := h.homes.scan(h.home); err != nil {
+		return nil, fmt.Errorf("index the homes of %s: %w", h.home.Root, err)
+	}
 	return h, nil
 }
 
@@ -181,40 +198,6 @@ func (h *Handler) Load(ctx context.Context, _ []event.Entry) error {
 		if err := h.resume(ctx, uuid); err != nil {
 			h.log.Warn().Err(err).Str("uuid", uuid).Msg("interrupted mailbox operation not completed yet")
 		}
-	}
-	return nil
-}
-
-// Handle applies one event. Only users are handled.
-func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
-	if ev.Kind != event.KindUser {
-		return nil
-	}
-	if !validUUID(ev.UUID) {
-		return fault.Permanentf("mailbox of %s: entryUUID %q cannot name an intent record", where(ev), ev.UUID)
-	}
-	if err := h.resume(ctx, ev.UUID); err != nil {
-		return err
-	}
-	d := DecideWith(ev, h.cfg.Host, Policy{MoveOnHomeChange: h.cfg.MoveOnHomeChange})
-	switch d.Action {
-	case Create:
-		return h.create(ctx, ev, d.New)
-	case MovedAway:
-		return h.moveAway(ctx, ev, d)
-	case Delete:
-		return h.delete(ctx, ev, d.Old)
-	case Move:
-		if h.cfg.Rename {
-			return h.move(ctx, ev, d.Old, d.New)
-		}
-		// Table 14.4, rename=no: a new empty mailbox; the old one is
-		// deleted only with delete=yes. Create first: if it is refused,
-		// nothing is deleted.
-		if err := h.create(ctx, ev, d.New); err != nil {
-			return err
-		}
-		return h.delete(ctx, ev, d.Old)
 	}
 	return nil
 }
@@ -752,10 +735,18 @@ func (h *Handler) move(ctx context.Context, ev event.Event, oldAddr, newAddr str
 	return h.begin(ctx, in)
 }
 
-// delete applies the delete policy to addr's mailbox. With delete=no the
-// data stays, but the user is kicked and the auth cache flushed, so the
-// address stops working here at once.
+// delete applies the delete policy to addr's mailbox: kept (delete=no,
+// see keep) or trashed (delete=yes).
 func (h *Handler) delete(ctx context.Context, ev event.Event, addr string) error {
+	if !h.cfg.Delete {
+		return h.keep(ctx, ev, addr)
+	}
+	return h.trash(ctx, ev, addr)
+}
+
+// trash deletes addr's home (and index): an intent record, then the steps.
+// A home another entry owns is left alone: the address is that entry's now.
+func (h *Handler) trash(ctx context.Context, ev event.Event, addr string) error {
 	home, index, err := h.paths(ev, addr)
 	if err != nil {
 		return err
@@ -763,20 +754,10 @@ func (h *Handler) delete(ctx context.Context, ev event.Event, addr string) error
 	if err := h.confine(ev, home, index); err != nil {
 		return err
 	}
-	if !h.cfg.Delete {
-		if err := h.adm.Kick(ctx, addr); err != nil {
-			return fmt.Errorf("delete mailbox of %s: %w", where(ev), err)
-		}
-		if _, err := h.adm.FlushAuthCache(ctx); err != nil {
-			return fmt.Errorf("delete mailbox of %s: %w", where(ev), err)
-		}
-		h.log.Info().Str("dn", ev.DN).Str("uuid", ev.UUID).Str("path", home).
-			Msg("mailbox kept on disk (mail/dovecot/mailbox/delete is off)")
-		return nil
-	}
 	if m, ok := readMarker(home); ok && m.UUID != ev.UUID {
-		return fault.Permanentf("delete mailbox %q of %s: home %s belongs to entry %s (uuid %s); not deleted",
-			addr, where(ev), home, m.DN, m.UUID)
+		h.log.Info().Str("dn", ev.DN).Str("uuid", ev.UUID).Str("path", home).Str("owner_dn", m.DN).
+			Msg("home of a given-up address belongs to another entry now; not deleted")
+		return nil
 	}
 	stamp := fmt.Sprintf("%s-%d", ev.UUID, time.Now().UnixNano())
 	in := &intent{V: 1, Op: "delete", UUID: ev.UUID, DN: ev.DN, Old: addr, At: time.Now().UTC(),
