@@ -1,4 +1,4 @@
-package mailconf
+package mailconf_test
 
 import (
 	"context"
@@ -10,16 +10,17 @@ import (
 
 	"mailsync/fault"
 	"mailsync/internal/testenv"
+	"mailsync/mailconf"
 )
 
 func TestInstallAtomicIdempotentAndValidated(t *testing.T) {
 	pf := testenv.StartPostfix(t)
 	dir := t.TempDir()
 	var validated []string
-	p := &Product{
+	p := &mailconf.Product{
 		Name: "test",
 		Dir:  dir,
-		Files: []File{
+		Files: []mailconf.File{
 			{Path: filepath.Join(dir, "main.cf"), Data: []byte("a = 1\nb = 2\n"), Mode: 0o644},
 			{Path: filepath.Join(dir, "sub", "x.conf"), Data: []byte("x\n"), Mode: 0o644},
 			{Path: filepath.Join(dir, "smtp_auth"), Data: []byte("[relay.example.net] u:secret\n"), Mode: 0o600, Postmap: "hash"},
@@ -32,7 +33,7 @@ func TestInstallAtomicIdempotentAndValidated(t *testing.T) {
 		},
 		Postmap: pf.Postmap, PostmapConfigDir: pf.ConfigDir,
 	}
-	changed, err := Install(context.Background(), p)
+	changed, err := mailconf.Install(context.Background(), p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,21 +49,21 @@ func TestInstallAtomicIdempotentAndValidated(t *testing.T) {
 	if got := pf.Query(t, "hash:"+filepath.Join(dir, "smtp_auth"), "[relay.example.net]"); got["[relay.example.net]"] != "u:secret" {
 		t.Fatalf("smtp_auth lookup: %v", got)
 	}
-	if changed, err := Install(context.Background(), p); err != nil || len(changed) != 0 {
+	if changed, err := mailconf.Install(context.Background(), p); err != nil || len(changed) != 0 {
 		t.Fatalf("second install changed %v (%v), want nothing", changed, err)
 	}
-	if d, err := Drift(p); err != nil || len(d) != 0 {
+	if d, err := mailconf.Drift(p); err != nil || len(d) != 0 {
 		t.Fatalf("drift after install: %v %v", d, err)
 	}
 
 	// The admin's seed stays; a hand edit is drift and a diff.
 	os.WriteFile(filepath.Join(dir, "access.cidr"), []byte("10.0.0.0/8 reject\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "main.cf"), []byte("a = 1\nb = 3\n"), 0o644)
-	d, err := Drift(p)
+	d, err := mailconf.Drift(p)
 	if err != nil || len(d) != 1 || d[0].Path != filepath.Join(dir, "main.cf") {
 		t.Fatalf("drift: %v %v, want main.cf only", d, err)
 	}
-	diff, err := Diff(p)
+	diff, err := mailconf.Diff(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,10 +73,10 @@ func TestInstallAtomicIdempotentAndValidated(t *testing.T) {
 
 	// A set that does not validate changes nothing.
 	bad := *p
-	bad.Files = append([]File(nil), p.Files...)
+	bad.Files = append([]mailconf.File(nil), p.Files...)
 	bad.Files[0].Data = []byte("a = 9\n")
 	bad.Validate = func(context.Context, string) error { return errors.New("no") }
-	if _, err := Install(context.Background(), &bad); err == nil || !fault.IsPermanent(err) {
+	if _, err := mailconf.Install(context.Background(), &bad); err == nil || !fault.IsPermanent(err) {
 		t.Fatalf("install of an invalid set: %v, want a permanent error", err)
 	}
 	if data, _ := os.ReadFile(filepath.Join(dir, "main.cf")); string(data) != "a = 1\nb = 3\n" {
@@ -95,16 +96,16 @@ func TestInstallAtomicIdempotentAndValidated(t *testing.T) {
 
 func TestFileOutsideDirRefused(t *testing.T) {
 	dir := t.TempDir()
-	p := &Product{Name: "x", Dir: dir, Files: []File{{Path: filepath.Join(dir, "..", "evil"), Mode: 0o644}}}
-	if _, err := Install(context.Background(), p); err == nil {
+	p := &mailconf.Product{Name: "x", Dir: dir, Files: []mailconf.File{{Path: filepath.Join(dir, "..", "evil"), Mode: 0o644}}}
+	if _, err := mailconf.Install(context.Background(), p); err == nil {
 		t.Fatal("a file outside the config dir was accepted")
 	}
 }
 
 func TestDiffHidesSecrets(t *testing.T) {
 	dir := t.TempDir()
-	p := &Product{Name: "x", Dir: dir, Files: []File{{Path: filepath.Join(dir, "smtp_auth"), Data: []byte("relay u:pw\n"), Mode: 0o600}}}
-	d, err := Diff(p)
+	p := &mailconf.Product{Name: "x", Dir: dir, Files: []mailconf.File{{Path: filepath.Join(dir, "smtp_auth"), Data: []byte("relay u:pw\n"), Mode: 0o600}}}
+	d, err := mailconf.Diff(p)
 	if err != nil || strings.Contains(d, "pw") || !strings.Contains(d, "+++ "+filepath.Join(dir, "smtp_auth")) {
 		t.Fatalf("diff of a secret file:\n%s (%v)", d, err)
 	}

@@ -68,6 +68,11 @@ func (checkCmd) Run(e *env) error {
 		found = append(found, d...)
 		summary = append(summary, fmt.Sprintf("%s (%d keys)", name, n))
 	}
+	conf, err := configDrift(e.ctx, cfg)
+	if err != nil {
+		return err
+	}
+	found = append(found, conf...)
 	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 	for _, d := range kept {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.kind, d.what, d.detail)

@@ -25,7 +25,9 @@ type product struct {
 
 // products are the servers mailsync can configure, in install order; the
 // config's configure list picks among them.
-var products = []product{}
+var products = []product{
+	{"postfix", postfixProduct},
+}
 
 type configureCmd struct {
 	DryRun bool `name:"dry-run" help:"Print what would change as a diff and write nothing."`

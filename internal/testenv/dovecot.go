@@ -74,6 +74,10 @@ type Dovecot struct {
 	// DoveadmTCP is host:port of doveadm's tcp listener (with
 	// DovecotOptions.DoveadmPassword), else "".
 	DoveadmTCP string
+	// AuthAddr is host:port of the auth service's client listener, where
+	// Postfix's smtpd asks Dovecot to authenticate SMTP clients
+	// (smtpd_sasl_type = dovecot, smtpd_sasl_path = inet:AuthAddr).
+	AuthAddr string
 	// MovingPasswd is the doveadm-only passwd-file userdb (with
 	// DovecotOptions.MovingUserdb), else "".
 	MovingPasswd string
@@ -87,7 +91,7 @@ type Dovecot struct {
 	waitErr error
 }
 
-type dovecotPorts struct{ IMAP, LMTP, HTTP, TCP int }
+type dovecotPorts struct{ IMAP, LMTP, HTTP, TCP, Auth int }
 
 // StartDovecot starts Dovecot against ldap and waits until IMAP, LMTP and the
 // doveadm API answer. It is stopped in t.Cleanup; Dir is removed unless the
@@ -179,7 +183,8 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 	// Free ports are probed, so another process can take one before Dovecot
 	// binds it; then pick again.
 	for attempt := 1; ; attempt++ {
-		d.ports = dovecotPorts{IMAP: FreePort(t), LMTP: FreePort(t), HTTP: FreePort(t)}
+		d.ports = dovecotPorts{IMAP: FreePort(t), LMTP: FreePort(t), HTTP: FreePort(t), Auth: FreePort(t)}
+		d.AuthAddr = fmt.Sprintf("127.0.0.1:%d", d.ports.Auth)
 		if opts.DoveadmPassword != "" {
 			d.ports.TCP = FreePort(t)
 			d.DoveadmTCP = fmt.Sprintf("127.0.0.1:%d", d.ports.TCP)
@@ -335,7 +340,7 @@ func (d *Dovecot) stop(graceful bool) error {
 	d.cmd = nil
 	// Children may hold the listeners a moment longer than the master.
 	deadline := time.Now().Add(5 * time.Second)
-	addrs := []string{d.IMAPAddr, d.LMTPAddr, fmt.Sprintf("127.0.0.1:%d", d.ports.HTTP)}
+	addrs := []string{d.IMAPAddr, d.LMTPAddr, fmt.Sprintf("127.0.0.1:%d", d.ports.HTTP), d.AuthAddr}
 	if d.DoveadmTCP != "" {
 		addrs = append(addrs, d.DoveadmTCP)
 	}
@@ -511,6 +516,14 @@ service lmtp {
   }
   unix_listener lmtp {
     mode = 0600
+  }
+}
+# Postfix's smtpd authenticates SMTP clients here (SASL through Dovecot's
+# auth, as UCS's smtpd_sasl_type = dovecot).
+service auth {
+  inet_listener {
+    address = 127.0.0.1
+    port = {{.Ports.Auth}}
   }
 }
 # Tests log in wrongly on purpose, all from 127.0.0.1: without its socket,
