@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"mailsync/address"
 )
 
 // UCR policy keys mailsync reads.
@@ -339,9 +341,13 @@ func (c *Config) complete(dir string) error {
 			c.Host = h
 		}
 	}
-	c.Host = strings.ToLower(strings.TrimSpace(c.Host))
-	if c.Host == "" || strings.ContainsAny(c.Host, " /@") {
-		bad("host", "want this mail host's FQDN, got %q", c.Host)
+	// A host compares as a DNS name: lowercased, one trailing dot dropped
+	// (package address), so "mail.example.org." here is the home server
+	// "mail.example.org" and the other way round.
+	if h, err := address.Host("host", strings.TrimSpace(c.Host)); err != nil {
+		bad("host", "want this mail host's FQDN: %v", err)
+	} else {
+		c.Host = h
 	}
 	if c.StateDir == "" {
 		c.StateDir = "/var/lib/mailsync"
@@ -464,9 +470,9 @@ func (c *Config) complete(dir string) error {
 	peers := make(map[string]Peer, len(c.Peers))
 	for host, p := range c.Peers {
 		key := "peers." + host
-		h := strings.ToLower(strings.TrimSpace(host))
-		if h == "" || strings.ContainsAny(h, " /@:[]") {
-			bad(key, "want a mail host's FQDN as the key")
+		h, err := address.Host(key, strings.TrimSpace(host))
+		if err != nil {
+			bad(key, "want a mail host's FQDN as the key: %v", err)
 		} else if h == c.Host {
 			bad(key, "is this host (host)")
 		}

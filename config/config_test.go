@@ -150,3 +150,41 @@ func TestMetricsListenLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestHostsAreDNSNames: host and the peers compare as DNS names, so a
+// trailing dot or another case is the same host.
+func TestHostsAreDNSNames(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "b.key", "k3y\n")
+	base := `
+host: A.Example.ORG.
+state_dir: /var/lib/mailsync
+ldap: {url: "ldap://127.0.0.1", base_dn: "dc=example,dc=org"}
+dovecot: {doveadm_url: "http://127.0.0.1:8080"}
+policy: {mail/dovecot/mailbox/move_on_homeserver_change: "yes"}
+`
+	c, err := Parse([]byte(base+`
+peers:
+  B.example.org.: {doveadm_url: "http://10.0.0.2:8080", doveadm_tcp: "10.0.0.2:12345", api_key_file: b.key}
+`), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Peers["b.example.org"]; c.Host != "a.example.org" || !ok {
+		t.Errorf("host %q, peers %v; want a.example.org and b.example.org", c.Host, c.Peers)
+	}
+	_, err = Parse([]byte(base+`
+peers:
+  a.example.org: {doveadm_url: "http://10.0.0.2:8080", doveadm_tcp: "10.0.0.2:12345", api_key_file: b.key}
+`), dir)
+	if err == nil || !strings.Contains(err.Error(), "is this host") {
+		t.Errorf("peer naming this host without the dot: %v", err)
+	}
+	_, err = Parse([]byte(strings.Replace(base, "A.Example.ORG.", "a.example.org..", 1)+`
+peers:
+  b.example.org: {doveadm_url: "http://10.0.0.2:8080", doveadm_tcp: "10.0.0.2:12345", api_key_file: b.key}
+`), dir)
+	if err == nil || !strings.Contains(err.Error(), "host:") {
+		t.Errorf("host with two trailing dots: %v", err)
+	}
+}

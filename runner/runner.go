@@ -37,6 +37,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"mailsync/address"
 	"mailsync/event"
 	"mailsync/fault"
 	"mailsync/stream"
@@ -101,10 +102,13 @@ func (noObserver) DeadLettered(string)                          {}
 
 // DeadLetter is the record of an event a handler could not apply.
 type DeadLetter struct {
-	Handler  string      `json:"handler"`
-	Host     string      `json:"host"`
-	DN       string      `json:"dn"`
-	UUID     string      `json:"uuid"`
+	Handler string `json:"handler"`
+	Host    string `json:"host"`
+	DN      string `json:"dn"`
+	UUID    string `json:"uuid"`
+	// Attrs names the attributes whose values were refused (package
+	// address), when that was the reason.
+	Attrs    []string    `json:"attrs,omitempty"`
 	Reason   string      `json:"reason"`
 	Attempts int         `json:"attempts"`
 	Seq      uint64      `json:"seq"`
@@ -511,9 +515,9 @@ func (d *dispatcher) deadLetter(ctx context.Context, msg jetstream.Msg, ev event
 		seq = md.Sequence.Stream
 	}
 	rec := DeadLetter{Handler: d.h.Name(), Host: d.r.cfg.Host, DN: ev.DN, UUID: ev.UUID,
-		Reason: cause.Error(), Attempts: attempts, Seq: seq, Event: ev, At: time.Now().UTC()}
+		Attrs: address.Attributes(cause), Reason: cause.Error(), Attempts: attempts, Seq: seq, Event: ev, At: time.Now().UTC()}
 	d.r.cfg.Observer.DeadLettered(d.h.Name())
-	d.log.Error().Str("dn", ev.DN).Str("uuid", ev.UUID).Uint64("seq", seq).Str("reason", cause.Error()).
+	d.log.Error().Str("dn", ev.DN).Str("uuid", ev.UUID).Strs("attrs", rec.Attrs).Uint64("seq", seq).Str("reason", cause.Error()).
 		Msg("event dead-lettered")
 	data, _ := json.Marshal(rec)
 	m := &nats.Msg{Subject: DeadSubject(d.h.Name(), d.r.cfg.Host, ev.UUID), Data: data, Header: nats.Header{}}

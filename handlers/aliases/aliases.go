@@ -48,6 +48,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"mailsync/address"
 	"mailsync/event"
 	"mailsync/fault"
 	"mailsync/postmap"
@@ -153,12 +154,13 @@ type Report struct {
 	Kind    ReportKind
 	DNs     []string // the entries involved; a missing member's DN last
 	Address string   // for collisions and invalid addresses
+	Attr    string   // for invalid addresses: the attribute holding it
 	Size    int      // for the expansion limit: the group's recipient count
 	Message string
 }
 
 func (r Report) key() string {
-	return string(r.Kind) + "\x00" + r.Address + "\x00" + strings.Join(r.DNs, "\x00") + "\x00" + fmt.Sprint(r.Size)
+	return string(r.Kind) + "\x00" + r.Address + "\x00" + r.Attr + "\x00" + strings.Join(r.DNs, "\x00") + "\x00" + fmt.Sprint(r.Size)
 }
 
 // MainCFLine is the main.cf.local line that lets Postfix deliver to a group
@@ -289,7 +291,7 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 		return fault.Permanentf("aliases: unknown op %q for %s (%s)", ev.Op, ev.DN, ev.UUID)
 	}
 	h.m.recompute(changed)
-	var invalid []string
+	var invalid []error
 	if c := h.m.contrib[ev.UUID]; c != nil {
 		invalid = c.invalid
 	}
@@ -313,8 +315,8 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 		}
 	}
 	if len(invalid) > 0 {
-		return fault.Permanentf("aliases: entry %s (%s): invalid address %s left out of the maps",
-			ev.DN, ev.UUID, strings.Join(invalid, ", "))
+		return fault.Permanentf("aliases: entry %s (uuid %s): %w; left out of the maps",
+			ev.DN, ev.UUID, address.Join(invalid...))
 	}
 	return nil
 }

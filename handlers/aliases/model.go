@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
+	"mailsync/address"
 	"mailsync/event"
 )
 
@@ -38,7 +39,7 @@ type contribution struct {
 	alias   []aliasKey // few keys, each once
 	mailbox []string
 	domains []string
-	invalid []string // addresses skipped as malformed
+	invalid []error // values the address rule refused (*address.Error), skipped
 }
 
 // aliasKey is one alias key of a contribution and its sorted values.
@@ -130,7 +131,7 @@ func (m *model) slabs() (*slab[*entry], *slab[string], *slab[*contribution], *sl
 
 func newModel(hostFQDN string, limit int) *model {
 	return &model{
-		hostFQDN:      strings.ToLower(hostFQDN),
+		hostFQDN:      address.CanonicalHost(hostFQDN),
 		limit:         limit,
 		byUUID:        map[string]*entry{},
 		byDN:          map[string][]*entry{},
@@ -217,8 +218,10 @@ func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 	}
 	*e = entry{uuid: uuid, dn: dn, ndn: normDN(dn), kind: kind, attrs: attrs}
 	if kind != event.KindGroup {
-		if a := attrs.FirstLower(event.AttrPrimaryAddress); a != "" && validAddress(a) {
-			e.memberAddr = a
+		if v := attrs.First(event.AttrPrimaryAddress); v != "" {
+			if a, err := address.Check(event.AttrPrimaryAddress, v); err == nil {
+				e.memberAddr = a
+			}
 		}
 	} else {
 		e.isGroupish = true
@@ -516,21 +519,24 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 	}
 	c.uuid = e.uuid
 	a := e.attrs
-	addr := func(v string) string {
-		v = strings.ToLower(strings.TrimSpace(v))
+	// The address rule (package address) decides what enters a map: no
+	// map holds an address the mailbox handler refuses, and nothing is
+	// trimmed.
+	addr := func(attr, v string) string {
 		if v == "" {
 			return ""
 		}
-		if !validAddress(v) {
-			c.invalid = append(c.invalid, v)
+		a, err := address.Check(attr, v)
+		if err != nil {
+			c.invalid = append(c.invalid, err)
 			return ""
 		}
-		return v
+		return a
 	}
-	addrs := func(vs []string) []string {
+	addrs := func(attr string) []string {
 		var out []string
-		for _, v := range vs {
-			if v = addr(v); v != "" {
+		for _, v := range a[attr] {
+			if v = addr(attr, v); v != "" {
 				out = append(out, v)
 			}
 		}
@@ -548,11 +554,11 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 		}
 		c.alias = append(c.alias, aliasKey{key, sortedUnion(nil, vals)})
 	}
-	primary := addr(a.First(event.AttrPrimaryAddress))
+	primary := addr(event.AttrPrimaryAddress, a.First(event.AttrPrimaryAddress))
 	switch e.kind {
 	case event.KindUser:
-		alts := addrs(a[event.AttrAlternativeAddress])
-		fwd := addrs(a[event.AttrForwardAddress])
+		alts := addrs(event.AttrAlternativeAddress)
+		fwd := addrs(event.AttrForwardAddress)
 		if a.First(event.AttrCanonicalRewrite) == "1" {
 			// Served by UCS's ldap.virtualwithcanonical, which needs
 			// univentionInternalPrimaryMailAddress; not followed, so the
@@ -580,10 +586,10 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 	case event.KindGroup:
 		vals := m.exp[e.uuid]
 		if len(vals) == 0 {
-			addrs(a[event.AttrAlternativeAddress])
+			addrs(event.AttrAlternativeAddress) // for the reports
 			return c
 		}
-		keys := addrs(a[event.AttrAlternativeAddress])
+		keys := addrs(event.AttrAlternativeAddress)
 		if primary != "" {
 			keys = append(keys, primary)
 		}
@@ -597,27 +603,30 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 			c.alias = append(c.alias, aliasKey{k, vals})
 		}
 	case event.KindList:
-		put(primary, addrs(a[event.AttrMailMember])...)
+		put(primary, addrs(event.AttrMailMember)...)
 	case event.KindFolder:
 		if primary == "" {
 			return c
 		}
-		home := a.FirstLower(event.AttrHomeServer)
-		if m.hostFQDN == "" || home == m.hostFQDN {
+		home := a.First(event.AttrHomeServer)
+		if home != "" {
+			if _, err := address.Host(event.AttrHomeServer, home); err != nil {
+				c.invalid = append(c.invalid, err)
+				return c
+			}
+		}
+		if m.hostFQDN == "" || address.SameHost(home, m.hostFQDN) {
 			c.mailbox = []string{primary}
 		}
 		put(primary, primary)
-		for _, alt := range addrs(a[event.AttrAlternativeAddress]) {
+		for _, alt := range addrs(event.AttrAlternativeAddress) {
 			put(alt, primary)
 		}
 	case event.KindDomain:
-		for _, d := range a[event.AttrCN] {
-			d = strings.ToLower(strings.TrimSpace(d))
-			if d == "" {
-				continue
-			}
-			if !validDomain(d) {
-				c.invalid = append(c.invalid, d)
+		for _, v := range a[event.AttrCN] {
+			d, err := address.Domain(event.AttrCN, v)
+			if err != nil {
+				c.invalid = append(c.invalid, err)
 				continue
 			}
 			c.domains = append(c.domains, d)
@@ -738,36 +747,6 @@ func dedupSorted(s []string) []string {
 	return s[:w]
 }
 
-// validAddress accepts what can be written into a Postfix table source
-// line unharmed: local@domain with no whitespace, comma, quote or control
-// character, not starting with '#'.
-func validAddress(a string) bool {
-	at := strings.IndexByte(a, '@')
-	if at <= 0 || at == len(a)-1 || strings.IndexByte(a[at+1:], '@') >= 0 || a[0] == '#' {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		switch ch := a[i]; {
-		case ch <= ' ', ch == 0x7f, ch == ',', ch == '"':
-			return false
-		}
-	}
-	return !strings.HasSuffix(a, ":")
-}
-
-func validDomain(d string) bool {
-	if d == "" || d[0] == '#' {
-		return false
-	}
-	for i := 0; i < len(d); i++ {
-		switch ch := d[i]; {
-		case ch <= ' ', ch == 0x7f, ch == ',', ch == '"', ch == '@':
-			return false
-		}
-	}
-	return true
-}
-
 // render writes the three table sources, keys sorted, one line each.
 func (m *model) render() (alias, mailbox, domains []byte) {
 	m.settle()
@@ -840,9 +819,13 @@ func (m *model) reports() []Report {
 			Message: fmt.Sprintf("address %s is defined by %s; all of them receive (as UCS with unionmap)", k, strings.Join(dns, ", "))})
 	}
 	for u := range m.invalid {
-		for _, a := range m.contrib[u].invalid {
-			out = append(out, Report{Kind: ReportInvalidAddress, Address: a, DNs: []string{dn(u)},
-				Message: fmt.Sprintf("entry %s: invalid address %q left out of the maps", dn(u), a)})
+		for _, err := range m.contrib[u].invalid {
+			r := Report{Kind: ReportInvalidAddress, DNs: []string{dn(u)},
+				Message: fmt.Sprintf("entry %s: %v; left out of the maps", dn(u), err)}
+			if ae, ok := err.(*address.Error); ok {
+				r.Attr, r.Address = ae.Attr, ae.Value
+			}
+			out = append(out, r)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].key() < out[j].key() })

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"mailsync/address"
 	"mailsync/event"
 	"mailsync/fault"
 	"mailsync/postmap"
@@ -59,10 +60,14 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() error {
-	c.Host = strings.ToLower(strings.TrimSpace(c.Host))
 	if c.Host == "" {
 		return errors.New("homeserver: Host (this host's FQDN) is required")
 	}
+	h, err := address.Host("Host", strings.TrimSpace(c.Host))
+	if err != nil {
+		return fmt.Errorf("homeserver: %w", err)
+	}
+	c.Host = h
 	if c.Dir == "" {
 		return errors.New("homeserver: Dir is required")
 	}
@@ -84,7 +89,7 @@ func (c *Config) setDefaults() error {
 // route is one transport entry: mail for address goes to smtp:[home].
 type route struct {
 	address string // lowercased primary address
-	home    string // lowercased FQDN of the home server
+	home    string // the home server, canonical (address.Host)
 }
 
 // Handler keeps the transport map of one mail host.
@@ -121,51 +126,35 @@ func (h *Handler) DerivedFromDirectory() {}
 func (h *Handler) Name() string { return "homeserver" }
 
 // Route returns the transport entry of an entry's attributes on host: the
-// lowercased primary address and home server when mail for it must be
-// relayed to another host, ok false when it is delivered here (no home
-// server, or this host) or has no primary address. Like ldap.transport,
-// every kind with a primary address counts (users, shared folders, ...).
-// A value that cannot be written into a Postfix table is an error.
+// lowercased primary address and the home server as a canonical host name
+// when mail for it must be relayed to another host, ok false when it is
+// delivered here (no home server, or this host) or has no primary address.
+// Like ldap.transport, every kind with a primary address counts (users,
+// shared folders, ...). A primary address or home server the address rule
+// refuses (package address) is an error naming the attribute, whichever
+// host the entry is homed on, as every handler refuses it.
 // Departure from UCS (§3.5 returns the attribute as stored): the home
-// server is lowercased in smtp:[...], so every host writes the same map.
-func Route(a event.Attrs, host string) (address, home string, ok bool, err error) {
-	address = a.FirstLower(event.AttrPrimaryAddress)
-	home = a.FirstLower(event.AttrHomeServer)
-	if address == "" || Responsible(home, host) {
+// server is lowercased in smtp:[...], its trailing dot dropped, so every
+// host writes the same map.
+func Route(a event.Attrs, host string) (addr, home string, ok bool, err error) {
+	var errs []error
+	if v := a.First(event.AttrPrimaryAddress); v != "" {
+		if addr, err = address.Check(event.AttrPrimaryAddress, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if v := a.First(event.AttrHomeServer); v != "" {
+		if home, err = address.Host(event.AttrHomeServer, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := address.Join(errs...); err != nil {
+		return "", "", false, err
+	}
+	if addr == "" || Responsible(home, host) {
 		return "", "", false, nil
 	}
-	if !validKey(address) {
-		return "", "", false, fmt.Errorf("primary address %q cannot be a transport map key", address)
-	}
-	if !validHost(home) {
-		return "", "", false, fmt.Errorf("home server %q is not a host name", home)
-	}
-	return address, home, true, nil
-}
-
-// validKey: one token of a Postfix table source line, not a comment.
-func validKey(s string) bool {
-	if strings.HasPrefix(s, "#") {
-		return false
-	}
-	for _, r := range s {
-		if r <= ' ' || r == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-// validHost: what may stand inside smtp:[...].
-func validHost(s string) bool {
-	for _, r := range s {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
-		default:
-			return false
-		}
-	}
-	return s != ""
+	return addr, home, true, nil
 }
 
 // Load rebuilds the map from the whole directory. An entry whose values
@@ -205,7 +194,7 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 		return fault.Retryable(err)
 	}
 	if rerr != nil {
-		return fault.Permanent(fmt.Errorf("transport for %s: %w", ev.DN, rerr))
+		return fault.Permanent(fmt.Errorf("transport for entry %s (uuid %s): %w; left out of the map", ev.DN, ev.UUID, rerr))
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"mailsync/address"
 	"mailsync/dovecotadm"
 	"mailsync/fault"
 	"mailsync/postmap"
@@ -147,7 +148,7 @@ type Mover struct {
 // NewMover returns a Mover; the state dir and an empty userdb file are
 // created if missing.
 func NewMover(cfg MoveConfig, log zerolog.Logger, hooks MoverHooks) (*Mover, error) {
-	cfg.Host = strings.ToLower(strings.TrimSpace(cfg.Host))
+	cfg.Host = address.CanonicalHost(strings.TrimSpace(cfg.Host))
 	switch {
 	case cfg.Host == "":
 		return nil, errors.New("mover: Host (this host's FQDN) is required")
@@ -163,7 +164,7 @@ func NewMover(cfg MoveConfig, log zerolog.Logger, hooks MoverHooks) (*Mover, err
 	}
 	peers := make(map[string]Peer, len(cfg.Peers))
 	for host, p := range cfg.Peers {
-		peers[strings.ToLower(strings.TrimSpace(host))] = p
+		peers[address.CanonicalHost(strings.TrimSpace(host))] = p
 	}
 	cfg.Peers = peers
 	m := &Mover{cfg: cfg, log: log.With().Str("component", "mover").Logger(), hooks: hooks,
@@ -194,7 +195,7 @@ func (m *Mover) at(step string) error {
 // the move. Every step is idempotent; a retryable error leaves the record
 // for the retry. A permanent error means nothing was removed.
 func (m *Mover) MoveAway(ctx context.Context, mv Move, remove func(context.Context) error) error {
-	mv.To = strings.ToLower(strings.TrimSpace(mv.To))
+	mv.To = address.CanonicalHost(strings.TrimSpace(mv.To))
 	if err := validMove(mv); err != nil {
 		return fault.Permanentf("move mail of entry %s (uuid %s) to %s: %w; nothing moved", mv.DN, mv.UUID, mv.To, err)
 	}
@@ -481,8 +482,8 @@ func validMove(mv Move) error {
 	if !filepath.IsAbs(mv.Home) || filepath.Clean(mv.Home) != mv.Home {
 		return fmt.Errorf("home %q is not a clean absolute path", mv.Home)
 	}
-	if !validHost(mv.To) {
-		return fmt.Errorf("home server %q is not a host name", mv.To)
+	if _, err := address.Host("home server", mv.To); err != nil {
+		return err
 	}
 	if mv.UUID == "" || strings.ContainsAny(mv.UUID, "/\\.\x00") {
 		return fmt.Errorf("entryUUID %q cannot name a record", mv.UUID)

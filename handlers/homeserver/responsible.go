@@ -4,13 +4,15 @@
 // a user's mailbox, used by the mailbox handler too.
 package homeserver
 
-import "strings"
+import "mailsync/address"
 
 // Responsible reports whether the host with FQDN fqdn keeps the mailbox of
 // an entry whose univentionMailHomeServer is home: an empty home server
 // means every host (UCS, reference §1.2); otherwise only the named host,
-// compared lowercased. The bare hostname is not accepted, as in UCS.
+// compared as DNS names (case-insensitive, one trailing dot ignored:
+// "Mail.Example.org." is "mail.example.org"). The bare hostname is not
+// accepted, as in UCS. Values with white space around them are not trimmed:
+// the address rule refuses them before (package address).
 func Responsible(home, fqdn string) bool {
-	home = strings.ToLower(strings.TrimSpace(home))
-	return home == "" || home == strings.ToLower(strings.TrimSpace(fqdn))
+	return home == "" || address.SameHost(home, fqdn)
 }

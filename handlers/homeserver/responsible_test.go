@@ -10,8 +10,12 @@ func TestResponsible(t *testing.T) {
 		{"", "mail.example.org", true},
 		{"mail.example.org", "mail.example.org", true},
 		{"Mail.Example.ORG", "mail.example.org", true},
-		{" mail.example.org ", "MAIL.example.org", true},
+		{"mail.example.org.", "mail.example.org", true},
+		{"MAIL.example.org.", "Mail.Example.Org", true},
+		{"mail.example.org", "mail.example.org.", true},
+		{"mail.example.org..", "mail.example.org", false},
 		{"mx2.example.org", "mail.example.org", false},
+		{"mx2.example.org.", "mail.example.org", false},
 		{"mail", "mail.example.org", false},
 	} {
 		if got := Responsible(c.home, c.fqdn); got != c.want {

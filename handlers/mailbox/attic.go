@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"mailsync/address"
 )
 
 // The attic keeps the homes that a reused address would otherwise hand to
@@ -136,7 +138,7 @@ func Restore(l Layout, src, addr string, owner Owner, folder string) (string, er
 	if folder == "" {
 		return "", fmt.Errorf("%s has a home at %s already; refusing to overwrite it (name a new folder to restore into)", addr, home)
 	}
-	if err := pathSafe(folder); err != nil || strings.ContainsAny(folder, ".") {
+	if err := address.PathComponent(folder); err != nil || strings.ContainsAny(folder, ".") {
 		return "", fmt.Errorf("folder %q: want a plain folder name (no dots, slashes or spaces)", folder)
 	}
 	if hs, err := os.Lstat(home); err == nil {

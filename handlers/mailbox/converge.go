@@ -89,7 +89,8 @@ func (h *Handler) lastApplied(uuid string, trigger *event.Event) (*State, error)
 		dn = trigger.DN
 	}
 	old, ok := StateOf(event.Entry{UUID: uuid, DN: dn, Kind: trigger.Kind, Attrs: trigger.Old})
-	if !ok {
+	if !ok || old.Refused != nil {
+		// A refused state was never applied.
 		return nil, nil
 	}
 	return &old, nil

@@ -7,73 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"unicode"
 
+	"mailsync/address"
+	"mailsync/event"
 	"mailsync/fault"
 )
 
-// RFC 5321 §4.5.3.1 size limits.
-const (
-	maxLocalPart = 64
-	maxDomain    = 255
-	maxAddress   = 254 // a forward-path of 256 octets less the angle brackets
-)
-
-// ValidateAddress checks that addr (already lowercased) can name a mailbox:
-// exactly one "@", non-empty local part and domain within RFC 5321's
-// limits, and nothing that could steer a path (a "/", NUL, control
-// characters, white space, a leading dot or a ".."). UCS does no such check
-// (reference §1.2, §1.9 items 5 and 6).
+// ValidateAddress checks that addr can name a mailbox (package address:
+// RFC 5321's lengths, nothing that could steer a path) and returns its
+// lowercased local part and domain.
 func ValidateAddress(addr string) (local, domain string, err error) {
-	if strings.Count(addr, "@") != 1 {
-		return "", "", fmt.Errorf("address %q: want exactly one @", addr)
-	}
-	local, domain, _ = strings.Cut(addr, "@")
-	switch {
-	case local == "":
-		return "", "", fmt.Errorf("address %q: empty local part", addr)
-	case domain == "":
-		return "", "", fmt.Errorf("address %q: empty domain", addr)
-	case len(local) > maxLocalPart:
-		return "", "", fmt.Errorf("address %q: local part is %d octets, RFC 5321 allows %d", addr, len(local), maxLocalPart)
-	case len(domain) > maxDomain:
-		return "", "", fmt.Errorf("address %q: domain is %d octets, RFC 5321 allows %d", addr, len(domain), maxDomain)
-	case len(addr) > maxAddress:
-		return "", "", fmt.Errorf("address %q: %d octets, RFC 5321 allows %d", addr, len(addr), maxAddress)
-	}
-	for _, part := range []struct{ name, v string }{{"local part", local}, {"domain", domain}} {
-		if err := pathSafe(part.v); err != nil {
-			return "", "", fmt.Errorf("address %q: %s %w", addr, part.name, err)
-		}
-	}
-	return local, domain, nil
-}
-
-// pathSafe rejects what could make a path component leave its directory or
-// confuse a reader of the path.
-func pathSafe(s string) error {
-	switch {
-	case strings.HasPrefix(s, "."):
-		return errors.New("starts with a dot")
-	case strings.Contains(s, ".."):
-		return errors.New(`contains ".."`)
-	case strings.ContainsRune(s, '/'):
-		return errors.New(`contains "/"`)
-	case strings.ContainsRune(s, 0):
-		return errors.New("contains NUL")
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return fmt.Errorf("contains control character %U", r)
-		}
-		if unicode.IsSpace(r) {
-			return fmt.Errorf("contains white space %U", r)
-		}
-		if r == unicode.ReplacementChar {
-			return errors.New("is not valid UTF-8")
-		}
-	}
-	return nil
+	return address.Split(event.AttrPrimaryAddress, addr)
 }
 
 // Layout turns addresses into paths from a Dovecot mail_home-style

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 
+	"mailsync/address"
 	"mailsync/event"
 	"mailsync/handlers/homeserver"
 )
@@ -30,9 +31,14 @@ type State struct {
 	DN string `json:"dn"`
 	// Address is the first mailPrimaryAddress, lowercased and trimmed.
 	Address string `json:"address,omitempty"`
-	// HomeServer is the first univentionMailHomeServer, lowercased.
+	// HomeServer is the first univentionMailHomeServer as a canonical
+	// host name (lowercased, a trailing dot dropped).
 	HomeServer string `json:"home_server,omitempty"`
 	CSN        string `json:"csn,omitempty"`
+	// Refused says why the address rule (package address) refuses the
+	// entry's primary address or home server as stored; such a state is
+	// never applied, and nothing is done for it.
+	Refused error `json:"-"`
 }
 
 // StateOf is the state of a user entry; ok is false for an entry that is
@@ -42,7 +48,8 @@ func StateOf(e event.Entry) (State, bool) {
 		return State{}, false
 	}
 	return State{DN: e.DN, Address: e.Attrs.FirstLower(event.AttrPrimaryAddress),
-		HomeServer: e.Attrs.FirstLower(event.AttrHomeServer), CSN: e.CSN}, true
+		HomeServer: address.CanonicalHost(e.Attrs.FirstLower(event.AttrHomeServer)), CSN: e.CSN,
+		Refused: refused(e.Attrs)}, true
 }
 
 // same reports whether two states ask the same of a mail host.
@@ -207,6 +214,13 @@ func PlanFor(in Input, s Settings) Plan {
 		dn = in.Applied.DN
 	}
 	who := fmt.Sprintf("entry %s (uuid %s)", dn, in.UUID)
+	if c := in.Current; c != nil && c.Refused != nil {
+		// A mailbox made, moved or deleted on account of a mangled value
+		// would be one Dovecot serves under another name, or lose mail
+		// to a typo: nothing is done until the entry is fixed.
+		p.Refused = fmt.Errorf("mailbox of %s: %w; nothing done", who, c.Refused)
+		return p
+	}
 	path := func(addr string) (string, bool) {
 		local, domain, err := ValidateAddress(addr)
 		if err == nil {
