@@ -560,7 +560,9 @@ protocol lmtp {
 // Dovecot username is the mailPrimaryAddress. Departure from UCS 2.4's
 // filter: it matches uid=%{user | username}, so "alice@any.domain" would log
 // in as uid alice; here uid matches the whole login only, so an old address
-// stops working after a rename.
+// stops working after a rename. The home server matches with a trailing dot
+// too, as mailsync compares host names as DNS names (package address); the
+// attribute's caseIgnoreIA5Match already ignores case.
 const dovecotLDAPConf = `uris = {{.URL}}
 dn = {{.AdminDN}}
 dnpass = {{.AdminPW}}
@@ -569,10 +571,10 @@ base = {{.BaseDN}}
 scope = subtree
 deref = never
 auth_bind = yes
-user_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}}))(|(mailPrimaryAddress=%u)(&(uid=%u)(mailPrimaryAddress=*))))
+user_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))(|(mailPrimaryAddress=%u)(&(uid=%u)(mailPrimaryAddress=*))))
 user_attrs = =user=%{ldap:mailPrimaryAddress}
-pass_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}}))(|(mailPrimaryAddress=%u)(&(uid=%u)(mailPrimaryAddress=*))))
+pass_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))(|(mailPrimaryAddress=%u)(&(uid=%u)(mailPrimaryAddress=*))))
 pass_attrs = mailPrimaryAddress=user
-iterate_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}}))(mailPrimaryAddress=*))
+iterate_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))(mailPrimaryAddress=*))
 iterate_attrs = mailPrimaryAddress=user
 `
