@@ -1,19 +1,27 @@
 // Package postmap installs Postfix lookup tables atomically, for every
 // handler that materialises a map (aliases, transport).
 //
-// Each table is prepared in a temp file in the target directory (source
-// written, database built with postmap, both fsynced), all tables at once,
-// since postmap is most of the time; then they are renamed into place in
-// the order given, database before source, and the directory is fsynced. A
-// Postfix process holding the old database keeps reading it; its next open
-// gets the new one. It never sees half a table.
+// A table written whole is prepared in a temp file in the target directory
+// (source written, database built with postmap, both fsynced), all tables
+// at once, since postmap is most of the time; then they are renamed into
+// place in the order given, database before source, and the directory is
+// fsynced. A Postfix process holding the old database keeps reading it; its
+// next open gets the new one. It never sees half a table.
+//
+// A small change to a large hash or lmdb table the Writer itself installed
+// is made in place instead (see update): the changed lines of the live
+// source are blanked to comments and their new versions appended, and the
+// live database is updated by `postmap -r -i` and `postmap -d`, which hold
+// the table's exclusive lock while they write, so a reader sees the table
+// before or after each run. The source and the database stay equal as
+// tables (`postmap` of the source builds the same database), and the
+// bytes written are those of the change, not of the table.
 package postmap
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,7 +38,8 @@ var Suffixes = map[string]string{"hash": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 // whole source costs less than the copy and the two runs of an update.
 const DefaultIncrementalMin = 5000
 
-// Writer installs tables into Dir.
+// Writer installs tables into Dir. A Writer that updates tables in place
+// must be the only one writing them and must not be copied after use.
 type Writer struct {
 	Dir       string
 	Type      string // hash, lmdb or cdb
@@ -39,17 +48,34 @@ type Writer struct {
 	// IncrementalMin: see DefaultIncrementalMin. 0 means every table with
 	// a delta is updated in place.
 	IncrementalMin int
+	// CompactMin is how many bytes of blanked lines a source updated in
+	// place may hold before a change that leaves more blanked than live
+	// bytes writes the table whole (default 1 MiB; negative: no minimum).
+	CompactMin int64
 	// Installed, when set, learns each installed table and how long it took
 	// from the start of its preparation to its rename (metrics).
 	Installed func(table string, took time.Duration)
+
+	mu   sync.Mutex
+	live map[string]*liveSource // tables this Writer installed, for update
 }
 
 // Table is one table to install: its whole source, and, when the live
 // database is known to hold the previous state, the changes since.
 type Table struct {
-	Name  string
-	Src   []byte
-	Delta *Delta
+	Name string
+	Src  []byte
+	// Source, when Src is nil, renders the whole source; it is called only
+	// when the table is written whole.
+	Source func() []byte
+	Delta  *Delta
+}
+
+func (t *Table) source() []byte {
+	if t.Src == nil && t.Source != nil {
+		t.Src = t.Source()
+	}
+	return t.Src
 }
 
 // Delta is what changed in a table: lines to put, keys to delete.
@@ -66,18 +92,35 @@ func (w *Writer) Install(tables ...Table) error {
 	if len(tables) == 0 {
 		return nil
 	}
+	// Tables written whole are prepared at once; the ones updated in place
+	// wait for their turn in the order.
 	ps := make([]*Prepared, len(tables))
+	inPlace := make([]*liveSource, len(tables))
 	errs := make([]error, len(tables))
 	var wg sync.WaitGroup
 	for i, t := range tables {
-		wg.Go(func() { ps[i], errs[i] = w.Prepare(t) })
+		if inPlace[i] = w.updatable(t); inPlace[i] == nil {
+			wg.Go(func() { ps[i], errs[i] = w.Prepare(t) })
+		}
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		Discard(ps...)
 		return err
 	}
-	return w.Commit(ps...)
+	for i, t := range tables {
+		var err error
+		if inPlace[i] != nil {
+			err = w.update(t, inPlace[i])
+		} else {
+			err = w.Commit(ps[i])
+		}
+		if err != nil {
+			Discard(ps...)
+			return err
+		}
+	}
+	return nil
 }
 
 // Prepared is a table whose source and database are written, fsynced and
@@ -86,6 +129,7 @@ func (w *Writer) Install(tables ...Table) error {
 type Prepared struct {
 	name, tmp, suffix string
 	started           time.Time
+	index             *liveSource // where each key's line is in the source
 }
 
 // Prepare writes one table to temp files in Dir (see prepare).
@@ -95,11 +139,21 @@ func (w *Writer) Prepare(t Table) (*Prepared, error) {
 		return nil, fmt.Errorf("postmap: unknown map type %q", w.Type)
 	}
 	started := time.Now()
+	t.source()
+	var index *liveSource
+	indexed := make(chan struct{})
+	go func() {
+		defer close(indexed)
+		if w.Type == "hash" || w.Type == "lmdb" {
+			index = indexSource(t.Src)
+		}
+	}()
 	tmp, err := w.prepare(t)
+	<-indexed
 	if err != nil {
 		return nil, err
 	}
-	return &Prepared{name: t.Name, tmp: tmp, suffix: suffix, started: started}, nil
+	return &Prepared{name: t.Name, tmp: tmp, suffix: suffix, started: started, index: index}, nil
 }
 
 // Discard removes the temp files of prepared tables not committed; nil
@@ -130,6 +184,7 @@ func (w *Writer) Commit(ps ...*Prepared) error {
 			return fmt.Errorf("rename %s -> %s: %w", p.tmp, live, err)
 		}
 		p.tmp = ""
+		w.setLive(p.name, p.index)
 	}
 	if err := SyncDir(w.Dir); err != nil {
 		return fmt.Errorf("fsync %s: %w", w.Dir, err)
@@ -197,29 +252,9 @@ func (w *Writer) prepare(t Table) (string, error) {
 }
 
 // build makes the database of table t, whose source is written to tmp,
-// with postmap. With a delta, the database is a copy of the live one
-// updated in place (postmap -d, postmap -r -i): a change to a large map
-// then costs its few keys, not a rebuild.
+// with postmap.
 func (w *Writer) build(t Table, tmp string) error {
-	suffix := Suffixes[w.Type]
-	table := w.Type + ":" + tmp
-	if d := t.Delta; d != nil && w.incremental(d.size(), bytes.Count(t.Src, []byte{'\n'})) {
-		if err := copyFile(filepath.Join(w.Dir, t.Name)+suffix, tmp+suffix); err != nil {
-			return fmt.Errorf("copy %s database: %w", t.Name, err)
-		}
-		if len(d.Del) > 0 {
-			if err := w.Run(strings.Join(d.Del, "\n")+"\n", true, "-d", "-", table); err != nil {
-				return err
-			}
-		}
-		if len(d.Put) > 0 {
-			if err := w.Run(strings.Join(d.Put, "\n")+"\n", false, "-r", "-i", table); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return w.Run("", false, table)
+	return w.Run(nil, false, w.Type+":"+tmp)
 }
 
 // incremental says whether a table of n lines, changed lines of which
@@ -233,14 +268,16 @@ func (w *Writer) incremental(changed, n int) bool {
 // Run runs postmap with args, stdin as its input. With notFoundOK, exit
 // status 1 without a message (postmap -d finding none of the keys, which is
 // the goal) is success.
-func (w *Writer) Run(stdin string, notFoundOK bool, args ...string) error {
+func (w *Writer) Run(stdin *os.File, notFoundOK bool, args ...string) error {
 	if w.ConfigDir != "" {
 		args = append([]string{"-c", w.ConfigDir}, args...)
 	}
 	var stderr bytes.Buffer
 	cmd := exec.Command(w.Postmap, args...)
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
+	if stdin != nil {
+		// A file, not a pipe: postmap reads it whole even if mailsync dies
+		// meanwhile, so a crash never applies half a change.
+		cmd.Stdin = stdin
 	}
 	cmd.Stderr = &stderr
 	err := cmd.Run()
@@ -252,23 +289,6 @@ func (w *Writer) Run(stdin string, notFoundOK bool, args ...string) error {
 		return fmt.Errorf("postmap %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
-}
-
-func copyFile(from, to string) error {
-	src, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(dst, src)
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func syncFile(path string, mode os.FileMode) error {

@@ -1,8 +1,16 @@
 package postmap_test
 
 import (
+	"bytes"
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
 	"testing"
 
 	"mailsync/internal/testenv"
@@ -21,7 +29,7 @@ func TestInstallAtomicDeltaAndFailure(t *testing.T) {
 	if got := pf.Query(t, table, "x@example.org")["x@example.org"]; got != "y@example.org" {
 		t.Fatalf("lookup after install: %q", got)
 	}
-	// A delta updates a copy of the live database in place.
+	// A delta updates the live table in place.
 	w.IncrementalMin = 0
 	src := []byte("x@example.org z@example.org\nn@example.org m@example.org\n" + fill(20))
 	if err := w.Install(postmap.Table{Name: "a", Src: src,
@@ -33,8 +41,7 @@ func TestInstallAtomicDeltaAndFailure(t *testing.T) {
 		t.Fatalf("lookup after delta: %v", r)
 	}
 	// A failing postmap leaves the live table as it was and no temp files.
-	bad := w
-	bad.Postmap = "/bin/false"
+	bad := postmap.Writer{Dir: dir, Type: "hash", Postmap: "/bin/false", ConfigDir: pf.ConfigDir}
 	if err := bad.Install(postmap.Table{Name: "a", Src: []byte("x@example.org broken@example.org\n")}); err == nil {
 		t.Fatal("install with a failing postmap succeeded")
 	}
@@ -57,4 +64,120 @@ func fill(n int) string {
 		s += "filler" + string(rune('a'+i)) + "@example.org f@example.org\n"
 	}
 	return s
+}
+
+// Changes to a table the Writer installed are made in place: the same
+// files (no rename), the changed keys' old lines blanked to comments and
+// the new ones appended, and the live database equal, entry for entry, to
+// what postmap builds from the source as it is on disk. Once blanked lines
+// would outweigh live ones, the table is written whole again.
+func TestUpdateInPlace(t *testing.T) {
+	pf := testenv.StartPostfix(t)
+	dir := t.TempDir()
+	w := &postmap.Writer{Dir: dir, Type: "hash", Postmap: pf.Postmap, ConfigDir: pf.ConfigDir, CompactMin: -1}
+	const n = 200
+	lines := map[string]string{}
+	render := func() []byte {
+		keys := make([]string, 0, len(lines))
+		for k := range lines {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var b []byte
+		for _, k := range keys {
+			b = append(append(b, lines[k]...), '\n')
+		}
+		return b
+	}
+	for i := 0; i < n; i++ {
+		k := fmt.Sprintf("k%03d@example.org", i)
+		lines[k] = k + " v0@example.org"
+	}
+	if err := w.Install(postmap.Table{Name: "t", Src: render()}); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(dir, "t")
+	inode := func(p string) uint64 {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Sys().(*syscall.Stat_t).Ino
+	}
+	srcIno, dbIno := inode(src), inode(src+".db")
+	r := rand.New(rand.NewPCG(1, 1))
+	rewritten := false
+	for step := 1; step <= 60; step++ {
+		touched := map[string]bool{}
+		for j := 0; j < 5; j++ {
+			k := fmt.Sprintf("k%03d@example.org", r.IntN(n+20))
+			touched[k] = true
+			if _, ok := lines[k]; ok && r.IntN(3) == 0 {
+				delete(lines, k)
+				continue
+			}
+			lines[k] = fmt.Sprintf("%s v%d@example.org,w%d@example.org", k, step, j)
+		}
+		var d postmap.Delta
+		for k := range touched {
+			if l, ok := lines[k]; ok {
+				d.Put = append(d.Put, l)
+			} else {
+				d.Del = append(d.Del, k)
+			}
+		}
+		if err := w.Install(postmap.Table{Name: "t", Source: render, Delta: &d}); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{}
+		for k, l := range lines {
+			want[k] = strings.TrimPrefix(l, k+" ")
+		}
+		if got := dump(t, pf, "hash:"+src); !maps.Equal(got, want) {
+			t.Fatalf("step %d: live database differs from the table (%d entries, want %d)", step, len(got), len(want))
+		}
+		// The source on disk builds the same database.
+		rebuilt := filepath.Join(t.TempDir(), "t")
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(rebuilt, data, 0o644)
+		if out, err := exec.Command(pf.Postmap, "-c", pf.ConfigDir, "hash:"+rebuilt).CombinedOutput(); err != nil {
+			t.Fatalf("postmap of the source: %v %s", err, out)
+		}
+		if got := dump(t, pf, "hash:"+rebuilt); !maps.Equal(got, want) {
+			t.Fatalf("step %d: source on disk differs from the table", step)
+		}
+		if inode(src) != srcIno || inode(src+".db") != dbIno {
+			rewritten = true
+			if !bytes.Equal(data, render()) {
+				t.Fatalf("step %d: the whole write is not the compact source", step)
+			}
+			srcIno, dbIno = inode(src), inode(src+".db")
+		} else if !bytes.Contains(data, []byte("\n#")) {
+			t.Fatalf("step %d: changed in place without a blanked line", step)
+		}
+	}
+	if !rewritten {
+		t.Errorf("the source was never compacted")
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(dir, ".*")); len(tmps) != 0 {
+		t.Fatalf("temp files left: %v", tmps)
+	}
+}
+
+func dump(t *testing.T, pf *testenv.Postfix, table string) map[string]string {
+	t.Helper()
+	out, err := exec.Command(pf.Postmap, "-c", pf.ConfigDir, "-s", table).Output()
+	if err != nil {
+		t.Fatalf("postmap -s %s: %v", table, err)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if k, v, ok := strings.Cut(l, "\t"); ok {
+			m[k] = v
+		}
+	}
+	return m
 }

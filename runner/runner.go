@@ -68,6 +68,22 @@ type Derived interface {
 	DerivedFromDirectory()
 }
 
+// Stager is a handler that applies a change in two steps: Stage, at once
+// and in the entry's order, and the returned function, which waits until
+// the change is durable (in a write it shares with the changes staged
+// around it: the maps). The runner moves on to the entry's next event
+// after Stage, and acks each event once its wait returns nil; a retryable
+// error from the wait is retried by calling it again, never by staging the
+// event again over the entry's later ones.
+type Stager interface {
+	Handler
+	Stage(ctx context.Context, ev event.Event) (durable func(context.Context) error, err error)
+}
+
+// StagedAckPending is how many events a Stager's consumer may have
+// delivered and unacked: a burst of that many changes can share a write.
+const StagedAckPending = 1 << 16
+
 // Config tunes the runner. Zero values take the defaults noted.
 type Config struct {
 	// Host is this mail host's FQDN; it names the durable consumers.
@@ -300,11 +316,21 @@ func ConsumerConfig(handler, host string, ackWait time.Duration) jetstream.Consu
 	}
 }
 
+// consumerConfig is ConsumerConfig for h: a Stager may have many more
+// events in flight.
+func (r *Runner) consumerConfig(h Handler) jetstream.ConsumerConfig {
+	c := ConsumerConfig(h.Name(), r.cfg.Host, r.cfg.AckWait)
+	if _, ok := h.(Stager); ok {
+		c.MaxAckPending = StagedAckPending
+	}
+	return c
+}
+
 // consumer gets the handler's durable consumer, creating it when missing.
 // An existing one keeps where it delivers from (JetStream cannot change
 // that; a replay sets it) and takes the rest of the current config.
 func (r *Runner) consumer(ctx context.Context, h Handler) (jetstream.Consumer, error) {
-	want := ConsumerConfig(h.Name(), r.cfg.Host, r.cfg.AckWait)
+	want := r.consumerConfig(h)
 	for {
 		c, err := r.bus.Stream.Consumer(ctx, want.Durable)
 		if err == nil {
@@ -423,23 +449,71 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 		_ = msg.Ack()
 		return true
 	}
+	started := time.Now()
+	st, staged := d.h.(Stager)
+	applied := func() {
+		obs.Applied(d.h.Name(), time.Since(started), time.Since(ev.At))
+		var aerr error
+		if staged {
+			// Thousands are acked at once after a shared write: an ack
+			// lost on the way is a redelivery, which the handler's
+			// idempotence absorbs, not worth a round trip each.
+			aerr = msg.Ack()
+		} else {
+			aerr = msg.DoubleAck(ctx)
+		}
+		if aerr != nil && ctx.Err() == nil {
+			d.log.Warn().Err(aerr).Str("dn", ev.DN).Str("uuid", ev.UUID).Msg("ack event")
+		}
+	}
+	if !staged {
+		ok, stopped := d.retry(ctx, msg, ev, func(ctx context.Context) error {
+			return d.inProgress(ctx, msg, func(ctx context.Context) error { return d.h.Handle(ctx, ev) })
+		})
+		if ok {
+			applied()
+		}
+		return !stopped
+	}
+	var durable func(context.Context) error
+	ok, stopped := d.retry(ctx, msg, ev, func(ctx context.Context) error {
+		var err error
+		durable, err = st.Stage(ctx, ev)
+		return err
+	})
+	if !ok {
+		return !stopped
+	}
+	// The entry's next event may be staged now; this one is acked once
+	// durable. The lane's own count in wg is held, so Add is safe here.
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if ok, _ := d.retry(ctx, msg, ev, func(ctx context.Context) error { return d.inProgress(ctx, msg, durable) }); ok {
+			applied()
+		}
+	}()
+	return true
+}
+
+// retry runs fn until it succeeds (ok), holding msg while it backs off
+// between retryable failures. A permanent failure, or too many
+// unclassified ones, dead-letters msg. stopped means the runner is
+// stopping and msg was handed back.
+func (d *dispatcher) retry(ctx context.Context, msg jetstream.Msg, ev event.Event, fn func(context.Context) error) (ok, stopped bool) {
+	obs := d.r.cfg.Observer
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = d.r.cfg.InitialBackoff
 	bo.MaxInterval = d.r.cfg.MaxBackoff
 	bo.MaxElapsedTime = 0
-	started := time.Now()
 	for attempt := 1; ; attempt++ {
-		err := d.handle(ctx, msg, ev)
+		err := fn(ctx)
 		if err == nil {
-			obs.Applied(d.h.Name(), time.Since(started), time.Since(ev.At))
-			if aerr := msg.DoubleAck(ctx); aerr != nil && ctx.Err() == nil {
-				d.log.Warn().Err(aerr).Str("dn", ev.DN).Str("uuid", ev.UUID).Msg("ack event")
-			}
-			return true
+			return true, false
 		}
 		if ctx.Err() != nil {
 			_ = msg.Nak()
-			return false
+			return false, true
 		}
 		switch {
 		case fault.IsPermanent(err):
@@ -451,11 +525,11 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 		}
 		if fault.IsPermanent(err) {
 			d.deadLetter(ctx, msg, ev, attempt, err)
-			return true
+			return false, false
 		}
 		if !fault.IsRetryable(err) && attempt >= d.r.cfg.MaxAttempts {
 			d.deadLetter(ctx, msg, ev, attempt, fmt.Errorf("gave up after %d attempts: %w", attempt, err))
-			return true
+			return false, false
 		}
 		wait := bo.NextBackOff()
 		lvl := d.log.Debug()
@@ -465,15 +539,15 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 		lvl.Err(err).Str("dn", ev.DN).Str("uuid", ev.UUID).Int("attempt", attempt).Dur("retry_in", wait).Msg("handler failed; will retry")
 		if !d.hold(ctx, msg, wait) {
 			_ = msg.Nak()
-			return false
+			return false, true
 		}
 	}
 }
 
-// handle runs the handler, telling JetStream the message is in progress
-// while it works, so a long operation (a mailbox copied between hosts) is
-// not redelivered under it.
-func (d *dispatcher) handle(ctx context.Context, msg jetstream.Msg, ev event.Event) error {
+// inProgress runs fn, telling JetStream the message is in progress while
+// it works, so a long operation (a mailbox copied between hosts) is not
+// redelivered under it.
+func (d *dispatcher) inProgress(ctx context.Context, msg jetstream.Msg, fn func(context.Context) error) error {
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -488,7 +562,7 @@ func (d *dispatcher) handle(ctx context.Context, msg jetstream.Msg, ev event.Eve
 			}
 		}
 	}()
-	return d.h.Handle(ctx, ev)
+	return fn(ctx)
 }
 
 // hold waits d while keeping msg from being redelivered.

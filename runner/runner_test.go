@@ -175,3 +175,102 @@ func TestOrderPerEntryUnderParallelism(t *testing.T) {
 		last[u] = csn
 	}
 }
+
+// staged is a Stager: Stage records the order, the durable functions wait
+// for the test to release a write, and the first wait of "a" fails
+// retryably, as a failed map write does.
+type staged struct {
+	mu      sync.Mutex
+	order   []string // uuid:csn in the order staged
+	waits   map[string]int
+	release chan struct{}
+}
+
+func (s *staged) Name() string { return "staged" }
+
+func (s *staged) Handle(ctx context.Context, ev event.Event) error {
+	return errors.New("Handle called on a Stager")
+}
+
+func (s *staged) Stage(ctx context.Context, ev event.Event) (func(context.Context) error, error) {
+	s.mu.Lock()
+	s.order = append(s.order, ev.UUID+":"+ev.CSN)
+	s.mu.Unlock()
+	key := ev.UUID + ":" + ev.CSN
+	return func(ctx context.Context) error {
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.waits[key]++
+		if key == "a:1" && s.waits[key] == 1 {
+			return fault.Retryable(errors.New("write failed"))
+		}
+		return nil
+	}, nil
+}
+
+// A Stager's events of one entry are all staged, in order, before the
+// first is durable; each is acked only once its wait succeeds, a failed
+// wait is retried by waiting again (never by staging again), and the
+// consumer may hold far more unacked events than a Handler's.
+func TestStagerStagesAheadAndAcksWhenDurable(t *testing.T) {
+	t.Parallel()
+	bus := testenv.StartNATS(t).Bus(t)
+	s := &staged{waits: map[string]int{}, release: make(chan struct{})}
+	startRunner(t, bus, s)
+	for i := 1; i <= 3; i++ {
+		publish(t, bus, "a", fmt.Sprint(i))
+	}
+	publish(t, bus, "b", "1")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(s.order) < 4 {
+			return fmt.Errorf("staged %v", s.order)
+		}
+		return nil
+	})
+	s.mu.Lock()
+	var a []string
+	for _, k := range s.order {
+		if k[0] == 'a' {
+			a = append(a, k)
+		}
+	}
+	s.mu.Unlock()
+	if fmt.Sprint(a) != "[a:1 a:2 a:3]" {
+		t.Fatalf("entry a staged as %v", a)
+	}
+	ctx := context.Background()
+	cons, err := bus.Stream.Consumer(ctx, runner.ConsumerName("staged", "mail.example.org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.NumAckPending != 4 || ci.Config.MaxAckPending != runner.StagedAckPending {
+		t.Fatalf("before any write: %d unacked (want 4), max %d", ci.NumAckPending, ci.Config.MaxAckPending)
+	}
+	close(s.release)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		ci, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if ci.NumAckPending != 0 || ci.AckFloor.Stream != 4 {
+			return fmt.Errorf("%d unacked, acked to %d", ci.NumAckPending, ci.AckFloor.Stream)
+		}
+		return nil
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.order) != 4 || s.waits["a:1"] != 2 {
+		t.Errorf("staged %v; a:1 waited %d times (want 2: failed once, then durable)", s.order, s.waits["a:1"])
+	}
+}

@@ -2,12 +2,20 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"mailsync/config"
+	"mailsync/internal/testenv"
 )
 
 // BenchmarkResync100k times `mailsync resync` of the maps for a directory
@@ -43,4 +51,132 @@ func BenchmarkResync100k(b *testing.B) {
 	b.ReportMetric(perOp.Seconds(), "resync_s")
 	b.ReportMetric(read.Seconds(), "directory_read_s")
 	b.ReportMetric(float64(users)/perOp.Seconds(), "users/s")
+}
+
+// BenchmarkStart100k starts the real `mailsync run` binary from empty state
+// (no stream, no maps) on a directory of 100,000 users and 5,000 groups, 10
+// times, each until `mailsync status` shows the refresh done and every
+// consumer acked to the end of the stream with nothing pending, and reports
+// the median and slowest start, their ratio, and the highest peak RSS
+// (VmHWM) of the whole process. The handlers are MAILSYNC_BENCH_HANDLERS
+// (default "aliases, homeserver": the maps; the mailbox handler needs a
+// Dovecot creating 100k mailboxes, measured on its own). Set
+// MAILSYNC_BENCH_STARTS to change the count.
+func BenchmarkStart100k(b *testing.B) {
+	handlers := os.Getenv("MAILSYNC_BENCH_HANDLERS")
+	if handlers == "" {
+		handlers = "aliases, homeserver"
+	}
+	starts := 10
+	if v, err := strconv.Atoi(os.Getenv("MAILSYNC_BENCH_STARTS")); err == nil && v > 0 {
+		starts = v
+	}
+	base := "dc=example,dc=org"
+	ldif := testenv.GenerateLDIF(b, base, testenv.DirectoryShape{Users: 100000, Groups: 5000, Members: 20, Nested: 10})
+	ldap := testenv.StartSlapdWith(b, testenv.SlapdOptions{Preload: ldif})
+	var dc *testenv.Dovecot
+	if strings.Contains(handlers, "mailbox") {
+		dc = testenv.StartDovecot(b, ldap, testenv.DovecotOptions{FQDN: mailHost})
+	}
+	port := testenv.FreePort(b)
+	cfg, dir := verbConfig(b, ldap, dc, port, handlers, "metrics:\n  listen: \"off\"\n")
+	bin := testenv.BuildMailsync(b)
+	for i := 0; i < b.N; i++ {
+		var took, rss []float64
+		for s := 0; s < starts; s++ {
+			os.RemoveAll(filepath.Join(dir, "state"))
+			os.RemoveAll(filepath.Join(dir, "maps"))
+			t, peak := startOnce(b, bin, cfg)
+			took, rss = append(took, t.Seconds()), append(rss, peak)
+			b.Logf("start %d: %.2f s, peak RSS %.0f MB, load %s", s+1, t.Seconds(), peak, loadavg())
+		}
+		med, slowest := testenv.Median(append([]float64(nil), took...)), slices.Max(took)
+		b.ReportMetric(med, "median-start-s")
+		b.ReportMetric(slowest, "slowest-start-s")
+		b.ReportMetric(slowest/med, "slowest/median")
+		b.ReportMetric(slices.Max(rss), "peak-rss-MB")
+		b.Logf("starts %.2f s; peak RSS %.0f MB", took, rss)
+	}
+}
+
+// startOnce runs `mailsync run` until status shows it caught up, then
+// stops it; it returns how long that took and the process's peak RSS.
+func startOnce(b *testing.B, bin, cfg string) (time.Duration, float64) {
+	var logs testenv.LogBuffer
+	cmd := exec.Command(bin, "run", "-c", cfg)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	last, stuck := "", time.Now()
+	for {
+		out, _, code := verb(b, cfg, "status")
+		if code == 0 && caughtUp(out) {
+			took := time.Since(start)
+			return took, vmHWM(b, cmd.Process.Pid)
+		}
+		if out != last {
+			last, stuck = out, time.Now()
+		} else if time.Since(stuck) > 10*time.Second {
+			b.Logf("status unchanged for 10s after %s:\n%s", time.Since(start).Round(time.Millisecond), out)
+			stuck = time.Now()
+		}
+		if time.Since(start) > 10*time.Minute {
+			b.Fatalf("not caught up after 10 minutes:\n%s\n%s", out, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// caughtUp reads `mailsync status`: the first refresh is done, and every
+// consumer has nothing pending or unacked and is acked to the stream's end.
+func caughtUp(status string) bool {
+	if !strings.Contains(status, "sync cookie stored") {
+		return false
+	}
+	m := regexp.MustCompile(`last seq (\d+)`).FindStringSubmatch(status)
+	if m == nil || m[1] == "0" {
+		return false
+	}
+	consumers := 0
+	for _, l := range strings.Split(status, "\n") {
+		f := strings.Fields(l)
+		if len(f) != 5 || f[0] == "CONSUMER" {
+			continue
+		}
+		consumers++
+		if f[1] != "0" || f[2] != "0" || f[3] != m[1] {
+			return false
+		}
+	}
+	return consumers > 0
+}
+
+// vmHWM is a process's peak resident set in MB.
+func vmHWM(b *testing.B, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(l)[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// loadavg is /proc/loadavg's first three fields.
+func loadavg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(data)); len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }

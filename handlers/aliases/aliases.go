@@ -8,14 +8,17 @@
 //   - The maps are derived state: Load rebuilds them from the whole directory
 //     index, and after any sequence of Handle calls they equal what a fresh
 //     Load of the same directory writes, byte for byte.
-//   - Atomic: each table is written to a temp file in the target directory,
-//     postmap'ed, fsynced and renamed into place, so a reader sees the old
-//     table or the new one, never a half.
-//   - Durable before acknowledged: Handle returns only after a write that
-//     includes its change has been renamed into place and the directory
-//     fsynced. Changes arriving within Config.Coalesce share one write.
+//   - Atomic: a table written whole goes to a temp file in the target
+//     directory, is postmap'ed, fsynced and renamed into place, so a reader
+//     sees the old table or the new one, never a half; a small change to a
+//     large table is made in place under postmap's lock (package postmap).
+//   - Durable before acknowledged: Handle (or Stage's wait) returns only
+//     after a write that includes its change is on disk and fsynced.
+//     Changes arriving within Config.Coalesce share one write, and a burst
+//     extends the window.
 //   - Incremental: a reverse membership index limits a change to the entry,
-//     the groups listing it, and their ancestors.
+//     the groups listing it, and their ancestors, recomputed once per write
+//     for all the changes it carries (stage.go).
 //   - Problems (membership cycles, addresses defined twice, groups over the
 //     expansion limit, member DNs not in the index, malformed addresses) are
 //     kept as Reports and logged once when they first appear.
@@ -183,8 +186,11 @@ type Handler struct {
 	// model's state at the last take: only those may be updated in place.
 	synced   map[string]bool
 	inflight *batch // the write under way, if any
+	joined   int    // changes that joined a batch since the writer last looked
+	pw       *postmap.Writer
 	closed   bool
 	writes   atomic.Int64 // tables installed, for tests and benchmarks
+	staged   atomic.Int64 // changes staged, for tests and benchmarks
 	// incrementalMin is the table size from which a write updates the
 	// live database in place (the constant; tests lower it).
 	incrementalMin int
@@ -224,6 +230,8 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 		quit:           make(chan struct{}),
 		done:           make(chan struct{}),
 	}
+	h.pw = &postmap.Writer{Dir: cfg.Dir, Type: cfg.MapType, Postmap: cfg.PostmapPath,
+		ConfigDir: cfg.PostfixConfigDir, Installed: cfg.Installed}
 	go h.writer()
 	return h, nil
 }
@@ -268,62 +276,72 @@ func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
 // A malformed event, or an entry with a malformed address (the rest of the
 // entry is applied), gives a fault.Permanent error.
 func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
+	durable, err := h.Stage(ctx, ev)
+	if err != nil {
+		return err
+	}
+	return durable(ctx)
+}
+
+// Stage applies one change to the directory index and returns at once,
+// with a function that waits until a write holding the change is on disk.
+// Changes staged meanwhile share that write; an entry's changes apply in
+// the order staged. The function returns what Handle would: nil, a
+// retryable error when the write failed (calling it again waits for a new
+// write of every table), or a fault.Permanent error for a malformed
+// address, once the rest of the entry is on disk.
+func (h *Handler) Stage(ctx context.Context, ev event.Event) (func(context.Context) error, error) {
 	if ev.UUID == "" {
-		return fault.Permanentf("aliases: %s event for %q without entryUUID", ev.Op, ev.DN)
+		return nil, fault.Permanentf("aliases: %s event for %q without entryUUID", ev.Op, ev.DN)
 	}
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.closed {
-		h.mu.Unlock()
-		return errors.New("aliases: handler closed")
+		return nil, errors.New("aliases: handler closed")
 	}
-	var changed set
+	var invalid []error
 	switch ev.Op {
 	case event.OpAdd, event.OpModify:
 		if len(ev.New) == 0 {
-			h.mu.Unlock()
-			return fault.Permanentf("aliases: %s event for %s (%s) without new attributes", ev.Op, ev.DN, ev.UUID)
+			return nil, fault.Permanentf("aliases: %s event for %s (%s) without new attributes", ev.Op, ev.DN, ev.UUID)
 		}
-		changed = h.m.put(newEntry(ev.UUID, ev.DN, ev.Kind, ev.New))
+		e := newEntry(ev.UUID, ev.DN, ev.Kind, ev.New)
+		h.m.stage(e)
+		// Which addresses are malformed depends on the entry alone.
+		invalid = h.m.contribute(e).invalid
 	case event.OpDelete:
-		changed = h.m.del(ev.UUID)
+		h.m.stageDel(ev.UUID)
 	default:
-		h.mu.Unlock()
-		return fault.Permanentf("aliases: unknown op %q for %s (%s)", ev.Op, ev.DN, ev.UUID)
+		return nil, fault.Permanentf("aliases: unknown op %q for %s (%s)", ev.Op, ev.DN, ev.UUID)
 	}
-	h.m.recompute(changed)
-	var invalid []error
-	if c := h.m.contrib[ev.UUID]; c != nil {
-		invalid = c.invalid
-	}
-	var b *batch
-	if h.m.settle() {
-		b = h.changedLocked()
-	} else {
-		// No line of any table changed (a redelivered event, an attribute
-		// the maps do not use): the tables already hold this state once
-		// the writes under way are done.
-		h.updateReportsLocked()
-		b = h.pending
+	b := h.changedLocked()
+	h.staged.Add(1)
+	return func(ctx context.Context) error {
 		if b == nil {
-			b = h.inflight
+			// A write failed before: wait for a new one.
+			h.mu.Lock()
+			if h.closed {
+				h.mu.Unlock()
+				return errors.New("aliases: handler closed")
+			}
+			b = h.changedLocked()
+			h.mu.Unlock()
 		}
-	}
-	h.mu.Unlock()
-	if b != nil {
 		if err := h.wait(ctx, b); err != nil {
+			b = nil
 			return err
 		}
-	}
-	if len(invalid) > 0 {
-		return fault.Permanentf("aliases: entry %s (uuid %s): %w; left out of the maps",
-			ev.DN, ev.UUID, address.Join(invalid...))
-	}
-	return nil
+		if len(invalid) > 0 {
+			return fault.Permanentf("aliases: entry %s (uuid %s): %w; left out of the maps",
+				ev.DN, ev.UUID, address.Join(invalid...))
+		}
+		return nil
+	}, nil
 }
 
-// changedLocked logs new reports and returns the batch the change joins.
+// changedLocked returns the batch a change joins.
 func (h *Handler) changedLocked() *batch {
-	h.updateReportsLocked()
+	h.joined++
 	if h.pending == nil {
 		h.pending = &batch{done: make(chan struct{})}
 		select {
@@ -366,6 +384,7 @@ func (h *Handler) wait(ctx context.Context, b *batch) error {
 func (h *Handler) Reports() []Report {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.m.refresh()
 	return h.m.reports()
 }
 
@@ -384,7 +403,12 @@ func (h *Handler) Close() error {
 }
 
 // writer turns pending batches into writes, one at a time, each after the
-// coalescing window.
+// coalescing window. While changes keep coming in a burst (burstJoins or
+// more a window), the window is extended, up to burstWindows windows: a
+// burst then costs about one write (each write re-expands every group the
+// changes reach, and holds the model while it does), a lone change one
+// window. The runner lets a handler that stages its changes hold up to
+// runner.StagedAckPending events unacked, which bounds a batch too.
 func (h *Handler) writer() {
 	defer close(h.done)
 	for {
@@ -394,15 +418,49 @@ func (h *Handler) writer() {
 			h.flush()
 			return
 		}
-		if h.cfg.Coalesce > 0 {
-			t := time.NewTimer(h.cfg.Coalesce)
-			select {
-			case <-t.C:
-			case <-h.quit:
-				t.Stop()
-			}
-		}
+		h.coalesce()
 		h.flush()
+	}
+}
+
+const (
+	burstJoins   = 16
+	burstWindows = 250
+)
+
+func (h *Handler) coalesce() {
+	if h.cfg.Coalesce <= 0 {
+		return
+	}
+	t := time.NewTimer(h.cfg.Coalesce)
+	defer t.Stop()
+	h.mu.Lock()
+	h.joined = 0
+	h.mu.Unlock()
+	quiet := 0 // windows in a row with fewer than burstJoins changes
+	for w := 1; w < burstWindows; w++ {
+		select {
+		case <-t.C:
+		case <-h.quit:
+			return
+		}
+		h.mu.Lock()
+		joined := h.joined
+		h.joined = 0
+		h.mu.Unlock()
+		switch {
+		case w == 1 && joined == 0:
+			return // a lone change
+		case joined < burstJoins:
+			// A burst can pause for a window (a fetch, the scheduler):
+			// two quiet windows end it.
+			if quiet++; quiet == 2 {
+				return
+			}
+		default:
+			quiet = 0
+		}
+		t.Reset(h.cfg.Coalesce)
 	}
 }
 
@@ -416,7 +474,9 @@ func (h *Handler) flush() {
 		return
 	}
 	h.inflight = b
+	h.m.refresh()
 	h.m.settle()
+	h.updateReportsLocked()
 	force := h.force
 	h.force = false
 	var tables []table
@@ -428,9 +488,11 @@ func (h *Handler) flush() {
 		if !force && d.size() == 0 {
 			continue
 		}
-		tb := table{name: t.name, src: t.r.source()}
+		tb := table{name: t.name, source: t.r.source}
 		if !force && h.synced[t.name] {
 			tb.delta = &d
+		} else {
+			tb.src = t.r.source()
 		}
 		h.synced[t.name] = false
 		tables = append(tables, tb)
@@ -460,10 +522,12 @@ func (h *Handler) flush() {
 	close(b.done)
 }
 
-// table is one table to install: its whole source, and when the live
-// database is known to hold the previous state, the changes since.
+// table is one table to install: its whole source (or how to render it,
+// for a table that may be updated in place), and when the live database is
+// known to hold the previous state, the changes since.
 type table struct {
-	name  string
-	src   []byte
-	delta *delta
+	name   string
+	src    []byte
+	source func() []byte
+	delta  *delta
 }

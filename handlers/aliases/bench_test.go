@@ -2,17 +2,27 @@ package aliases
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
 	"mailsync/event"
 	"mailsync/internal/testenv"
+	"mailsync/runner"
+	"mailsync/stream"
 )
 
 // bigDir is 100k users (a third with an alternative address, some
@@ -117,7 +127,11 @@ func postmapAlone(b *testing.B, pf *testenv.Postfix, dir string) time.Duration {
 }
 
 // One membership change until it is in the live map: p50 and p99 over 200
-// changes an iteration (make bench runs one).
+// changes an iteration (make bench runs one), and the bytes each change
+// writes, postmap's included (/proc/self/io counts the children waited
+// for): wchar (what write calls passed) and write_bytes (what reached the
+// block layer), median and mean over the changes (the mean carries the
+// whole writes that compact the sources now and then) and the largest.
 func BenchmarkMembershipChange100k(b *testing.B) {
 	pf := testenv.StartPostfix(b)
 	d := bigDir()
@@ -125,22 +139,59 @@ func BenchmarkMembershipChange100k(b *testing.B) {
 	f.load(b, d.all())
 	r := rand.New(rand.NewPCG(3, 4))
 	var lat []time.Duration
+	var wchar, wbytes []float64
 	b.ResetTimer()
 	for i := 0; i < b.N*200; i++ {
 		g := d.entries[fmt.Sprintf("g-g%d-%04d", r.IntN(5), r.IntN(1000))]
 		mem := append(append([]string(nil), g.Attrs[event.AttrUniqueMember]...), userDN(fmt.Sprintf("u%06d", r.IntN(100000))))
 		ev, ne := modifyEvent(g, event.Attrs{event.AttrUniqueMember: mem})
 		d.entries[g.UUID] = ne
+		wc, wb := ioCounts(b)
 		start := time.Now()
 		if err := f.h.Handle(context.Background(), ev); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(start))
+		wc2, wb2 := ioCounts(b)
+		wchar, wbytes = append(wchar, float64(wc2-wc)/1e6), append(wbytes, float64(wb2-wb)/1e6)
 	}
 	b.StopTimer()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(lat[(len(lat)*99)/100].Milliseconds()), "p99-ms")
+	mean := func(xs []float64) float64 {
+		t := 0.0
+		for _, x := range xs {
+			t += x
+		}
+		return t / float64(len(xs))
+	}
+	b.ReportMetric(mean(wchar), "wchar-MB/change")
+	b.ReportMetric(mean(wbytes), "write_bytes-MB/change")
+	b.ReportMetric(slices.Max(wchar), "max-wchar-MB")
+	b.ReportMetric(testenv.Median(wchar), "p50-wchar-MB")
+	b.ReportMetric(testenv.Median(wbytes), "p50-write_bytes-MB")
+	b.Logf("load %s; %d changes", loadavg(), len(lat))
+}
+
+// ioCounts is this process's wchar and write_bytes, children it waited for
+// included.
+func ioCounts(b *testing.B) (wchar, writeBytes int64) {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		k, v, _ := strings.Cut(l, ": ")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "wchar":
+			wchar = n
+		case "write_bytes":
+			writeBytes = n
+		}
+	}
+	return wchar, writeBytes
 }
 
 // Lookup of a 1,000-member nested group (g9 holds 100 users and g8, which
@@ -182,4 +233,163 @@ func BenchmarkLookupNestedGroup1000(b *testing.B) {
 	b.ReportMetric(took[0].Seconds()*1000/n, "map-ms/lookup")
 	b.ReportMetric(took[1].Seconds()*1000/n, "ldap-ms/lookup")
 	b.ReportMetric(float64(took[1])/float64(took[0]), "ldap/map")
+}
+
+// A burst of 20,000 membership changes (random groups of bigDir, each
+// gaining a random user) through the real runner and stream, from the
+// first publish until every event is acked, that is, in the maps on disk;
+// against a full rebuild (Load of the whole directory into a fresh
+// handler) in the same run. Rounds alternate; medians and their ratio are
+// reported, and after the last round the live maps are compared whole with
+// a fresh build of the final directory.
+func BenchmarkBurst20kChanges100k(b *testing.B) {
+	const burst = 20000
+	pf := testenv.StartPostfix(b)
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(filepath.Join(pf.ConfigDir, "main.cf"), old, old); err != nil {
+		b.Fatal(err)
+	}
+	d := bigDir()
+	bus := testenv.StartNATS(b).Bus(b)
+	ctx := context.Background()
+	// The directory as the listener leaves it after its first refresh.
+	for i, e := range d.all() {
+		data, _ := json.Marshal(e)
+		if _, err := bus.JS.PublishAsync("$KV."+stream.EntriesBucket+"."+e.UUID, data); err != nil {
+			b.Fatal(err)
+		}
+		if i%1000 == 999 {
+			<-bus.JS.PublishAsyncComplete()
+		}
+	}
+	<-bus.JS.PublishAsyncComplete()
+	if _, err := bus.State.Put(ctx, stream.KeyCookie, []byte("bench")); err != nil {
+		b.Fatal(err)
+	}
+	var installs []string // when each table went in during a burst
+	var burstStart time.Time
+	var imu sync.Mutex
+	f := newFixture(b, pf, func(c *Config) {
+		c.Coalesce = DefaultCoalesce // as deployed
+		c.Installed = func(table string, took time.Duration) {
+			imu.Lock()
+			defer imu.Unlock()
+			if !burstStart.IsZero() {
+				installs = append(installs, fmt.Sprintf("%s@%.2fs(%.2fs)", table, time.Since(burstStart).Seconds(), took.Seconds()))
+			}
+		}
+	})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- runner.New(bus, runner.Config{Host: "mx.example.org"}, zerolog.Nop(), f.h).Run(rctx)
+	}()
+	b.Cleanup(func() { stop(); <-done })
+	testenv.Eventually(b, 60*time.Second, func() error {
+		if f.h.writes.Load() < 3 {
+			return fmt.Errorf("runner has not loaded the handler yet")
+		}
+		return nil
+	})
+	cons := runner.ConsumerName("aliases", "mx.example.org")
+	r := rand.New(rand.NewPCG(5, 6))
+	rounds := testenv.BenchRounds()
+	for i := 0; i < b.N; i++ {
+		var bursts, builds, writes []float64
+		for round := 0; round < rounds; round++ {
+			dir := b.TempDir()
+			start := time.Now()
+			fresh := newFixture(b, pf, func(c *Config) { c.Dir = dir })
+			fresh.load(b, d.all())
+			builds = append(builds, time.Since(start).Seconds())
+			fresh.h.Close()
+
+			evs := make([][]byte, burst)
+			subjects := make([]string, burst)
+			for j := range evs {
+				g := d.entries[fmt.Sprintf("g-g%d-%04d", r.IntN(5), r.IntN(1000))]
+				mem := append(append([]string(nil), g.Attrs[event.AttrUniqueMember]...), userDN(fmt.Sprintf("u%06d", r.IntN(100000))))
+				ev, ne := modifyEvent(g, event.Attrs{event.AttrUniqueMember: mem})
+				d.entries[g.UUID] = ne
+				evs[j], _ = json.Marshal(ev)
+				subjects[j] = ev.Subject()
+			}
+			before, staged := f.h.writes.Load(), f.h.staged.Load()
+			start = time.Now()
+			imu.Lock()
+			burstStart, installs = start, nil
+			imu.Unlock()
+			var last *jetstream.PubAck
+			var allStaged time.Duration
+			for j, data := range evs {
+				fut, err := bus.JS.PublishAsync(subjects[j], data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if j%1000 == 999 {
+					<-bus.JS.PublishAsyncComplete()
+				}
+				if j == len(evs)-1 {
+					select {
+					case last = <-fut.Ok():
+					case err := <-fut.Err():
+						b.Fatal(err)
+					}
+				}
+			}
+			published := time.Since(start)
+			for {
+				c, err := bus.Stream.Consumer(ctx, cons)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ci, err := c.Info(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if ci.AckFloor.Stream >= last.Sequence && ci.NumAckPending == 0 {
+					break
+				}
+				if allStaged == 0 && f.h.staged.Load()-staged >= burst {
+					allStaged = time.Since(start)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			bursts = append(bursts, time.Since(start).Seconds())
+			imu.Lock()
+			b.Logf("round %d: published in %.2fs, all staged at %.2fs, acked at %.2fs; installs %v", round+1,
+				published.Seconds(), allStaged.Seconds(), bursts[len(bursts)-1], installs)
+			burstStart = time.Time{}
+			imu.Unlock()
+			writes = append(writes, float64(f.h.writes.Load()-before))
+		}
+		b.Logf("%d rounds (load %s): burst of %d %.2f s, full rebuild %.2f s, tables installed per burst %v",
+			rounds, loadavg(), burst, bursts, builds, writes)
+		burstS, build := testenv.Median(bursts), testenv.Median(builds)
+		b.ReportMetric(burstS, "burst-s")
+		b.ReportMetric(build, "rebuild-s")
+		b.ReportMetric(burstS/build, "burst/rebuild")
+		b.ReportMetric(testenv.Median(writes), "installs/burst")
+	}
+	b.StopTimer()
+	// The maps now equal a fresh build of the final directory.
+	for _, tb := range fullBuildTables(d.all(), "", DefaultExpansionLimit) {
+		got, err := dumpTable(pf, f.table(tb.name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if want := sourceLines(tb.src); !eq(got, want) {
+			b.Fatalf("%s after the bursts: %d entries, a fresh build %d", tb.name, len(got), len(want))
+		}
+	}
+}
+
+// loadavg is /proc/loadavg's first three fields, for the log of a run.
+func loadavg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }

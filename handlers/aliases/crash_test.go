@@ -249,10 +249,12 @@ func dumpTable(pf *testenv.Postfix, table string) ([]string, error) {
 	return lines, sc.Err()
 }
 
+// sourceLines is the table a source holds: its lines sorted, without the
+// comments a change made in place leaves.
 func sourceLines(src []byte) []string {
 	var lines []string
 	for _, l := range strings.Split(string(src), "\n") {
-		if l != "" {
+		if l != "" && l[0] != '#' {
 			lines = append(lines, l)
 		}
 	}

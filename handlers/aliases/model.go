@@ -93,6 +93,10 @@ type model struct {
 	dirtyAlias, dirtyMailbox, dirtyDomain set
 	bulk                                  bool // buildModel renders everything at the end
 
+	// Changes staged since the last refresh (see stage.go).
+	staleIDs set
+	staleDNs set
+
 	// While bulk, new one-element index lists come from these.
 	entrySlab   slab[*entry]
 	uuidSlab    slab[string]
@@ -345,10 +349,17 @@ func (m *model) unindexDN(old *entry) {
 // uniqueMember, transitively: the reverse membership index walked upwards.
 func (m *model) ancestors(uuid string, dns []string) set {
 	out := set{uuid: {}}
+	m.climb(out, dns)
+	return out
+}
+
+// climb adds to out every group reaching one of the DNs, skipping the walk
+// above groups already in out (whose own DNs the caller passes).
+func (m *model) climb(out set, dns []string) {
 	queue := append([]string(nil), dns...)
 	for len(queue) > 0 {
-		dn := queue[0]
-		queue = queue[1:]
+		dn := queue[len(queue)-1]
+		queue = queue[:len(queue)-1]
 		for _, g := range m.parents[dn] {
 			if _, seen := out[g]; seen {
 				continue
@@ -359,7 +370,6 @@ func (m *model) ancestors(uuid string, dns []string) set {
 			}
 		}
 	}
-	return out
 }
 
 // recompute brings the expansions, contributions and owner indexes up to

@@ -23,7 +23,7 @@ func (h *Handler) write(tables []table) error {
 	w := h.postmapWriter()
 	ts := make([]postmap.Table, len(tables))
 	for i, t := range tables {
-		ts[i] = postmap.Table{Name: t.name, Src: t.src}
+		ts[i] = postmap.Table{Name: t.name, Src: t.src, Source: t.source}
 		if t.delta != nil {
 			ts[i].Delta = &postmap.Delta{Put: t.delta.put, Del: t.delta.del}
 		}
@@ -35,9 +35,11 @@ func (h *Handler) write(tables []table) error {
 	return nil
 }
 
+// postmapWriter is the handler's one writer, which knows the live sources
+// it can update in place.
 func (h *Handler) postmapWriter() *postmap.Writer {
-	return &postmap.Writer{Dir: h.cfg.Dir, Type: h.cfg.MapType, Postmap: h.cfg.PostmapPath,
-		ConfigDir: h.cfg.PostfixConfigDir, IncrementalMin: h.incrementalMin, Installed: h.cfg.Installed}
+	h.pw.IncrementalMin = h.incrementalMin
+	return h.pw
 }
 
 // loadLocked builds the model of a whole directory and installs its three
