@@ -59,7 +59,39 @@ var policyDefaults = map[string]string{
 // Settings package mailconf renders the servers' configuration from (manual
 // 14.7.1-14.7.7, reference §5.2). They have no defaults here: the renderer
 // knows the server's own default and checks each value, naming its key.
-var mailconfKeys = []string{"mail/relayhost", "mail/relayauth", "mail/messagesizelimit", "mail/archivefolder"}
+var mailconfKeys = append([]string{"mail/relayhost", "mail/relayauth", "mail/messagesizelimit", "mail/archivefolder"},
+	DovecotConfKeys...)
+
+// DovecotConfKeys are the Dovecot settings (manual 14.7.11–14.7.12,
+// reference §5.1): the limits UCS's 10-master.conf reads and the NFS
+// settings. Unset, the renderer writes UCS's defaults or leaves Dovecot's.
+var DovecotConfKeys = []string{
+	"mail/dovecot/limits/default_process_limit",
+	"mail/dovecot/limits/default_client_limit",
+	"mail/dovecot/limits/default_vsz_limit",
+	"mail/dovecot/limits/imap-login/service_count",
+	"mail/dovecot/limits/imap-login/process_min_avail",
+	"mail/dovecot/limits/imap-login/client_limit",
+	"mail/dovecot/limits/imap-login/vsz_limit",
+	"mail/dovecot/limits/pop3-login/service_count",
+	"mail/dovecot/limits/pop3-login/process_min_avail",
+	"mail/dovecot/limits/pop3-login/client_limit",
+	"mail/dovecot/limits/pop3-login/vsz_limit",
+	"mail/dovecot/limits/imap/process_limit",
+	"mail/dovecot/limits/imap/vsz_limit",
+	"mail/dovecot/limits/pop3/process_limit",
+	"mail/dovecot/limits/pop3/vsz_limit",
+	"mail/dovecot/limits/auth/client_limit",
+	"mail/dovecot/limits/anvil/client_limit",
+	"mail/dovecot/limits/managesieve/process_limit",
+	"mail/dovecot/limits/managesieve/mail_max_userip_connections",
+	"mail/dovecot/process/mmap_disable",
+	"mail/dovecot/process/dotlock_use_excl",
+	"mail/dovecot/process/mail_fsync",
+	"mail/dovecot/process/lock_method",
+	"mail/dovecot/process/mail_nfs_storage",
+	"mail/dovecot/process/mail_nfs_index",
+}
 
 // mailconfPrefixes are the UCR prefixes whose every key the renderers read.
 var mailconfPrefixes = []string{"mail/postfix/"}
@@ -191,6 +223,14 @@ type Dovecot struct {
 	// IndexHome is the separate index template, used when
 	// mail/dovecot/location/separate_index is set.
 	IndexHome string `yaml:"index_home"`
+	// ConfDir is Dovecot's configuration directory, holding dovecot.conf;
+	// `mailsync configure` writes its fragments to conf.d/ there.
+	// Default /etc/dovecot.
+	ConfDir string `yaml:"conf_dir"`
+	// UnitDropIn is the systemd drop-in carrying Dovecot's fd limit
+	// (LimitNOFILE, manual 14.7.12); "none": not written. Default
+	// /etc/systemd/system/dovecot.service.d/mailsync-limits.conf.
+	UnitDropIn string `yaml:"unit_dropin"`
 	// LMTPAddr is where Postfix delivers to Dovecot (virtual_transport
 	// lmtp:<addr>): unix:private/dovecot-lmtp or inet:host:port.
 	LMTPAddr string `yaml:"lmtp_addr"`
@@ -439,6 +479,18 @@ func (c *Config) complete(dir string) error {
 	}
 	if c.Dovecot.IndexHome == "" {
 		c.Dovecot.IndexHome = "/var/lib/dovecot/index/%Ld/%Ln"
+	}
+	if c.Dovecot.ConfDir == "" {
+		c.Dovecot.ConfDir = "/etc/dovecot" // Debian's dovecot-core
+	}
+	c.Dovecot.ConfDir = abs(c.Dovecot.ConfDir)
+	switch c.Dovecot.UnitDropIn {
+	case "":
+		c.Dovecot.UnitDropIn = "/etc/systemd/system/dovecot.service.d/mailsync-limits.conf"
+	case "none":
+		c.Dovecot.UnitDropIn = ""
+	default:
+		c.Dovecot.UnitDropIn = abs(c.Dovecot.UnitDropIn)
 	}
 	if !strings.Contains(c.Dovecot.MailHome, "%Ln") || !filepath.IsAbs(c.Dovecot.MailHome) {
 		bad("dovecot.mail_home", "want an absolute template with %%Ln (and %%Ld), got %q", c.Dovecot.MailHome)

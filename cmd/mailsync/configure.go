@@ -27,6 +27,8 @@ type product struct {
 // config's configure list picks among them.
 var products = []product{
 	{"postfix", postfixProduct},
+	{"dovecot", renderDovecot},
+	{"dovecot", renderDovecotUnit},
 }
 
 type configureCmd struct {
@@ -79,6 +81,9 @@ func renderProducts(ctx context.Context, cfg *config.Config) ([]*mailconf.Produc
 		p, err := pr.render(ctx, cfg)
 		if err != nil {
 			return nil, settingFailure(err)
+		}
+		if p == nil {
+			continue // nothing to render for this part (e.g. no systemd drop-in)
 		}
 		if err := mailconf.Check(ctx, p); err != nil {
 			return nil, settingFailure(err)

@@ -47,6 +47,14 @@ type DovecotOptions struct {
 	// DoveadmTLS serves the doveadm HTTP API over HTTPS with a certificate
 	// of this CA (DoveadmURL is then https://).
 	DoveadmTLS *CA
+	// ConfFiles are written to ConfDir/conf.d before the start, keyed by
+	// file name: fragments rendered by mailsync configure. dovecot.conf
+	// includes conf.d/*.conf last, so they override the settings above it,
+	// as on a packaged Dovecot.
+	ConfFiles map[string][]byte
+	// NoFile, when set, is the master's fd limit (ulimit -n), as a
+	// systemd LimitNOFILE would set it; else the test's own limit.
+	NoFile uint64
 }
 
 // Dovecot is a running Dovecot 2.3 with an LDAP passdb/userdb on the test
@@ -71,6 +79,9 @@ type Dovecot struct {
 	UID, GID   int    // owner of mail files
 	Dir        string // config, logs, base_dir; kept when the test failed
 	LogPath    string
+	// ConfDir holds dovecot.conf and conf.d/, like /etc/dovecot; ConfPath
+	// is its dovecot.conf (doveconf -c, doveadm -c).
+	ConfDir, ConfPath string
 	// DoveadmTCP is host:port of doveadm's tcp listener (with
 	// DovecotOptions.DoveadmPassword), else "".
 	DoveadmTCP string
@@ -83,7 +94,7 @@ type Dovecot struct {
 	MovingPasswd string
 
 	binary  string
-	conf    string
+	noFile  uint64
 	ports   dovecotPorts
 	tls     *CA
 	cmd     *exec.Cmd
@@ -141,9 +152,11 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 		GID:        gid,
 		Dir:        dir,
 		LogPath:    filepath.Join(dir, "dovecot.log"),
+		ConfDir:    filepath.Join(dir, "conf"),
 		binary:     bin,
-		conf:       filepath.Join(dir, "dovecot.conf"),
+		noFile:     opts.NoFile,
 	}
+	d.ConfPath = filepath.Join(d.ConfDir, "dovecot.conf")
 	d.MailHome = d.Spool + "/%Ld/%Ln"
 	t.Cleanup(func() {
 		d.stop(false)
@@ -161,10 +174,16 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 			t.Fatal(err)
 		}
 	}
-	for _, p := range []string{"run", "state"} {
+	for _, p := range []string{"run", "state", "conf", "conf/conf.d"} {
 		if err := os.Mkdir(filepath.Join(dir, p), 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	for name, data := range opts.ConfFiles {
+		if filepath.Base(name) != name {
+			t.Fatalf("dovecot: conf file %q: want a file name in conf.d", name)
+		}
+		writeFile(t, filepath.Join(d.ConfDir, "conf.d", name), 0o644, string(data))
 	}
 	if opts.MovingUserdb {
 		d.MovingPasswd = filepath.Join(dir, "moving.passwd")
@@ -196,7 +215,7 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 			scheme = "https"
 		}
 		d.DoveadmURL = fmt.Sprintf("%s://127.0.0.1:%d/doveadm/v1", scheme, d.ports.HTTP)
-		writeFile(t, d.conf, 0o644, render(t, dovecotConf, map[string]any{
+		writeFile(t, d.ConfPath, 0o644, render(t, dovecotConf, map[string]any{
 			"D": d, "Ports": d.ports, "Opts": opts,
 			"CacheTTL":    fmt.Sprintf("%d secs", int(opts.AuthCacheTTL.Seconds())),
 			"NegCacheTTL": fmt.Sprintf("%d secs", int(opts.AuthCacheNegativeTTL.Seconds())),
@@ -238,7 +257,13 @@ func (d *Dovecot) start() error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(d.binary, "-c", d.conf, "-F")
+	cmd := exec.Command(d.binary, "-c", d.ConfPath, "-F")
+	if d.noFile != 0 {
+		// The shell sets the limit and becomes Dovecot (same pid), as
+		// systemd's LimitNOFILE would start it.
+		cmd = exec.Command("/bin/sh", "-c", `ulimit -n "$1" && exec "$2" -c "$3" -F`, "sh",
+			strconv.FormatUint(d.noFile, 10), d.binary, d.ConfPath)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C on `go test` must not reach it before
 	// Cleanup does, and Cleanup can signal every child if the master is gone.
@@ -552,6 +577,9 @@ protocol lmtp {
   # LMTP rcpt addresses are looked up as given; no domain stripping.
   lmtp_save_to_detail_mailbox = no
 }
+
+# Last, like Debian's dovecot.conf: fragments override what is above.
+!include_try conf.d/*.conf
 `
 
 // dovecotLDAPConf follows UCS's dovecot-ldap.conf.ext (reference §1.8): a

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"context"
+
+	"mailsync/config"
+	"mailsync/mailconf"
+)
+
+// dovecotHost is the local Dovecot as the config describes it: the
+// fragments describe the same mail_home and index_home the mailbox
+// handler computes paths from.
+func dovecotHost(cfg *config.Config) *mailconf.DovecotHost {
+	return &mailconf.DovecotHost{Target: mailconf.DovecotTarget{
+		ConfDir:    cfg.Dovecot.ConfDir,
+		MailHome:   cfg.Dovecot.MailHome,
+		IndexHome:  cfg.Dovecot.IndexHome,
+		UnitDropIn: cfg.Dovecot.UnitDropIn,
+	}}
+}
+
+// renderDovecot renders Dovecot's conf.d fragments (manual 14.7.11–14.7.12).
+func renderDovecot(ctx context.Context, cfg *config.Config) (*mailconf.Product, error) {
+	conf, _, err := dovecotHost(cfg).Products(ctx, mailconf.Settings(cfg.Policy))
+	return conf, err
+}
+
+// renderDovecotUnit renders the systemd drop-in with Dovecot's fd limit;
+// nil when dovecot.unit_dropin is none.
+func renderDovecotUnit(ctx context.Context, cfg *config.Config) (*mailconf.Product, error) {
+	_, unit, err := dovecotHost(cfg).Products(ctx, mailconf.Settings(cfg.Policy))
+	return unit, err
+}
