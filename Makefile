@@ -3,7 +3,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
 PKGS := ./...
 
-.PHONY: all build deps test vet fmt-check bench demo clean
+.PHONY: all build deps test vet fmt-check bench churn demo clean
 
 all: build
 
@@ -23,8 +23,13 @@ vet:
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
 
-bench: deps
+bench: deps churn
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m $(PKGS)
+
+# The full churn run (300 users, 3,000 changes, 16 SIGKILLs); `make test`
+# runs a short one.
+churn: deps
+	MAILSYNC_CHURN_FULL=1 $(GO) test -count=1 -run '^TestChurnWithKills$$' -timeout 60m -v ./handlers/mailbox/
 
 demo: deps build
 	@bash scripts/demo.sh

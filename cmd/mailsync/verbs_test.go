@@ -462,3 +462,43 @@ deleteoldrdn: 1
 		}
 	}
 }
+
+// TestCheckTellsKeptFromDrift: under the default delete=no, a deleted
+// user's home stays on disk; check lists it as kept by policy and exits 0.
+// With delete=yes the same home is drift (exit 1): the handler would have
+// removed it.
+func TestCheckTellsKeptFromDrift(t *testing.T) {
+	t.Parallel()
+	ldap := testenv.StartSlapd(t)
+	dc := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{FQDN: mailHost})
+	ldap.AddUser(t, "alice", "alice@example.org", nil)
+	bob := ldap.AddUser(t, "bob", "bob@example.org", nil)
+	port := testenv.FreePort(t)
+	cfg, dir := verbConfig(t, ldap, dc, port, "mailbox", "metrics:\n  listen: \"off\"\n")
+	stop := startDaemon(t, cfg, port)
+	waitCheck(t, cfg, 30*time.Second)
+	ldap.Delete(t, bob)
+	bobHome := dc.Home("bob@example.org")
+	testenv.Eventually(t, 30*time.Second, func() error {
+		out, _, code := verb(t, cfg, "check")
+		if code != 0 || !regexp.MustCompile(`(?m)^kept by policy\s+`+regexp.QuoteMeta(bobHome)+`\s.*`+regexp.QuoteMeta(bob)).MatchString(out) {
+			return fmt.Errorf("check exit %d:\n%s", code, out)
+		}
+		if !strings.Contains(out, "everything agrees") || !strings.Contains(out, "1 homes kept by policy") {
+			return fmt.Errorf("check output:\n%s", out)
+		}
+		return nil
+	})
+	stop()
+	if st, err := os.Stat(bobHome); err != nil || !st.IsDir() {
+		t.Fatalf("bob's home went although delete=no: %v", err)
+	}
+	// The same spool under delete=yes: the home is drift.
+	data, _ := os.ReadFile(cfg)
+	yes := filepath.Join(dir, "delete-yes.yaml")
+	os.WriteFile(yes, append(data, []byte("policy:\n  mail/dovecot/mailbox/delete: \"yes\"\n")...), 0o600)
+	out, _, code := verb(t, yes, "check")
+	if code != 1 || !regexp.MustCompile(`(?m)^undeleted mailbox\s+`+regexp.QuoteMeta(bobHome)+`\s`).MatchString(out) {
+		t.Errorf("check under delete=yes: exit %d, want 1 naming %s:\n%s", code, bobHome, out)
+	}
+}

@@ -224,6 +224,7 @@ func (h *Handler) converge(ctx context.Context, uuid string, trigger *event.Even
 	if err := h.resume(ctx, uuid); err != nil {
 		return err
 	}
+	var stuck map[string]bool // entries whose own convergence is refused
 	for round := 0; ; round++ {
 		cur, err := h.current(ctx, uuid, trigger)
 		if err != nil {
@@ -237,14 +238,24 @@ func (h *Handler) converge(ctx context.Context, uuid string, trigger *event.Even
 		if err != nil {
 			return err
 		}
+		if in.Target != nil && stuck[in.Target.Owner.UUID] {
+			in.Target.OwnerSettled = true
+		}
 		p := PlanFor(in, h.Settings())
 		switch {
 		case p.Refused != nil:
 			return fault.Permanent(p.Refused)
 		case p.Wait != "" && !nested && round == 0 && in.Target != nil:
 			// The entry that leaves the address goes first.
-			if err := h.converge(ctx, in.Target.Owner.UUID, nil, true); err != nil {
-				return fault.Retryable(fmt.Errorf("mailbox of entry %s (uuid %s): %s: %w", dnOf(cur, applied), uuid, p.Wait, err))
+			other := in.Target.Owner.UUID
+			err := h.converge(ctx, other, nil, true)
+			switch {
+			case fault.IsPermanent(err):
+				// That entry cannot converge (its own dead letter says
+				// why); it has let go of this address all the same.
+				stuck = map[string]bool{other: true}
+			case err != nil:
+				return fault.Retryable(fmt.Errorf("mailbox of entry %s (uuid %s): %s: %v", dnOf(cur, applied), uuid, p.Wait, err))
 			}
 			continue
 		case p.Wait != "":
@@ -262,8 +273,8 @@ func (h *Handler) converge(ctx context.Context, uuid string, trigger *event.Even
 		if err != nil {
 			return err
 		}
-		if len(p.Steps) == 0 && applied != nil && cur != nil && *applied == *cur {
-			return nil
+		if len(p.Steps) == 0 && applied != nil && cur != nil && same(applied, cur) && applied.DN == cur.DN {
+			return nil // nothing new to record
 		}
 		if len(p.Steps) == 0 && applied == nil && cur == nil {
 			if _, known, _ := h.applied.get(uuid); known {

@@ -440,6 +440,17 @@ func (h *Handler) resume(ctx context.Context, uuid string) error {
 // run performs (or completes) an operation. Every step is idempotent.
 func (h *Handler) run(ctx context.Context, in *intent) error {
 	op := in.Op
+	defer func() {
+		// Keep the home index current whatever the steps got to.
+		for _, p := range in.Ops {
+			if p.What == "home" {
+				h.homes.update(p.From)
+				if op == "move" { // a delete's To is in the trash
+					h.homes.update(p.To)
+				}
+			}
+		}
+	}()
 	if err := h.adm.Kick(ctx, in.Old); err != nil {
 		return fmt.Errorf("%s mailbox of entry %s: %w", op, in.DN, err)
 	}
