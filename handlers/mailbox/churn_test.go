@@ -641,28 +641,19 @@ func TestChurnWithKills(t *testing.T) {
 		r.stop()
 		return result{o: r.measure(), dead: dead, kills: r.kills, took: took, check: check}
 	}
-	results := make(chan result, 2)
-	for _, kills := range []int{s.kills, 0} {
-		go func() {
-			var res result
-			ok := t.Run(fmt.Sprintf("kills=%d", kills), func(t *testing.T) { res = run(t, kills) })
-			if !ok {
-				res.kills = -1
-			}
-			results <- res
-		}()
-	}
 	var withKills, without result
-	for range 2 {
-		res := <-results
-		if res.kills < 0 {
-			t.FailNow()
-		}
-		if res.kills > 0 {
-			withKills = res
-		} else {
-			without = res
-		}
+	t.Run("rigs", func(t *testing.T) {
+		t.Run(fmt.Sprintf("kills=%d", s.kills), func(t *testing.T) {
+			t.Parallel()
+			withKills = run(t, s.kills)
+		})
+		t.Run("kills=0", func(t *testing.T) {
+			t.Parallel()
+			without = run(t, 0)
+		})
+	})
+	if t.Failed() {
+		return
 	}
 	for _, res := range []result{withKills, without} {
 		t.Logf("kills=%d: %d changes applied in %s; %d live users, %d lost, %d misplaced, %d deleted users' messages kept; %d dead letters; %d IMAP and %d map disagreements; check: %s",
