@@ -77,7 +77,7 @@ func TestPlanFor(t *testing.T) {
 			"create mailbox of a@example.org at /spool/example.org/a (reference §1.3 branch 1)", 0},
 		{"an address that would leave the spool: refused", true, false,
 			mailbox.Input{Current: st("../x@example.org", "")},
-			"refused, dead-lettered: mailbox of entry uid=u,dc=x (uuid u1): address \"../x@example.org\"", 0},
+			"refused, dead-lettered: mailbox of entry uid=u,dc=x (uuid u1): mailPrimaryAddress \"../x@example.org\"", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.in.UUID = "u1"
