@@ -500,3 +500,36 @@ func (c *Client) SetMailboxGUID(ctx context.Context, user, mailbox, guid string)
 	}
 	return nil
 }
+
+// SetACL gives identifier id (user=<name>, group=<name>, anyone,
+// authenticated) the rights on user's mailbox (doveadm acl set); no rights
+// removes the entry (doveadm acl delete). Dovecot needs the acl plugin.
+func (c *Client) SetACL(ctx context.Context, user, mailbox, id string, rights []string) error {
+	params := map[string]any{"user": user, "mailbox": mailbox, "id": id}
+	cmd := "aclDelete"
+	if len(rights) > 0 {
+		cmd, params["right"] = "aclSet", rights
+	}
+	err := c.call(ctx, cmd, params, nil)
+	if err != nil && !(len(rights) == 0 && errors.Is(err, ErrNotFound)) {
+		return fmt.Errorf("acl of %s on %s of %s: %w", id, mailbox, user, err)
+	}
+	return nil
+}
+
+// ACL returns the entries of user's mailbox's ACL, identifier to rights
+// (doveadm acl get; global entries included).
+func (c *Client) ACL(ctx context.Context, user, mailbox string) (map[string][]string, error) {
+	var out []struct {
+		ID     string `json:"id"`
+		Rights string `json:"rights"`
+	}
+	if err := c.call(ctx, "aclGet", map[string]any{"user": user, "mailbox": mailbox}, &out); err != nil {
+		return nil, fmt.Errorf("acl of %s of %s: %w", mailbox, user, err)
+	}
+	m := map[string][]string{}
+	for _, e := range out {
+		m[e.ID] = strings.Fields(e.Rights)
+	}
+	return m, nil
+}

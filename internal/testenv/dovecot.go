@@ -52,6 +52,13 @@ type DovecotOptions struct {
 	// includes conf.d/*.conf last, so they override the settings above it,
 	// as on a packaged Dovecot.
 	ConfFiles map[string][]byte
+	// SharedFolders sets Dovecot up for UCS's shared IMAP folders
+	// (reference §2): the acl plugin (vfile, a shared-mailbox dict), the
+	// "shared/<address>/" namespace, and folders with an address and this
+	// host as univentionMailHomeServer in the userdb (no passdb: a folder
+	// cannot log in), so mail for a folder's address is delivered over
+	// LMTP into its private mailbox, Dovecot.Home(address).
+	SharedFolders bool
 	// NoFile, when set, is the master's fd limit (ulimit -n), as a
 	// systemd LimitNOFILE would set it; else the test's own limit.
 	NoFile uint64
@@ -166,7 +173,12 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 		}
 		os.RemoveAll(dir)
 	})
-	for _, p := range []string{d.Spool, d.IndexRoot} {
+	owned := []string{d.Spool, d.IndexRoot}
+	if opts.SharedFolders {
+		// The mail processes write the shared-mailbox dict.
+		owned = append(owned, filepath.Join(dir, "acl"))
+	}
+	for _, p := range owned {
 		if err := os.Mkdir(p, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -196,7 +208,7 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 	}
 	writeFile(t, filepath.Join(dir, "dovecot-ldap.conf.ext"), 0o600, render(t, dovecotLDAPConf, map[string]any{
 		"URL": ldap.URL, "BaseDN": ldap.BaseDN, "AdminDN": ldap.AdminDN, "AdminPW": ldap.AdminPW,
-		"FQDN": escapeLDAPFilter(opts.FQDN),
+		"FQDN": escapeLDAPFilter(opts.FQDN), "Shared": opts.SharedFolders, "UID": uid, "GID": gid,
 	}))
 
 	// Free ports are probed, so another process can take one before Dovecot
@@ -495,6 +507,31 @@ mail_home = {{.D.MailHome}}
 mail_location = maildir:~/Maildir{{if .Opts.SeparateIndex}}:INDEX={{.D.IndexRoot}}/%Ld/%Ln{{end}}
 mail_fsync = never
 doveadm_api_key = {{.D.APIKey}}
+{{- if .Opts.SharedFolders}}
+# UCS 10-mail.conf: shared folders with an address are private mailboxes
+# others see under shared/<address>/, as their ACLs allow.
+namespace inbox {
+  inbox = yes
+  separator = /
+  prefix =
+}
+namespace shared {
+  type = shared
+  separator = /
+  prefix = shared/%%u/
+  location = maildir:%%h/Maildir:INDEXPVT=~/Maildir/shared/%%u
+  subscriptions = no
+  list = children
+}
+mail_plugins = $mail_plugins acl
+protocol imap {
+  mail_plugins = $mail_plugins imap_acl
+}
+plugin {
+  acl = vfile
+  acl_shared_dict = file:{{.D.Dir}}/acl/shared-mailboxes.db
+}
+{{- end}}
 {{- if .Opts.DoveadmPassword}}
 # Shared by every mail host: dsync between them over doveadm's tcp protocol.
 doveadm_password = {{.Opts.DoveadmPassword}}
@@ -599,10 +636,24 @@ base = {{.BaseDN}}
 scope = subtree
 deref = never
 auth_bind = yes
+{{- if .Shared}}
+user_filter = (&(|(&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.)))(&(objectClass=univentionMailSharedFolder)(|(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))))(|(mailPrimaryAddress=%u)(&(uid=%u)(mailPrimaryAddress=*))))
+{{- else}}
 user_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))(|(mailPrimaryAddress=%u)(&(uid=%u)(mailPrimaryAddress=*))))
+{{- end}}
+{{- if .Shared}}
+# uid and gid in the reply: a mail process may look up another user (the
+# owner of a shared folder) only for the uid it runs as.
+user_attrs = =user=%{ldap:mailPrimaryAddress}, =uid={{.UID}}, =gid={{.GID}}
+{{- else}}
 user_attrs = =user=%{ldap:mailPrimaryAddress}
+{{- end}}
 pass_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))(|(mailPrimaryAddress=%u)(&(uid=%u)(mailPrimaryAddress=*))))
 pass_attrs = mailPrimaryAddress=user
+{{- if .Shared}}
+iterate_filter = (&(|(&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.)))(&(objectClass=univentionMailSharedFolder)(|(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))))(mailPrimaryAddress=*))
+{{- else}}
 iterate_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))(univentionMailHomeServer={{.FQDN}})(univentionMailHomeServer={{.FQDN}}.))(mailPrimaryAddress=*))
+{{- end}}
 iterate_attrs = mailPrimaryAddress=user
 `
