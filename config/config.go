@@ -191,9 +191,31 @@ type Listener struct {
 
 // NATS is the JetStream to use: embedded when URL is empty.
 type NATS struct {
-	URL      string `yaml:"url"`
-	Port     int    `yaml:"port"`
-	Replicas int    `yaml:"replicas"`
+	URL string `yaml:"url"`
+	// Port is no longer used: the embedded server has no network listener
+	// unless Listen is set. Accepted so older configs still load.
+	Port     int `yaml:"port"`
+	Replicas int `yaml:"replicas"`
+	// NATSAuth is this daemon's identity on an external server (its
+	// role's user: listener, or worker on a host without a listener).
+	NATSAuth `yaml:",inline"`
+	// Admin is the command line's identity on an external server
+	// (status, dead, replay, confirm-deletes); empty: the daemon's.
+	Admin NATSAuth `yaml:"admin"`
+	// CAFile verifies the server's TLS certificate (tls:// URLs).
+	CAFile string `yaml:"ca_file"`
+	// Listen is host:port where the embedded server accepts other hosts'
+	// daemons (standby listeners, workers), with TLS (TLSCertFile,
+	// TLSKeyFile) and the generated credentials; empty: no network
+	// listener at all.
+	Listen      string `yaml:"listen"`
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+}
+
+// NATSAuth is one NATS identity: a .creds file, an nkey seed, or a user
+// with a password from a file.
+type NATSAuth struct {
 	// CredentialsFile is a NATS .creds file (JWT and nkey seed).
 	CredentialsFile string `yaml:"credentials_file"`
 	// NkeySeedFile authenticates with an nkey seed.
@@ -201,8 +223,6 @@ type NATS struct {
 	// User and PasswordFile authenticate with a user and password.
 	User         string `yaml:"user"`
 	PasswordFile string `yaml:"password_file"`
-	// CAFile verifies the server's TLS certificate (tls:// URLs).
-	CAFile string `yaml:"ca_file"`
 
 	Password string `yaml:"-"`
 }
@@ -453,24 +473,38 @@ func (c *Config) complete(dir string) error {
 		c.Listener.Enabled = &t
 	}
 
-	if c.NATS.URL == "" && c.NATS.Port == 0 {
-		c.NATS.Port = 4222 // NATS's default port, on 127.0.0.1 only
-	}
 	if c.NATS.Replicas == 0 {
 		c.NATS.Replicas = 1
 	}
-	c.NATS.CredentialsFile = abs(c.NATS.CredentialsFile)
-	c.NATS.NkeySeedFile = abs(c.NATS.NkeySeedFile)
 	c.NATS.CAFile = abs(c.NATS.CAFile)
-	if c.NATS.User != "" {
-		if c.NATS.PasswordFile == "" {
-			bad("nats.password_file", "required with nats.user")
-		} else {
-			pw, err := readSecret(abs(c.NATS.PasswordFile))
-			if err != nil {
-				bad("nats.password_file", "%v", err)
-			}
-			c.NATS.Password = pw
+	resolveAuth := func(key string, a *NATSAuth) {
+		a.CredentialsFile = abs(a.CredentialsFile)
+		a.NkeySeedFile = abs(a.NkeySeedFile)
+		if a.User == "" {
+			return
+		}
+		if a.PasswordFile == "" {
+			bad(key+"password_file", "required with %suser", key)
+			return
+		}
+		pw, err := readSecret(abs(a.PasswordFile))
+		if err != nil {
+			bad(key+"password_file", "%v", err)
+		}
+		a.Password = pw
+	}
+	resolveAuth("nats.", &c.NATS.NATSAuth)
+	resolveAuth("nats.admin.", &c.NATS.Admin)
+	c.NATS.TLSCertFile = abs(c.NATS.TLSCertFile)
+	c.NATS.TLSKeyFile = abs(c.NATS.TLSKeyFile)
+	if c.NATS.Listen != "" {
+		if c.NATS.URL != "" {
+			bad("nats.listen", "is for the embedded server; nats.url names an external one")
+		} else if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {
+			bad("nats.listen", "want host:port, got %q", c.NATS.Listen)
+		}
+		if c.NATS.TLSCertFile == "" || c.NATS.TLSKeyFile == "" {
+			bad("nats.tls_cert_file", "nats.listen needs TLS: set nats.tls_cert_file and nats.tls_key_file")
 		}
 	}
 

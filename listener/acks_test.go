@@ -19,7 +19,7 @@ import (
 // imported here: it imports this package).
 func ackBus(t *testing.T) *stream.Bus {
 	t.Helper()
-	ns, err := stream.StartEmbedded(stream.EmbeddedOptions{StoreDir: t.TempDir(), Port: -1})
+	ns, err := stream.StartEmbedded(stream.EmbeddedOptions{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

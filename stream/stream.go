@@ -3,14 +3,18 @@
 // gives every event its `old`) and the KV bucket of listener state (the sync
 // cookie, held deletes, the listener lease). It also starts the embedded NATS
 // server used on a single host, so the daemon and the tests run the same
-// JetStream setup whether NATS is embedded or external.
+// JetStream setup whether NATS is embedded or external, and defines who may
+// do what on it (auth.go): nobody reaches it without a role's key.
 package stream
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -48,6 +52,9 @@ type Options struct {
 	// Duplicates is the Nats-Msg-Id dedupe window (default 10 minutes: a
 	// listener restart after a crash replays well within it).
 	Duplicates time.Duration
+	// LookupOnly opens the streams and buckets as they are, never creating
+	// or updating them: a worker's credentials (RoleWorker) may not.
+	LookupOnly bool
 }
 
 // Bus is an open JetStream with mailsync's stream and buckets.
@@ -76,7 +83,7 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 		return nil, fmt.Errorf("open jetstream: %w", err)
 	}
 	b := &Bus{NC: nc, JS: js}
-	b.Stream, err = ensureStream(ctx, js, jetstream.StreamConfig{
+	b.Stream, err = ensureStream(ctx, js, o.LookupOnly, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "mailsync directory change events",
 		Subjects:    []string{"mailsync.>"},
@@ -89,7 +96,7 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.Dead, err = ensureStream(ctx, js, jetstream.StreamConfig{
+	b.Dead, err = ensureStream(ctx, js, o.LookupOnly, jetstream.StreamConfig{
 		Name:        DeadStream,
 		Description: "mailsync events a handler could not apply (permanent errors)",
 		Subjects:    []string{DeadPrefix + ".>"},
@@ -99,7 +106,7 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.Entries, err = ensureBucket(ctx, js, jetstream.KeyValueConfig{
+	b.Entries, err = ensureBucket(ctx, js, o.LookupOnly, jetstream.KeyValueConfig{
 		Bucket:      EntriesBucket,
 		Description: "last published state per entryUUID",
 		History:     1,
@@ -109,7 +116,7 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.State, err = ensureBucket(ctx, js, jetstream.KeyValueConfig{
+	b.State, err = ensureBucket(ctx, js, o.LookupOnly, jetstream.KeyValueConfig{
 		Bucket:      StateBucket,
 		Description: "listener state: sync cookie, held deletes, lease",
 		History:     5,
@@ -126,9 +133,15 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Bus, error) {
 // only when its settings differ: every process of every host opens the
 // same stream, and an update racing a consumer's creation is what
 // nats-server handles worst, so an unchanged stream is left alone.
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+func ensureStream(ctx context.Context, js jetstream.JetStream, lookup bool, want jetstream.StreamConfig) (jetstream.Stream, error) {
 	for attempt := 1; ; attempt++ {
 		st, err := js.Stream(ctx, want.Name)
+		if lookup {
+			if err != nil {
+				return nil, fmt.Errorf("open stream %s (a listener creates it): %w", want.Name, err)
+			}
+			return st, nil
+		}
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			st, err = js.CreateStream(ctx, want)
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && attempt < 3 {
@@ -153,10 +166,10 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 
 // ensureBucket opens a KV bucket, creating it when missing; see
 // ensureStream.
-func ensureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+func ensureBucket(ctx context.Context, js jetstream.JetStream, lookup bool, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	for attempt := 1; ; attempt++ {
 		kv, err := js.KeyValue(ctx, want.Bucket)
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if errors.Is(err, jetstream.ErrBucketNotFound) && !lookup {
 			kv, err = js.CreateKeyValue(ctx, want)
 			if (errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse)) && attempt < 3 {
 				continue // created meanwhile by another process
@@ -172,31 +185,55 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.Ke
 // EmbeddedOptions configure the in-process NATS server.
 type EmbeddedOptions struct {
 	StoreDir string
-	// Port to listen on at 127.0.0.1; -1 picks a random port, 0 means the
-	// NATS default 4222.
-	Port int
+	// Users may connect, each with its role's permissions
+	// (Credentials.Users). Without users the server accepts anyone and so
+	// must not listen (tests' in-process servers).
+	Users []*server.NkeyUser
+	// Listen is host:port of a network listener for other hosts; empty
+	// (the single-host default): none at all, the daemon connects in
+	// process and the command line through a unix socket (ServeLocal).
+	Listen string
+	// TLS is required with Listen: credentials never cross a network in
+	// the clear.
+	TLS *tls.Config
 }
 
-// StartEmbedded starts a NATS server with JetStream in this process,
-// listening on 127.0.0.1 only, and waits until it is ready.
+// StartEmbedded starts a NATS server with JetStream in this process and
+// waits until it is ready.
 func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	if o.StoreDir == "" {
 		return nil, errors.New("start embedded nats: no store dir")
 	}
-	ns, err := server.NewServer(&server.Options{
+	opts := &server.Options{
 		ServerName: "mailsync-embedded",
-		Host:       "127.0.0.1",
-		Port:       o.Port,
+		DontListen: true,
 		JetStream:  true,
 		StoreDir:   o.StoreDir,
 		NoSigs:     true,
 		NoLog:      true,
+		Nkeys:      o.Users,
 		// Every event and entry state goes to a subject of its own
 		// (mailsync.<kind>.<entryUUID>, $KV.mailsync_entries.<entryUUID>),
 		// so a cache of subject matches never hits and only churns: a
 		// full refresh spent about 5% of its CPU filling and pruning it.
 		NoSublistCache: true,
-	})
+	}
+	if o.Listen != "" {
+		host, port, err := net.SplitHostPort(o.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("start embedded nats: listen %q: %w", o.Listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("start embedded nats: listen %q: bad port", o.Listen)
+		}
+		if o.TLS == nil || len(o.Users) == 0 {
+			return nil, errors.New("start embedded nats: a network listener needs TLS and users")
+		}
+		opts.DontListen, opts.Host, opts.Port = false, host, p
+		opts.TLSConfig, opts.TLS, opts.TLSTimeout = o.TLS, true, 2
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded nats: %w", err)
 	}

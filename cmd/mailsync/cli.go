@@ -16,7 +16,6 @@ import (
 	"github.com/alecthomas/kong"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/mattn/go-isatty"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
@@ -43,6 +42,7 @@ type cli struct {
 	Resync         resyncCmd         `cmd:"" help:"Rebuild the maps and create missing mailboxes from the directory (never deletes)."`
 	Replay         replayCmd         `cmd:"" help:"Make this host's handlers re-apply events from a stream sequence or time."`
 	Plan           planCmd           `cmd:"" help:"Show what an LDIF change would do on this host, doing nothing."`
+	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Write nkeys for mailsync's roles and print an external NATS server's authorization block for them."`
 	Configure      configureCmd      `cmd:"" help:"Render Postfix's (and Dovecot's) configuration from the settings, validate it, install it atomically and reload; --dry-run shows the diff."`
 	Attic          atticCmd          `cmd:"" help:"List or restore the homes moved aside when their address went to another user."`
 }
@@ -113,68 +113,124 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	return zerolog.New(out).Level(lvl).With().Timestamp().Str("host", cfg.Host).Logger()
 }
 
-// openBus connects to the configured JetStream, starting the embedded
-// server when no URL is set. close stops both.
-func openBus(ctx context.Context, cfg *config.Config, embedded bool) (bus *stream.Bus, closeFn func(), err error) {
-	var ns *server.Server
+// Where the embedded server keeps its role credentials and the command
+// line's socket, under the state dir.
+const (
+	natsAuthDir  = "nats-auth"
+	natsSockPath = "run/nats.sock"
+)
+
+// openBus connects to the configured JetStream. The daemon (daemon true)
+// starts the embedded server when no URL is set: no network listener unless
+// nats.listen, every connection authenticated with a role's key, the
+// daemon's own in process and the command line's through a unix socket in
+// the state dir (ServeLocal). The command line connects as the admin role.
+// close stops all of it.
+func openBus(ctx context.Context, cfg *config.Config, daemon bool) (bus *stream.Bus, closeFn func(), err error) {
+	role := stream.RoleAdmin
+	if daemon {
+		role = stream.RoleWorker
+		if *cfg.Listener.Enabled {
+			role = stream.RoleListener
+		}
+	}
+	var cleanups []func()
+	cleanup := func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	opts := []nats.Option{nats.Name("mailsync " + cfg.Host), nats.MaxReconnects(-1)}
 	url := cfg.NATS.URL
 	if url == "" {
-		if !embedded {
-			url = fmt.Sprintf("nats://127.0.0.1:%d", cfg.NATS.Port)
-		} else {
-			ns, err = stream.StartEmbedded(stream.EmbeddedOptions{StoreDir: filepath.Join(cfg.StateDir, "nats"), Port: cfg.NATS.Port})
+		url = "nats://embedded"
+		authDir := filepath.Join(cfg.StateDir, natsAuthDir)
+		sock := filepath.Join(cfg.StateDir, natsSockPath)
+		if !daemon {
+			if _, err := os.Stat(stream.AdminSeed(authDir)); err != nil {
+				return nil, nil, fmt.Errorf("embedded nats: no credentials (has `mailsync run` started on this state_dir?): %w", err)
+			}
+		}
+		creds, err := stream.LoadCredentials(authDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, creds.NkeyAuth(role))
+		if daemon {
+			eo := stream.EmbeddedOptions{StoreDir: filepath.Join(cfg.StateDir, "nats"), Users: creds.Users(), Listen: cfg.NATS.Listen}
+			if cfg.NATS.Listen != "" {
+				cert, err := tls.LoadX509KeyPair(cfg.NATS.TLSCertFile, cfg.NATS.TLSKeyFile)
+				if err != nil {
+					return nil, nil, usageError{fmt.Errorf("nats.tls_cert_file: %w", err)}
+				}
+				eo.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			}
+			ns, err := stream.StartEmbedded(eo)
 			if err != nil {
 				return nil, nil, err
 			}
-			url = ns.ClientURL()
+			cleanups = append(cleanups, func() { ns.Shutdown(); ns.WaitForShutdown() })
+			stopLocal, err := stream.ServeLocal(ns, sock)
+			if err != nil {
+				return nil, nil, err
+			}
+			cleanups = append(cleanups, stopLocal)
+			// This process's own connection skips any socket: about a
+			// fifth less CPU for a full refresh (BenchmarkInitialRefresh).
+			opts = append(opts, nats.InProcessServer(ns))
+		} else {
+			opts = append(opts, stream.DialLocal(sock))
 		}
-	}
-	opts := []nats.Option{nats.Name("mailsync " + cfg.Host), nats.MaxReconnects(-1)}
-	if ns != nil {
-		// This process's own connection skips the loopback socket: about a
-		// fifth less CPU for a full refresh (BenchmarkInitialRefresh).
-		opts = append(opts, nats.InProcessServer(ns))
-	}
-	if cfg.NATS.CredentialsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredentialsFile))
-	}
-	if cfg.NATS.NkeySeedFile != "" {
-		opt, err := nats.NkeyOptionFromSeed(cfg.NATS.NkeySeedFile)
+	} else {
+		auth, key := cfg.NATS.NATSAuth, "nats."
+		if !daemon && cfg.NATS.Admin != (config.NATSAuth{}) {
+			auth, key = cfg.NATS.Admin, "nats.admin."
+		}
+		aopts, err := authOptions(auth, key)
 		if err != nil {
-			return nil, nil, usageError{fmt.Errorf("nats.nkey_seed_file: %w", err)}
+			return nil, nil, err
 		}
-		opts = append(opts, opt)
-	}
-	if cfg.NATS.User != "" {
-		opts = append(opts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
-	}
-	if cfg.NATS.CAFile != "" {
-		opts = append(opts, nats.RootCAs(cfg.NATS.CAFile))
+		opts = append(opts, aopts...)
+		if cfg.NATS.CAFile != "" {
+			opts = append(opts, nats.RootCAs(cfg.NATS.CAFile))
+		}
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		if ns != nil {
-			ns.Shutdown()
-		}
 		// nats errors never carry the password or seed
 		return nil, nil, fmt.Errorf("connect to nats %s: %w", url, err)
 	}
-	bus, err = stream.Open(ctx, nc, stream.Options{Replicas: cfg.NATS.Replicas})
+	cleanups = append(cleanups, func() { _ = nc.Drain(); nc.Close() })
+	bus, err = stream.Open(ctx, nc, stream.Options{Replicas: cfg.NATS.Replicas, LookupOnly: role == stream.RoleWorker})
 	if err != nil {
-		nc.Close()
-		if ns != nil {
-			ns.Shutdown()
-		}
 		return nil, nil, err
 	}
-	return bus, func() {
-		_ = nc.Drain()
-		nc.Close()
-		if ns != nil {
-			ns.Shutdown()
-			ns.WaitForShutdown()
+	return bus, cleanup, nil
+}
+
+// authOptions are the nats options of one identity; key prefixes the
+// config keys named in errors.
+func authOptions(a config.NATSAuth, key string) ([]nats.Option, error) {
+	var opts []nats.Option
+	if a.CredentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(a.CredentialsFile))
+	}
+	if a.NkeySeedFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(a.NkeySeedFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("%snkey_seed_file: %w", key, err)}
 		}
-	}, nil
+		opts = append(opts, opt)
+	}
+	if a.User != "" {
+		opts = append(opts, nats.UserInfo(a.User, a.Password))
+	}
+	return opts, nil
 }
 
 func ldapTLS(cfg *config.Config) (*tls.Config, error) {

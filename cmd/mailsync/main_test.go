@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"mailsync/internal/testenv"
@@ -74,19 +73,7 @@ func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 	go func() { done <- run(ctx, []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr) }()
 	t.Cleanup(cancel)
 
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	if err := testenv.WaitTCP(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
-		t.Fatalf("embedded nats: %v\n%s", err, stderr.String())
-	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	bus, err := stream.Open(context.Background(), nc, stream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bus := adminBus(t, cfg)
 	ldap.AddUser(t, "bob", "bob@example.org", nil)
 	testenv.Eventually(t, 10*time.Second, func() error {
 		info, err := bus.Stream.Info(context.Background())
@@ -146,6 +133,27 @@ func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 	}
 }
 
+// adminBus waits until the daemon of cfg serves the command line's socket
+// and connects through it as the command line does (admin role).
+func adminBus(t testing.TB, cfg string) *stream.Bus {
+	t.Helper()
+	c, err := loadConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bus *stream.Bus
+	testenv.Eventually(t, 20*time.Second, func() error {
+		b, closeBus, err := openBus(context.Background(), c, false)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(closeBus)
+		bus = b
+		return nil
+	})
+	return bus
+}
+
 func httpGet(url string) (string, error) {
 	resp, err := http.Get(url)
 	if err != nil {
@@ -195,9 +203,7 @@ func TestStatusAndDeadLetterVerbs(t *testing.T) {
 		}
 		return out.String()
 	}
-	if err := testenv.WaitTCP(fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	adminBus(t, cfg)
 	// A bad address arriving as a change (one present at start is
 	// reported by the map rebuild instead).
 	testenv.Eventually(t, 15*time.Second, func() error {

@@ -68,7 +68,13 @@ func startDaemon(t testing.TB, cfg string, natsPort int) (stop func()) {
 	var stderr testenv.LogBuffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr) }()
-	if err := testenv.WaitTCP(fmt.Sprintf("127.0.0.1:%d", natsPort), 10*time.Second); err != nil {
+	c, err := loadConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NATS.URL != "" {
+		// an external server: nothing of the daemon's to wait for
+	} else if err := testenv.WaitFile(filepath.Join(c.StateDir, natsSockPath), 10*time.Second); err != nil {
 		cancel()
 		t.Fatalf("daemon: %v\n%s", err, stderr.String())
 	}

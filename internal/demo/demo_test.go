@@ -163,8 +163,10 @@ func TestDemo(t *testing.T) {
 
 	d.say("\n== done in %s", time.Since(start).Round(100*time.Millisecond))
 	if *interactive {
-		d.say("   everything keeps running; press Ctrl-C to stop and clean up")
+		// Listen before saying so: a Ctrl-C right after the line must not
+		// find the signal still ignored (scripts/demo.sh ignores it).
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		d.say("   everything keeps running; press Ctrl-C to stop and clean up")
 		<-ctx.Done()
 		stop()
 		d.say("\n== stopping mailsync, Dovecot and slapd; removing their temp dirs")

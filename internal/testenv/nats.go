@@ -17,12 +17,12 @@ type NATS struct {
 	StoreDir string
 }
 
-// StartNATS starts an embedded NATS JetStream server on a random loopback
-// port, shut down by t.Cleanup.
+// StartNATS starts an embedded NATS JetStream server without a network
+// listener (reached in process), shut down by t.Cleanup.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
 	dir := t.TempDir()
-	ns, err := stream.StartEmbedded(stream.EmbeddedOptions{StoreDir: dir, Port: -1})
+	ns, err := stream.StartEmbedded(stream.EmbeddedOptions{StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,3 +74,18 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// WaitFile waits until path exists or the timeout passes.
+func WaitFile(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := os.Stat(path)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not there after %s: %w", path, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
