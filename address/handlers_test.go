@@ -1,9 +1,6 @@
 package address_test
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,7 +11,6 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"mailsync/dovecotadm"
@@ -23,8 +19,6 @@ import (
 	"mailsync/handlers/homeserver"
 	"mailsync/handlers/mailbox"
 	"mailsync/internal/testenv"
-	"mailsync/runner"
-	"mailsync/stream"
 )
 
 const host = "mail.example.org"
@@ -101,32 +95,6 @@ func (m *mailHost) homes(t *testing.T) []string {
 		}
 	}
 	sort.Strings(out)
-	return out
-}
-
-// deadLetters reads every dead letter.
-func deadLetters(t *testing.T, bus *stream.Bus) []runner.DeadLetter {
-	t.Helper()
-	ctx := context.Background()
-	info, err := bus.Dead.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []runner.DeadLetter
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		msg, err := bus.Dead.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var dl runner.DeadLetter
-		if err := json.Unmarshal(msg.Data, &dl); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, dl)
-	}
 	return out
 }
 
@@ -232,7 +200,7 @@ func TestEveryHandlerRefusesAlike(t *testing.T) {
 
 	// Dead letters: exactly the expected handlers, each once, per entry.
 	got := map[string][]string{}
-	for _, dl := range deadLetters(t, m.p.Bus) {
+	for _, dl := range testenv.DeadLetters(t, m.p.Bus) {
 		r, ok := want[dl.DN]
 		if !ok {
 			t.Errorf("unexpected dead letter of %s by %s: %s", dl.DN, dl.Handler, dl.Reason)
@@ -347,7 +315,7 @@ func TestHomeServerIsADNSName(t *testing.T) {
 	if got := m.lookup(t, aliases.MailboxMap, "shared@example.org"); len(got) != 1 {
 		t.Errorf("shared folder on Mail.Example.org. is not local: virtual_mailbox %v", got)
 	}
-	if dls := deadLetters(t, m.p.Bus); len(dls) > 0 {
+	if dls := testenv.DeadLetters(t, m.p.Bus); len(dls) > 0 {
 		t.Errorf("dead letters: %+v", dls)
 	}
 }

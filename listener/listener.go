@@ -85,6 +85,11 @@ type Config struct {
 	// megabytes nor comes near the 128 MB a JetStream stream queues before
 	// it drops what it receives (see acker on why that matters).
 	BatchBytes int
+	// MaxValueBytes caps the size of one attribute value (default
+	// DefaultMaxValueBytes, 64 KiB): an entry with a larger value is not
+	// published but reported and skipped until it is fixed (poison.go),
+	// as is one whose event exceeds the stream's maximum message size.
+	MaxValueBytes int
 	// MaxBackoff caps the reconnect delay (default 5s).
 	MaxBackoff time.Duration
 	// LeaseID names this listener in the lease: HolderID for a daemon
@@ -130,6 +135,9 @@ type Status struct {
 	CookieAt    time.Time
 	HeldDeletes int
 	LastError   string
+	// Poison lists the entries skipped because their event cannot be
+	// published (poison.go), sorted by DN.
+	Poison []Poison
 }
 
 // Listener follows one directory. Run it once; it reconnects by itself.
@@ -157,6 +165,11 @@ type Listener struct {
 	pendingBytes int // attrsSize of the pending events, old and new
 	batches      uint64
 	pipe         *pipeline
+
+	// poison holds the entries skipped as unpublishable, by entryUUID (a
+	// copy of KeyPoison); maxEvent is the largest event the stream takes.
+	poison   map[string]Poison
+	maxEvent int
 
 	// work serialises the session loop and an operator's confirmation,
 	// which both touch known and pending.
@@ -271,6 +284,9 @@ func New(cfg Config, bus *stream.Bus, log zerolog.Logger, hooks Hooks) *Listener
 	}
 	if cfg.BatchBytes == 0 {
 		cfg.BatchBytes = 16 << 20
+	}
+	if cfg.MaxValueBytes == 0 {
+		cfg.MaxValueBytes = DefaultMaxValueBytes
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 5 * time.Second
@@ -430,6 +446,11 @@ func (l *Listener) loadKnown(ctx context.Context) error {
 	l.stagedMu.Lock()
 	l.staged = make(map[string]staged)
 	l.stagedMu.Unlock()
+	if l.poison, err = loadPoison(ctx, l.bus); err != nil {
+		return err
+	}
+	l.maxEvent = maxEventSize(l.bus.NC, l.bus.Stream)
+	l.setStatus(func(s *Status) { s.Poison = poisonList(l.poison) })
 	if err := l.recoverFromStream(ctx); err != nil {
 		return err
 	}
@@ -706,23 +727,36 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 	}
 	entry := event.Entry{UUID: uuid, DN: m.DN, Kind: kind, Attrs: attrs}
 	entry.CSN = l.cfg.Flavor.csn(m.DN, m.Attr(l.cfg.Flavor.stampAttr()), attrs, m.Cookie, rf.cookie)
-	now := compact(entry)
 	old, had := l.known[uuid]
-	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {
-		return nil // nothing mailsync follows changed
-	}
 	ev := event.Event{V: event.Version, Op: event.OpAdd, Kind: kind, UUID: uuid, DN: m.DN,
 		New: attrs, CSN: entry.CSN, At: time.Now().UTC()}
+	if had {
+		ev.Op = event.OpModify
+	}
+	if p := l.poisonValues(uuid, m.DN, attrs); p != nil {
+		return l.skipPoison(ctx, p, ev)
+	}
+	now := compact(entry)
+	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {
+		// Nothing mailsync follows changed (a poison entry set back to
+		// what was last published is fixed so).
+		return l.clearPoison(ctx, uuid)
+	}
 	if had {
 		oldAttrs, err := l.oldState(ctx, uuid)
 		if err != nil {
 			return err
 		}
-		ev.Op = event.OpModify
 		ev.Old = oldAttrs
 		if old.dn != m.DN {
 			ev.OldDN = old.dn
 		}
+	}
+	if p := l.poisonSize(&ev); p != nil {
+		return l.skipPoison(ctx, p, ev)
+	}
+	if err := l.clearPoison(ctx, uuid); err != nil {
+		return err
 	}
 	// The message's strings share one allocation with all its values;
 	// what stays in memory for good gets its own.
@@ -740,6 +774,9 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 }
 
 func (l *Listener) queueDelete(ctx context.Context, uuid string) error {
+	if err := l.clearPoison(ctx, uuid); err != nil {
+		return err
+	}
 	old, had := l.known[uuid]
 	if !had {
 		return nil
@@ -764,6 +801,17 @@ func (l *Listener) endRefresh(ctx context.Context, rf *refresh) error {
 		for uuid := range l.known {
 			if _, ok := rf.seen[uuid]; !ok {
 				rf.deletes[uuid] = struct{}{}
+			}
+		}
+		// A skipped entry that is gone was never published: nothing to
+		// delete, only its record to drop.
+		for uuid := range l.poison {
+			if _, ok := rf.seen[uuid]; !ok {
+				if _, known := l.known[uuid]; !known {
+					if err := l.clearPoison(ctx, uuid); err != nil {
+						return err
+					}
+				}
 			}
 		}
 	}
@@ -852,15 +900,21 @@ func (l *Listener) storeHeld(ctx context.Context, h *HeldDeletes) error {
 		n = len(h.UUIDs)
 	}
 	l.setStatus(func(s *Status) { s.HeldDeletes = n })
-	if n == 0 {
-		if err := l.bus.State.Delete(ctx, KeyHeldDeletes); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return fmt.Errorf("clear held deletes: %w", err)
+	return l.storeState(ctx, KeyHeldDeletes, "held deletes", h, n == 0)
+}
+
+// storeState writes v as JSON under key of the state bucket, or deletes the
+// key when empty.
+func (l *Listener) storeState(ctx context.Context, key, what string, v any, empty bool) error {
+	if empty {
+		if err := l.bus.State.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("clear %s: %w", what, err)
 		}
 		return nil
 	}
-	data, _ := json.Marshal(h)
-	if _, err := l.bus.State.Put(ctx, KeyHeldDeletes, data); err != nil {
-		return fmt.Errorf("store held deletes: %w", err)
+	data, _ := json.Marshal(v)
+	if _, err := l.bus.State.Put(ctx, key, data); err != nil {
+		return fmt.Errorf("store %s: %w", what, err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,8 @@ type rig struct {
 	cancel context.CancelFunc
 	done   chan error
 	l      *listener.Listener
+	// logs, when set, also gets the listener's log.
+	logs io.Writer
 
 	mu     sync.Mutex
 	events []event.Event
@@ -71,6 +74,9 @@ func (r *rig) start(hooks listener.Hooks) {
 	r.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := zerolog.New(zerolog.NewTestWriter(r.t)).Level(zerolog.WarnLevel)
+	if r.logs != nil {
+		log = zerolog.New(io.MultiWriter(zerolog.NewTestWriter(r.t), r.logs)).Level(zerolog.InfoLevel)
+	}
 	r.l = listener.New(r.cfg, r.bus, log, hooks)
 	done := make(chan error, 1)
 	go func() { done <- r.l.Run(ctx) }()

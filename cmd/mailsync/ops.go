@@ -53,6 +53,14 @@ func printStatus(ctx context.Context, w io.Writer, bus *stream.Bus) error {
 				len(held.UUIDs), held.Known, held.At.Format(time.RFC3339))
 		}
 	}
+	poison, err := listener.LoadPoison(ctx, bus)
+	if err != nil {
+		return err
+	}
+	for _, p := range poison {
+		fmt.Fprintf(w, "listener: SKIPPED entry %s (uuid %s) since %s: %s: %s; published once fixed in the directory\n",
+			p.DN, p.UUID, p.At.Format(time.RFC3339), p.Attr, p.Reason)
+	}
 	if l, err := bus.State.Get(ctx, listener.KeyLease); err == nil {
 		fmt.Fprintf(w, "listener: lease %s, renewed %s ago\n", string(l.Value()), age(l.Created()))
 	}
@@ -103,6 +111,15 @@ func deadCounts(ctx context.Context, bus *stream.Bus) (map[string]uint64, error)
 	return out, nil
 }
 
+// deadConsumer names who recorded a dead letter: a handler's consumer, or
+// the listener.
+func deadConsumer(dl runner.DeadLetter) string {
+	if dl.Handler == listener.DeadHandler {
+		return dl.Handler
+	}
+	return runner.ConsumerName(dl.Handler, dl.Host)
+}
+
 func age(t time.Time) string {
 	return time.Since(t).Round(time.Second).String()
 }
@@ -120,7 +137,7 @@ func (deadListCmd) Run(e *env) error {
 		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tCONSUMER\tAT\tDN\tREASON")
 		err := eachDead(e.ctx, bus, func(seq uint64, dl runner.DeadLetter) error {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", seq, runner.ConsumerName(dl.Handler, dl.Host),
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", seq, deadConsumer(dl),
 				dl.At.Format(time.RFC3339), dl.DN, dl.Reason)
 			return nil
 		})
@@ -176,6 +193,10 @@ func (c deadRetryCmd) Run(e *env) error {
 			var dl runner.DeadLetter
 			if err := json.Unmarshal(m.Data, &dl); err != nil {
 				return fmt.Errorf("decode dead letter %d: %w", seq, err)
+			}
+			if dl.Handler == listener.DeadHandler {
+				return fmt.Errorf("dead letter %d: entry %s could not be published (%s); fix it in the directory, "+
+					"the listener publishes it then and drops this record", seq, dl.DN, strings.Join(dl.Attrs, ", "))
 			}
 			ev, err := repairEvent(e.ctx, bus, dl.Event)
 			if err != nil {
