@@ -273,6 +273,7 @@ func (h *Handler) converge(ctx context.Context, uuid string, trigger *event.Even
 		if err != nil {
 			return err
 		}
+		h.unknown.Delete(uuid)
 		if len(p.Steps) == 0 && applied != nil && cur != nil && same(applied, cur) && applied.DN == cur.DN {
 			return nil // nothing new to record
 		}
@@ -345,8 +346,33 @@ func (h *Handler) unknownUser(ctx context.Context, ev event.Event, cause error) 
 	if len(ev.New) == 0 || !same(cur, &planned) {
 		return errSuperseded
 	}
-	// Not permanent: the runner retries it a bounded number of times.
-	return fmt.Errorf("mailbox of %s: Dovecot does not know the address yet: %v", where(ev), cause)
+	// The directory Dovecot reads is ahead of the stream (the listener
+	// lags, or was down): the newer event is coming, and each retry reads
+	// the newest state again. Retried as long as that is plausible, then
+	// left to the runner's bounded retries and a dead letter.
+	addr := planned.Address
+	v, _ := h.unknown.LoadOrStore(ev.UUID, unknownSince{addr: addr, since: time.Now()})
+	u := v.(unknownSince)
+	if u.addr != addr {
+		u = unknownSince{addr: addr, since: time.Now()}
+		h.unknown.Store(ev.UUID, u)
+	}
+	err = fmt.Errorf("mailbox of %s: Dovecot does not know the address %s (for %s): %v",
+		where(ev), addr, time.Since(u.since).Round(time.Second), cause)
+	if time.Since(u.since) < UnknownPatience {
+		return fault.Retryable(err)
+	}
+	return err
+}
+
+// UnknownPatience is how long Dovecot may not know an entry's current
+// address before the error counts against the runner's bounded retries.
+var UnknownPatience = 10 * time.Minute
+
+// unknownSince is when Dovecot first did not know an entry's address.
+type unknownSince struct {
+	addr  string
+	since time.Time
 }
 
 // keep applies delete=no to an address the entry gave up: its sessions are

@@ -129,6 +129,7 @@ type Handler struct {
 
 	latest  LatestFunc
 	locks   sync.Map // uuid -> *sync.Mutex (entryLock)
+	unknown sync.Map // uuid -> unknownSince
 	applied *appliedStore
 	homes   *homeIndex
 
