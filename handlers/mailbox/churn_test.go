@@ -30,11 +30,16 @@ type churnShape struct {
 
 // The short run is part of `make test`; MAILSYNC_CHURN_FULL=1 runs the full
 // one (300 users, 3,000 changes, 16 kills).
+// MAILSYNC_CHURN_SEED picks another stream of changes and kill moments.
 func churnShapeFromEnv() churnShape {
+	s := churnShape{users: 40, groups: 6, changes: 300, deletes: 5, kills: 4, seed: 11}
 	if os.Getenv("MAILSYNC_CHURN_FULL") != "" {
-		return churnShape{users: 300, groups: 30, changes: 3000, deletes: 50, kills: 16, seed: 11}
+		s = churnShape{users: 300, groups: 30, changes: 3000, deletes: 50, kills: 16, seed: 11}
 	}
-	return churnShape{users: 40, groups: 6, changes: 300, deletes: 5, kills: 4, seed: 11}
+	if v, err := strconv.ParseUint(os.Getenv("MAILSYNC_CHURN_SEED"), 10, 64); err == nil {
+		s.seed = v
+	}
+	return s
 }
 
 // churnOp is one directory change.
@@ -627,6 +632,7 @@ func (r *churnRig) measure() outcome {
 func TestChurnWithKills(t *testing.T) {
 	t.Parallel()
 	s := churnShapeFromEnv()
+	t.Logf("churn: %d users, %d changes (%d deletes), %d kills, seed %d", s.users, s.changes, s.deletes, s.kills, s.seed)
 	bin := testenv.BuildMailsync(t)
 	type result struct {
 		o     outcome
