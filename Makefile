@@ -3,7 +3,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
 PKGS := ./...
 
-.PHONY: all build deps test vet fmt-check bench churn demo clean
+.PHONY: all build deps test vet fmt-check bench churn cluster demo clean
 
 all: build
 
@@ -30,6 +30,11 @@ bench: deps churn
 # runs a short one.
 churn: deps
 	MAILSYNC_CHURN_FULL=1 $(GO) test -count=1 -run '^TestChurnWithKills$$' -timeout 60m -v ./handlers/mailbox/
+
+# The full cluster run: 5,000 directory changes on a 3-node JetStream
+# cluster with two node kills; `make test` runs 1,000.
+cluster: deps
+	MAILSYNC_CLUSTER_CHANGES=5000 $(GO) test -count=1 -run '^TestClusterBurstWithKills$$' -timeout 30m -v ./internal/cluster/
 
 demo: deps build
 	@bash scripts/demo.sh

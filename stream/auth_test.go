@@ -248,23 +248,6 @@ func TestWorkerScopedToItsHost(t *testing.T) {
 	}
 }
 
-// docsBlock returns the code block of docs/operations.md whose first line
-// is first.
-func docsBlock(t *testing.T, first string) string {
-	t.Helper()
-	data, err := os.ReadFile("../docs/operations.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(data)
-	i := strings.Index(s, "\n"+first+"\n")
-	if i < 0 {
-		t.Fatalf("docs/operations.md has no block starting %q", first)
-	}
-	s = s[i+1:]
-	return s[:strings.Index(s, "```")]
-}
-
 // TestExternalServerFromDocs starts a nats-server from the configuration
 // docs/operations.md gives (its TLS files, store dir and port replaced)
 // with the authorization block ServerConfig renders, and runs the role
@@ -272,7 +255,7 @@ func docsBlock(t *testing.T, first string) string {
 func TestExternalServerFromDocs(t *testing.T) {
 	ca := testenv.NewCA(t)
 	dir := t.TempDir()
-	conf := docsBlock(t, "# nats-server.conf (single server)")
+	conf := testenv.DocsBlock(t, "# nats-server.conf (single server)")
 	port := testenv.FreePort(t)
 	for old, repl := range map[string]string{
 		"0.0.0.0:4222": fmt.Sprintf("127.0.0.1:%d", port), "/etc/nats/server.pem": ca.ServerCert,

@@ -1,8 +1,9 @@
 // Package testenv starts the real servers mailsync's tests run against —
 // OpenLDAP slapd with syncprov and the UCS mail schema, Dovecot with an LDAP
-// userdb, an embedded NATS JetStream server, Postfix's postmap — each in a
-// temp dir on 127.0.0.1, stopped by t.Cleanup. A missing server binary fails
-// the test with the apt-get line that installs it; nothing is skipped.
+// userdb, an embedded NATS JetStream server or a cluster of nats-server
+// processes, Postfix's postmap — each in a temp dir on 127.0.0.1, stopped by
+// t.Cleanup. A missing server binary fails the test with the apt-get line
+// that installs it; nothing is skipped.
 package testenv
 
 import (
