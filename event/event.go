@@ -52,6 +52,9 @@ const (
 	AttrUniqueMember       = "uniqueMember"
 	AttrMailMember         = "univentionMailMember"
 	AttrCanonicalRewrite   = "univentionCanonicalRecipientRewriteEnabled"
+	// AttrACL is a shared folder's ACL, "<identifier> <right>" per value
+	// (reference §2).
+	AttrACL = "univentionMailACL"
 )
 
 // Followed is the one list of attributes mailsync reads from the directory.
@@ -61,7 +64,7 @@ var Followed = []string{
 	AttrPrimaryAddress, AttrAlternativeAddress,
 	AttrForwardAddress, AttrForwardCopyToSelf,
 	AttrHomeServer, AttrQuota,
-	AttrUniqueMember, AttrMailMember, AttrCanonicalRewrite,
+	AttrUniqueMember, AttrMailMember, AttrCanonicalRewrite, AttrACL,
 }
 
 // Filter selects every entry mailsync follows: users (univentionMail, as

@@ -340,8 +340,8 @@ func describeEvent(ev event.Event) string {
 // (mailbox.PlanFor) from the state before the change, taken as applied on
 // this host, to the state after it, against the homes on disk now.
 func planMailbox(cfg *config.Config, spool *mailbox.Spool, d *planDir, ev event.Event) string {
-	if ev.Kind != event.KindUser {
-		return "nothing (not a user)"
+	if ev.Kind != event.KindUser && ev.Kind != event.KindFolder {
+		return "nothing (not a user or shared folder)"
 	}
 	s, err := mailboxSettings(cfg)
 	if err != nil {

@@ -29,9 +29,10 @@ func (h *Handler) UseLatest(f LatestFunc) { h.latest = f }
 // the entry changed again; its newer event converges it.
 var errSuperseded = errors.New("superseded by a newer change of the entry")
 
-// Handle converges the event's entry on this host. Only users are handled.
+// Handle converges the event's entry on this host. Users and shared
+// folders are handled.
 func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
-	if ev.Kind != event.KindUser {
+	if ev.Kind != event.KindUser && ev.Kind != event.KindFolder {
 		return nil
 	}
 	if !validUUID(ev.UUID) {
@@ -305,7 +306,13 @@ func (h *Handler) execute(ctx context.Context, ev event.Event, p Plan) error {
 		case StepAttic:
 			err = h.toAttic(ctx, ev, s)
 		case StepCreate:
-			err = h.create(ctx, ev, s.Address)
+			if p.Folder {
+				err = h.createWith(ctx, ev, s.Address, []string{"INBOX"})
+			} else {
+				err = h.create(ctx, ev, s.Address)
+			}
+		case StepACL:
+			err = h.setACL(ctx, ev, s)
 		case StepMove:
 			err = h.move(ctx, ev, s.From, s.Address)
 		case StepTrash:

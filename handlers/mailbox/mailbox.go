@@ -66,6 +66,8 @@ type Doveadm interface {
 	Kick(ctx context.Context, user string) error
 	FlushAuthCache(ctx context.Context, users ...string) (int, error)
 	CreateMailbox(ctx context.Context, user string, names ...string) error
+	// SetACL sets (no rights: removes) id's entry in user's mailbox's ACL.
+	SetACL(ctx context.Context, user, mailbox, id string, rights []string) error
 }
 
 // Config is the handler's share of mailsync's config.
@@ -332,6 +334,11 @@ func writeFileSync(path string, data []byte, mode fs.FileMode) error {
 
 // create makes addr's mailbox exist with its default folders.
 func (h *Handler) create(ctx context.Context, ev event.Event, addr string) error {
+	return h.createWith(ctx, ev, addr, h.folders)
+}
+
+// createWith makes the mailbox of addr with the folders given.
+func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, folders []string) error {
 	home, index, err := h.paths(ev, addr)
 	if err != nil {
 		return err
@@ -343,13 +350,13 @@ func (h *Handler) create(ctx context.Context, ev event.Event, addr string) error
 		return fault.Permanentf("create mailbox %s for %s: home %s belongs to entry %s (uuid %s), "+
 			"which had the address %q; not reused", addr, where(ev), home, m.DN, m.UUID, m.Address)
 	}
-	err = h.adm.CreateMailbox(ctx, addr, h.folders...)
+	err = h.adm.CreateMailbox(ctx, addr, folders...)
 	if errors.Is(err, dovecotadm.ErrUnknownUser) {
 		// A negative auth cache entry from before the directory change.
 		if _, ferr := h.adm.FlushAuthCache(ctx); ferr != nil {
 			return ferr
 		}
-		err = h.adm.CreateMailbox(ctx, addr, h.folders...)
+		err = h.adm.CreateMailbox(ctx, addr, folders...)
 	}
 	if err != nil {
 		return fmt.Errorf("create mailbox of %s: %w", where(ev), err)

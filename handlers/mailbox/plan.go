@@ -35,15 +35,22 @@ type State struct {
 	// host name (lowercased, a trailing dot dropped).
 	HomeServer string `json:"home_server,omitempty"`
 	CSN        string `json:"csn,omitempty"`
+	// Folder marks a shared folder (folder.go); ACL is its canonical
+	// univentionMailACL.
+	Folder bool   `json:"folder,omitempty"`
+	ACL    string `json:"acl,omitempty"`
 	// Refused says why the address rule (package address) refuses the
 	// entry's primary address or home server as stored; such a state is
 	// never applied, and nothing is done for it.
 	Refused error `json:"-"`
 }
 
-// StateOf is the state of a user entry; ok is false for an entry that is
-// not a user (it has no mailbox).
+// StateOf is the state of a user or shared folder entry; ok is false for
+// an entry of another kind (it has no mailbox).
 func StateOf(e event.Entry) (State, bool) {
+	if e.Kind == event.KindFolder {
+		return folderState(e), true
+	}
 	if e.Kind != event.KindUser {
 		return State{}, false
 	}
@@ -57,7 +64,7 @@ func same(a, b *State) bool {
 	if a == nil || b == nil {
 		return a == nil && b == nil
 	}
-	return a.Address == b.Address && a.HomeServer == b.HomeServer
+	return a.Address == b.Address && a.HomeServer == b.HomeServer && a.ACL == b.ACL
 }
 
 // attrs is the state as the attributes Decide reads.
@@ -151,6 +158,8 @@ const (
 	// StepMoveAway copies the mail of From to host To as Address, then
 	// applies the delete policy (move_on_homeserver_change).
 	StepMoveAway
+	// StepACL gives a shared folder's INBOX its ACL (folder.go).
+	StepACL
 )
 
 // Step is one step of a plan.
@@ -163,6 +172,8 @@ type Step struct {
 	To       string // StepMoveAway: the new home server
 	Path     string // the home the step works on
 	Home     *Home  // StepAttic, StepTrash: the home
+	// ACL and OldACL: StepACL's ACL to set and the one it replaces.
+	ACL, OldACL string
 }
 
 // String says what the step does, for `mailsync plan` and `check`.
@@ -180,6 +191,12 @@ func (s Step) String() string {
 		return fmt.Sprintf("keep %s on disk (mail/dovecot/mailbox/delete=no); %s is logged out and the auth cache flushed", s.Path, s.Address)
 	case StepMoveAway:
 		return fmt.Sprintf("copy the mail of %s (%s) to %s as %s, verify, then apply the delete policy", s.From, s.Path, s.To, s.Address)
+	case StepACL:
+		acl := strings.ReplaceAll(s.ACL, "\n", ", ")
+		if acl == "" {
+			acl = "no entries"
+		}
+		return fmt.Sprintf("set the ACL of shared folder %s: %s", s.Address, acl)
 	}
 	return "?"
 }
@@ -197,6 +214,8 @@ type Plan struct {
 	// Wait is why the plan cannot run yet (another entry's change that
 	// frees the address is not applied yet); the handler retries.
 	Wait string
+	// Folder: the entry is a shared folder (its mailbox has INBOX only).
+	Folder bool
 }
 
 // Done reports whether the host is converged for the entry.
@@ -206,6 +225,11 @@ func (p Plan) Done() bool { return len(p.Steps) == 0 && p.Refused == nil && p.Wa
 // handler executes, and what `mailsync plan` and `check` print.
 func PlanFor(in Input, s Settings) Plan {
 	p := Plan{UUID: in.UUID}
+	if c := in.Current; (c != nil && c.Folder) || (c == nil && in.Applied != nil && in.Applied.Folder) {
+		// Reference §2: a folder's address change always renames; its
+		// mail does not follow a home server change.
+		p.Folder, s.Rename, s.MoveOnHomeChange = true, true, false
+	}
 	p.Decision = DecideWith(Transition(in.UUID, in.Applied, in.Current), s.Host, Policy{MoveOnHomeChange: s.MoveOnHomeChange})
 	dn := ""
 	if in.Current != nil {
@@ -385,6 +409,17 @@ func PlanFor(in Input, s Settings) Plan {
 			} else {
 				p.Kept = append(p.Kept, *h)
 			}
+		}
+	}
+	if p.Folder && want != "" && p.Refused == nil && p.Wait == "" {
+		// The ACL, when it changed or the mailbox is new or moved (Dovecot
+		// keeps a moved mailbox's ACL; entries gone are removed).
+		old := ""
+		if in.Applied != nil {
+			old = in.Applied.ACL
+		}
+		if len(p.Steps) > 0 || in.Applied == nil || in.Applied.ACL != in.Current.ACL || in.Applied.Address != want {
+			p.Steps = append(p.Steps, Step{Kind: StepACL, Address: want, Path: target, ACL: in.Current.ACL, OldACL: old})
 		}
 	}
 	if p.Refused != nil || p.Wait != "" {

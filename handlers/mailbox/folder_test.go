@@ -1,0 +1,103 @@
+package mailbox_test
+
+import (
+	"context"
+	"testing"
+
+	"mailsync/internal/testenv"
+)
+
+// TestSharedFolders runs UCS's ucs-test 43 shared-folder scenarios
+// (reference §2, §6) through the whole pipeline, in each cell of Table
+// 14.4: a folder is created on its home server only (not when homed on
+// another host, not without a home server); mail delivered over LMTP is
+// read by a user its ACL grants read, not by one without; an ACL change
+// takes effect; an address change renames under every cell and the mail is
+// found at the new name; a deleted folder goes only with delete=yes.
+func TestSharedFolders(t *testing.T) {
+	t.Parallel()
+	for _, pol := range cells {
+		t.Run(pol.String(), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, pol, testenv.DovecotOptions{SharedFolders: true}, true)
+			l := e.ldap
+			l.AddUser(t, "alice", "alice@example.org", nil)
+			l.AddUser(t, "bob", "bob@example.org", nil)
+			folder := func(name, home string, acl ...string) string {
+				dn := "cn=" + name + "," + l.BaseDN
+				attrs := map[string][]string{"objectClass": {"univentionMailSharedFolder"}, "cn": {name},
+					"mailPrimaryAddress": {name + "@example.org"}}
+				if home != "" {
+					attrs["univentionMailHomeServer"] = []string{home}
+				}
+				if len(acl) > 0 {
+					attrs["univentionMailACL"] = acl
+				}
+				l.Add(t, dn, attrs)
+				return dn
+			}
+			team := folder("team", host, "alice@example.org read")
+			gone := folder("gone", host)
+			folder("far", "other.example.org")
+			folder("nohome", "")
+			e.created(t, "alice@example.org", "bob@example.org", "team@example.org", "gone@example.org")
+			for _, a := range []string{"far@example.org", "nohome@example.org"} {
+				if dirExists(e.dc.Home(a)) {
+					t.Errorf("folder %s was created here: %s", a, e.dc.Home(a))
+				}
+			}
+			e.dc.Deliver(t, "team@example.org", "for the team")
+			e.canRead(t, "alice@example.org", "team@example.org", 1)
+			e.canRead(t, "bob@example.org", "team@example.org", -1)
+
+			// The ACL changes: bob may read, alice's entry goes.
+			seq := e.lastSeq(t)
+			l.Modify(t, team, map[string][]string{"univentionMailACL": {"bob@example.org read"}})
+			e.settledAfter(t, seq, 1)
+			e.canRead(t, "bob@example.org", "team@example.org", 1)
+			e.canRead(t, "alice@example.org", "team@example.org", -1)
+
+			// An address change renames under every cell.
+			seq = e.lastSeq(t)
+			l.Modify(t, team, map[string][]string{"mailPrimaryAddress": {"crew@example.org"}})
+			e.settledAfter(t, seq, 1)
+			if dirExists(e.dc.Home("team@example.org")) {
+				t.Errorf("the old folder %s is still there", e.dc.Home("team@example.org"))
+			}
+			e.canRead(t, "bob@example.org", "crew@example.org", 1)
+			e.dc.Deliver(t, "crew@example.org", "to the new name")
+			e.canRead(t, "bob@example.org", "crew@example.org", 2)
+
+			// Delete: the folder goes only with delete=yes.
+			seq = e.lastSeq(t)
+			l.Delete(t, gone)
+			e.settledAfter(t, seq, 1)
+			if got := dirExists(e.dc.Home("gone@example.org")); got == pol.delete {
+				t.Errorf("deleted folder's directory exists: %v, want %v", got, !pol.delete)
+			}
+			if len(deadLetters(t, e.p)) > 0 {
+				t.Errorf("dead letters: %+v", deadLetters(t, e.p))
+			}
+		})
+	}
+}
+
+// canRead checks what user sees of folder's INBOX over IMAP: n messages,
+// or with n < 0 that SELECT is refused.
+func (e *env) canRead(t *testing.T, user, folder string, n int) {
+	t.Helper()
+	c, err := e.dc.IMAPReader().Dial(context.Background(), user, "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	data, err := c.Select("shared/"+folder+"/INBOX", nil).Wait()
+	switch {
+	case n < 0 && err == nil:
+		t.Errorf("%s can SELECT shared/%s/INBOX without a right", user, folder)
+	case n >= 0 && err != nil:
+		t.Errorf("%s cannot SELECT shared/%s/INBOX: %v\n%s", user, folder, err, e.dc.Log())
+	case n >= 0 && int(data.NumMessages) != n:
+		t.Errorf("%s sees %d messages in shared/%s/INBOX, want %d", user, data.NumMessages, folder, n)
+	}
+}
