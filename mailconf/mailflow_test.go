@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -139,6 +141,7 @@ func (e *mailEnv) send(t *testing.T, addr string, m testenv.Mail) {
 // TestMailFlow sends real mail through one Postfix, configured by mailsync
 // and fed by its maps, into Dovecot; UCS's own tests are named by number.
 func TestMailFlow(t *testing.T) {
+	t.Parallel()
 	// 127.0.0.2 is a client outside mynetworks.
 	settings := mailconf.Settings{mailconf.KeyMyNetworks: "127.0.0.1/32"}
 	e := startMail(t, settings)
@@ -250,4 +253,186 @@ func TestMailFlow(t *testing.T) {
 			t.Errorf("home server sink got RCPT %v, want henry@%s", m.To, domain)
 		}
 	})
+}
+
+// TestPostfixSettings changes the settings of one running Postfix the way
+// an administrator would (mailsync's renderer, install, reload) and checks
+// what mail does then.
+func TestPostfixSettings(t *testing.T) {
+	t.Parallel()
+	base := mailconf.Settings{mailconf.KeyMyNetworks: "127.0.0.1/32"}
+	e := startMail(t, base)
+	e.directory(t)
+	pf := e.pf
+	with := func(kv ...string) mailconf.Settings {
+		s := mailconf.Settings{}
+		for k, v := range base {
+			s[k] = v
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			s[kv[i]] = kv[i+1]
+		}
+		return s
+	}
+	configure := func(t *testing.T, s mailconf.Settings) *mailconf.Product {
+		t.Helper()
+		p, err := e.configure(s)
+		if err != nil {
+			t.Fatalf("configure %v: %v", s, err)
+		}
+		return p
+	}
+	relay := "[127.0.0.1]:" + strings.Split(e.sink.Addr, ":")[1]
+
+	t.Run("38 message size limit", func(t *testing.T) {
+		configure(t, with(mailconf.KeyMessageSizeLimit, "20000"))
+		err := pf.Send(pf.SMTP, testenv.Mail{From: "x@external.test", To: []string{"alice@" + domain}, Subject: "too big", Body: strings.Repeat("0123456789\r\n", 2500)})
+		if code(err) != 552 {
+			t.Errorf("a 30 kB message over a 20000 byte limit: %v, want 552", err)
+		}
+		e.send(t, pf.SMTP, testenv.Mail{To: []string{"alice@" + domain}, Subject: "small enough", Body: strings.Repeat("0123456789\r\n", 800)})
+		e.inbox(t, "alice@"+domain, "small enough")
+		if e.dc.HasMessage(t, "alice@"+domain, "too big") {
+			t.Error("the message over the limit was delivered")
+		}
+	})
+
+	t.Run("33 smart host", func(t *testing.T) {
+		configure(t, with(mailconf.KeyRelayHost, relay))
+		e.send(t, pf.SMTP, testenv.Mail{From: "alice@" + domain, To: []string{"someone@external.test"}, Subject: "via the relay"})
+		if m := e.sink.WaitFor(t, "via the relay", 20*time.Second); m.To[0] != "someone@external.test" {
+			t.Errorf("relay got RCPT %v", m.To)
+		}
+
+		// mail/relayauth: the relay sees AUTH with smtp_auth's credentials, over TLS.
+		authSink := testenv.StartSMTPSink(t, testenv.SinkOptions{TLS: pf.CA, User: "relayuser", Password: "relay-secret"})
+		authRelay := "[127.0.0.1]:" + strings.Split(authSink.Addr, ":")[1]
+		_, err := e.pf.Configure(with(mailconf.KeyRelayHost, authRelay, mailconf.KeyRelayAuth, "yes"), func(p *mailconf.Postfix) {
+			p.RelayCredentials = "relayuser:relay-secret"
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.Stat(filepath.Join(pf.ConfigDir, "smtp_auth.db")); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("smtp_auth.db: %v %v, want mode 0600", st, err)
+		}
+		e.send(t, pf.SMTP, testenv.Mail{From: "alice@" + domain, To: []string{"someone@external.test"}, Subject: "via the authenticated relay"})
+		m := authSink.WaitFor(t, "via the authenticated relay", 20*time.Second)
+		if m.AuthUser != "relayuser" || m.AuthPass != "relay-secret" || !m.TLS {
+			t.Errorf("relay saw AUTH %q/%q, TLS %v; want relayuser with smtp_auth's password, over TLS", m.AuthUser, m.AuthPass, m.TLS)
+		}
+	})
+
+	t.Run("61 main.cf.local and master.cf.local", func(t *testing.T) {
+		extra := testenv.FreePort(t)
+		pf.SetLocal(t, "smtpd_banner = $myhostname ESMTP from-main-cf-local\n",
+			fmt.Sprintf("127.0.0.1:%d inet n - n - - smtpd\n  -o smtpd_banner=from-master-cf-local\n", extra))
+		defer func() { pf.SetLocal(t, "", ""); configure(t, base) }()
+		p := configure(t, base)
+		if len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0], "main.cf.local line") || !strings.Contains(p.Warnings[0], "sets smtpd_banner, already set in") {
+			t.Errorf("warnings %q, want smtpd_banner set twice, naming both places", p.Warnings)
+		}
+		for addr, want := range map[string]string{pf.SMTP: "from-main-cf-local", fmt.Sprintf("127.0.0.1:%d", extra): "from-master-cf-local"} {
+			testenv.Eventually(t, 10*time.Second, func() error {
+				c, err := pf.Dial(addr, testenv.Mail{})
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				return nil
+			})
+			g, err := testenv.Greeting(addr)
+			if err != nil || !strings.Contains(g, want) {
+				t.Errorf("greeting on %s: %q %v, want %q", addr, g, err, want)
+			}
+		}
+	})
+
+	t.Run("archive folder gets every incoming and outgoing message", func(t *testing.T) {
+		configure(t, with(mailconf.KeyArchiveFolder, "archive@"+domain, mailconf.KeyRelayHost, relay))
+		e.send(t, pf.SMTP, testenv.Mail{To: []string{"bob@" + domain}, Subject: "incoming, archived"})
+		e.send(t, pf.Submission, testenv.Mail{From: "bob@" + domain, To: []string{"someone@external.test"}, Subject: "outgoing, archived",
+			StartTLS: true, User: "bob@" + domain, Password: "secret"})
+		e.inbox(t, "bob@"+domain, "incoming, archived")
+		e.sink.WaitFor(t, "outgoing, archived", 20*time.Second)
+		e.inbox(t, "archive@"+domain, "incoming, archived")
+		e.inbox(t, "archive@"+domain, "outgoing, archived")
+	})
+
+	t.Run("soft bounce keeps mail to an unknown user queued", func(t *testing.T) {
+		// broken@ is a list whose only member does not exist.
+		configure(t, base)
+		e.send(t, pf.SMTP, testenv.Mail{To: []string{"broken@" + domain}, Subject: "hard bounce"})
+		testenv.Eventually(t, 20*time.Second, func() error {
+			if !strings.Contains(readLog(pf), "to=<nosuch@"+domain+">, orig_to=<broken@"+domain+">") || !strings.Contains(readLog(pf), "status=bounced") {
+				return fmt.Errorf("no bounce yet\n%s", pf.Log())
+			}
+			return nil
+		})
+		configure(t, with(mailconf.KeySoftBounce, "yes"))
+		e.send(t, pf.SMTP, testenv.Mail{To: []string{"broken@" + domain}, Subject: "soft bounce"})
+		testenv.Eventually(t, 20*time.Second, func() error {
+			for _, m := range pf.QueueEntries(t) {
+				for _, r := range m.Recipients {
+					if m.QueueName == "deferred" && r.Address == "nosuch@"+domain {
+						return nil
+					}
+				}
+			}
+			return fmt.Errorf("no message to nosuch@%s deferred in the queue: %v", domain, pf.QueueEntries(t))
+		})
+		if !strings.Contains(readLog(pf), "status=SOFTBOUNCE") {
+			t.Errorf("no SOFTBOUNCE in the mail log\n%s", pf.Log())
+		}
+	})
+
+	t.Run("postscreen", func(t *testing.T) {
+		configure(t, with(mailconf.KeyPostscreen, "yes", mailconf.PrefixPostscreen+"greet/wait", "1s"))
+		defer configure(t, base)
+		// A client (outside mynetworks) that speaks before the greeting
+		// is dropped, once the reload has put postscreen on the port.
+		testenv.Eventually(t, 15*time.Second, func() error {
+			reply, err := testenv.Pregreet(pf.SMTP, "127.0.0.2", "EHLO spambot.example.net")
+			if !strings.HasPrefix(reply, "521") {
+				return fmt.Errorf("pregreeting client got %q (%v), want 521 and the connection dropped", reply, err)
+			}
+			return nil
+		})
+		// A client that waits is passed to smtpd and delivers.
+		e.send(t, pf.SMTP, testenv.Mail{LocalIP: "127.0.0.2", To: []string{"carol@" + domain}, Subject: "past postscreen"})
+		e.inbox(t, "carol@"+domain, "past postscreen")
+	})
+
+	t.Run("bad settings are refused and change nothing", func(t *testing.T) {
+		before, err := os.ReadFile(filepath.Join(pf.ConfigDir, "main.cf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for key, value := range map[string]string{
+			mailconf.KeyRelayHost:        "relay example.net",
+			mailconf.KeyMessageSizeLimit: "abc",
+			mailconf.KeyArchiveFolder:    "nobody@" + domain,
+		} {
+			_, err := e.configure(with(key, value))
+			var se *mailconf.SettingError
+			if !errors.As(err, &se) || se.Key != key || !strings.Contains(err.Error(), key) {
+				t.Errorf("%s=%q: %v, want a SettingError naming %s", key, value, err, key)
+			}
+			after, _ := os.ReadFile(filepath.Join(pf.ConfigDir, "main.cf"))
+			if string(after) != string(before) {
+				t.Errorf("%s=%q changed main.cf", key, value)
+			}
+		}
+		// An external archive address is accepted as it is.
+		if _, err := e.configure(with(mailconf.KeyArchiveFolder, "archive@external.test")); err != nil {
+			t.Errorf("external archive address: %v", err)
+		}
+		e.send(t, pf.SMTP, testenv.Mail{To: []string{"dave@" + domain}, Subject: "still serving"})
+		e.inbox(t, "dave@"+domain, "still serving")
+	})
+}
+
+func readLog(pf *testenv.PostfixServer) string {
+	data, _ := os.ReadFile(pf.LogPath)
+	return string(data)
 }

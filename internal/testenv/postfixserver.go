@@ -1,8 +1,10 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/smtp"
@@ -277,14 +279,36 @@ func (p *PostfixServer) Log() string {
 	return "--- " + p.LogPath + "\n" + strings.Join(lines, "\n")
 }
 
-// Queue lists the queue (`postqueue -c DIR -j`), one JSON line per message.
-func (p *PostfixServer) Queue(t testing.TB) string {
+// QueueEntry is one message in Postfix's queue (postqueue -j).
+type QueueEntry struct {
+	QueueName  string `json:"queue_name"` // incoming, active, deferred, hold
+	QueueID    string `json:"queue_id"`
+	Sender     string `json:"sender"`
+	Recipients []struct {
+		Address     string `json:"address"`
+		DelayReason string `json:"delay_reason"`
+	} `json:"recipients"`
+}
+
+// QueueEntries lists the queue (`postqueue -c DIR -j`).
+func (p *PostfixServer) QueueEntries(t testing.TB) []QueueEntry {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(filepath.Dir(p.bin), "postqueue"), "-c", p.ConfigDir, "-j").CombinedOutput()
+	out, err := exec.Command(filepath.Join(filepath.Dir(p.bin), "postqueue"), "-c", p.ConfigDir, "-j").Output()
 	if err != nil {
 		t.Fatalf("postqueue -j: %v %s", err, out)
 	}
-	return string(out)
+	var q []QueueEntry
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l == "" {
+			continue
+		}
+		var e QueueEntry
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("postqueue -j: %v: %s", err, l)
+		}
+		q = append(q, e)
+	}
+	return q
 }
 
 // Mail is a message for Send.
@@ -378,4 +402,42 @@ func (p *PostfixServer) clientTLS() *tls.Config {
 	c := p.CA.ClientTLS()
 	c.ServerName = "127.0.0.1"
 	return c
+}
+
+// Greeting returns the first line an SMTP server at addr sends.
+func Greeting(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), err
+}
+
+// Pregreet connects from localIP, sends line at once, before the server's
+// greeting is complete, as spam bots do, and returns the first reply line
+// that is not part of the greeting.
+func Pregreet(addr, localIP, line string) (string, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(localIP)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write([]byte(line + "\r\n")); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(c)
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return strings.TrimRight(l, "\r\n"), err
+		}
+		if !strings.HasPrefix(l, "220") {
+			return strings.TrimRight(l, "\r\n"), nil
+		}
+	}
 }
