@@ -1,12 +1,10 @@
 package mailconf_test
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -132,23 +130,7 @@ func TestRenderDovecotGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var b bytes.Buffer
-			for _, f := range files {
-				fmt.Fprintf(&b, "=== %s (%o)\n%s", f.Path, f.Mode, f.Data)
-			}
-			golden := filepath.Join("testdata", tc.name+".golden")
-			if *update {
-				if err := os.WriteFile(golden, b.Bytes(), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update)", err)
-			}
-			if !bytes.Equal(b.Bytes(), want) {
-				t.Errorf("rendered files differ from %s (run with -update and review the diff):\n%s", golden, b.String())
-			}
+			checkGolden(t, tc.name, files)
 		})
 	}
 }

@@ -68,8 +68,8 @@ func (s Settings) Bool(key string, def bool) (bool, error) {
 	return false, &SettingError{Key: key, Value: s[key], Reason: "want yes or no"}
 }
 
-// SettingError is a setting that cannot be rendered. It is permanent: the
-// configuration must change.
+// SettingError is a setting that cannot be rendered: only a change of the
+// setting can help, so callers treat it as a configuration error (exit 2).
 type SettingError struct {
 	Key    string // the UCR variable, e.g. mail/relayhost
 	Value  string

@@ -298,12 +298,10 @@ func RenderPostfix(s Settings, pf Postfix) (*Product, error) {
 		}
 		opts[svc] = append(opts[svc], param+"="+s[key])
 	}
+	// Port 25: no authentication unless the variable says so (14.7.5).
 	smtpOpts := append([]string{"smtpd_sasl_auth_enable=no"}, opts["smtp"]...)
-	if v, ok := s[PrefixMasterOptions+"smtp/smtpd_sasl_auth_enable"]; ok {
-		if _, err := s.Bool(PrefixMasterOptions+"smtp/smtpd_sasl_auth_enable", false); err != nil {
-			errs = append(errs, err)
-		}
-		_ = v
+	if _, ok := s[PrefixMasterOptions+"smtp/smtpd_sasl_auth_enable"]; ok {
+		boolean(PrefixMasterOptions + "smtp/smtpd_sasl_auth_enable")
 		smtpOpts = opts["smtp"]
 	}
 	mc := &cf{}
@@ -329,15 +327,14 @@ func RenderPostfix(s Settings, pf Postfix) (*Product, error) {
 		mc.service(l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7])
 	}
 
-	mainLocal, mainWarn, err := appendLocal(m, "main.cf", pf.MainCFLocal, parseParams)
+	mainWarn, err := appendLocal(m, filepath.Join(pf.ConfigDir, "main.cf"), pf.MainCFLocal, parseParams)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	masterLocal, masterWarn, err := appendLocal(mc, "master.cf", pf.MasterCFLocal, parseServices)
+	masterWarn, err := appendLocal(mc, filepath.Join(pf.ConfigDir, "master.cf"), pf.MasterCFLocal, parseServices)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	_, _ = mainLocal, masterLocal
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -459,26 +456,26 @@ func (c *cf) service(name, typ, private, unpriv, chroot, wakeup, maxproc, comman
 	}
 }
 
-// appendLocal appends the administrator's file (manual 14.7.7, UCS's
-// 99_local) and reports every name it sets that the rendered part set
+// appendLocal appends the administrator's file path to the rendered file
+// name (manual 14.7.7, UCS's 99_local) and reports every name it sets that the rendered part set
 // already, naming both places.
-func appendLocal(c *cf, name, path string, names func([]byte) map[string]int) ([]byte, []string, error) {
+func appendLocal(c *cf, name, path string, names func([]byte) map[string]int) ([]string, error) {
 	if path == "" {
-		return nil, nil, nil
+		return nil, nil
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {
-		return nil, nil, nil
+		return nil, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	var warns []string
 	local := names(data)
 	for _, k := range sortedKeysInt(local) {
 		if l, ok := c.where[k]; ok {
 			warns = append(warns, fmt.Sprintf("%s line %d sets %s, already set in %s line %d (%s's value wins)",
-				path, local[k], k, filepath.Join(filepath.Dir(path), name), l, filepath.Base(path)))
+				path, local[k], k, name, l, filepath.Base(path)))
 		}
 	}
 	c.emit("")
@@ -493,7 +490,7 @@ func appendLocal(c *cf, name, path string, names func([]byte) map[string]int) ([
 		}
 	}
 	c.emit("# --- end of " + path + " ---")
-	return data, warns, nil
+	return warns, nil
 }
 
 // parseParams returns the parameters a main.cf fragment sets, with the
