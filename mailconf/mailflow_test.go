@@ -42,10 +42,18 @@ type mailEnv struct {
 
 func startMail(t *testing.T, settings mailconf.Settings) *mailEnv {
 	t.Helper()
+	return startMailWith(t, settings, testenv.DovecotOptions{})
+}
+
+// startMailWith is startMail with the test Dovecot's options (its FQDN is
+// always fqdn).
+func startMailWith(t *testing.T, settings mailconf.Settings, opts testenv.DovecotOptions) *mailEnv {
+	t.Helper()
 	ldap := testenv.StartSlapd(t)
 	ldap.Add(t, "ou=domains,"+ldap.BaseDN, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"domains"}})
 	ldap.Add(t, "cn="+domain+",ou=domains,"+ldap.BaseDN, map[string][]string{"objectClass": {"univentionMailDomainname"}, "cn": {domain}})
-	dc := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{FQDN: fqdn})
+	opts.FQDN = fqdn
+	dc := testenv.StartDovecot(t, ldap, opts)
 	ca := testenv.NewCA(t)
 	sink := testenv.StartSMTPSink(t, testenv.SinkOptions{TLS: ca})
 	home := testenv.StartSMTPSink(t, testenv.SinkOptions{IP: "127.0.0.3", Host: otherHost})

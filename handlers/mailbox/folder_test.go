@@ -13,7 +13,8 @@ import (
 // another host, not without a home server); mail delivered over LMTP is
 // read by a user its ACL grants read, not by one without; an ACL change
 // takes effect; an address change renames under every cell and the mail is
-// found at the new name; a deleted folder goes only with delete=yes.
+// found at the new name; a deleted folder, or one homed elsewhere now, goes
+// only with delete=yes.
 func TestSharedFolders(t *testing.T) {
 	t.Parallel()
 	for _, pol := range cells {
@@ -38,9 +39,10 @@ func TestSharedFolders(t *testing.T) {
 			}
 			team := folder("team", host, "alice@example.org read")
 			gone := folder("gone", host)
+			moving := folder("moving", host)
 			folder("far", "other.example.org")
 			folder("nohome", "")
-			e.created(t, "alice@example.org", "bob@example.org", "team@example.org", "gone@example.org")
+			e.created(t, "alice@example.org", "bob@example.org", "team@example.org", "gone@example.org", "moving@example.org")
 			for _, a := range []string{"far@example.org", "nohome@example.org"} {
 				if dirExists(e.dc.Home(a)) {
 					t.Errorf("folder %s was created here: %s", a, e.dc.Home(a))
@@ -68,12 +70,16 @@ func TestSharedFolders(t *testing.T) {
 			e.dc.Deliver(t, "crew@example.org", "to the new name")
 			e.canRead(t, "bob@example.org", "crew@example.org", 2)
 
-			// Delete: the folder goes only with delete=yes.
+			// Deleted, or homed on another host now: the folder goes only
+			// with delete=yes (its mail does not move with it).
 			seq = e.lastSeq(t)
 			l.Delete(t, gone)
-			e.settledAfter(t, seq, 1)
-			if got := dirExists(e.dc.Home("gone@example.org")); got == pol.delete {
-				t.Errorf("deleted folder's directory exists: %v, want %v", got, !pol.delete)
+			l.Modify(t, moving, map[string][]string{"univentionMailHomeServer": {"other.example.org"}})
+			e.settledAfter(t, seq, 2)
+			for _, a := range []string{"gone@example.org", "moving@example.org"} {
+				if got := dirExists(e.dc.Home(a)); got == pol.delete {
+					t.Errorf("%s: the directory exists: %v, want %v", a, got, !pol.delete)
+				}
 			}
 			if len(deadLetters(t, e.p)) > 0 {
 				t.Errorf("dead letters: %+v", deadLetters(t, e.p))

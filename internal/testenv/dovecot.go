@@ -530,6 +530,9 @@ protocol imap {
 plugin {
   acl = vfile
   acl_shared_dict = file:{{.D.Dir}}/acl/shared-mailboxes.db
+  # A master login (tests read mail as <user>*dovecotadmin) has the user's
+  # own rights, not the master user's.
+  acl_user = %u
 }
 {{- end}}
 {{- if .Opts.DoveadmPassword}}
