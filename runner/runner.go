@@ -141,6 +141,9 @@ type Runner struct {
 	cfg      Config
 	log      zerolog.Logger
 	handlers []Handler
+
+	readMu  sync.Mutex
+	reading *directoryRead // the read of the entries bucket under way
 }
 
 // New returns a runner for the handlers.
@@ -200,38 +203,16 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 			return err
 		}
 		d.covered.Store(covered)
-		cons, err := r.consumer(ctx, h)
+		cons, err := r.consumer(ctx, h, covered)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		it, err := cons.Messages(jetstream.PullMaxMessages(512), jetstream.WithMessagesErrOnMissingHeartbeat(true))
-		if err != nil {
-			return fmt.Errorf("consume %s: %w", name, err)
+		if !r.consume(ctx, d, cons, name) {
+			return nil
 		}
-		stop := context.AfterFunc(ctx, it.Stop)
-		gone := false
-		for !gone {
-			msg, err := it.Next()
-			switch {
-			case err == nil:
-				d.dispatch(ctx, msg)
-			case ctx.Err() != nil, errors.Is(err, jetstream.ErrConnectionClosed):
-				stop()
-				return nil
-			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrMsgIteratorClosed),
-				errors.Is(err, jetstream.ErrNoHeartbeat):
-				// Deleted under us (`mailsync replay` recreates it to
-				// rewind), or lost: start over as at startup.
-				gone = true
-			default:
-				log.Warn().Err(err).Msg("fetch events")
-			}
-		}
-		stop()
-		it.Stop()
 		log.Info().Str("consumer", name).Msg("consumer replaced or lost; reloading and fetching it again")
 		// The old consumer's messages finish before the handler is loaded
 		// again; their acks go nowhere, the new consumer delivers again.
@@ -241,6 +222,83 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 			return nil
 		case <-time.After(200 * time.Millisecond): // let a replay recreate it
 		}
+	}
+}
+
+// consume feeds the consumer's events to the dispatcher until ctx ends
+// (false) or the consumer is deleted or replaced under it (true: `mailsync
+// replay` recreates it to rewind; start over as at startup).
+//
+// It uses Consume, whose callback is fed from a subscription that queues
+// without limit, not Messages: that iterator reads from a channel of
+// PullMaxMessages slots that data and status messages share, and a
+// message arriving at a full channel is dropped by nats.go (a slow
+// consumer). A dropped status message leaves the iterator's count of
+// requested messages too high, so it stops asking while the consumer still
+// holds thousands of events; the stream then stood still until the missed
+// heartbeat (2 x 15s) ended the iterator, and the handler was loaded again
+// from the whole directory. Starts at 100k stalled that way.
+func (r *Runner) consume(ctx context.Context, d *dispatcher, cons jetstream.Consumer, name string) bool {
+	created := cons.CachedInfo().Created
+	ended := make(chan error, 1)
+	end := func(err error) {
+		select {
+		case ended <- err:
+		default:
+		}
+	}
+	// A callback still running when consume returns must not reach the
+	// dispatcher, whose goroutines the caller waits for next.
+	var cbMu sync.Mutex
+	stopped := false
+	defer func() {
+		cbMu.Lock()
+		stopped = true
+		cbMu.Unlock()
+	}()
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		cbMu.Lock()
+		defer cbMu.Unlock()
+		if stopped {
+			_ = msg.Nak()
+			return
+		}
+		d.dispatch(ctx, msg)
+	},
+		jetstream.PullMaxMessages(512),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			switch {
+			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+				end(err)
+			case errors.Is(err, jetstream.ErrNoHeartbeat):
+				// Consume asks again by itself; a consumer replaced
+				// meanwhile (no word of its deletion reached us) is
+				// started over.
+				go func() {
+					c, err := r.bus.Stream.Consumer(ctx, name)
+					if errors.Is(err, jetstream.ErrConsumerNotFound) || (err == nil && !c.CachedInfo().Created.Equal(created)) {
+						end(jetstream.ErrConsumerDeleted)
+					}
+				}()
+			default:
+				d.log.Warn().Err(err).Msg("fetch events")
+			}
+		}))
+	if err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		d.log.Warn().Err(err).Str("consumer", name).Msg("consume events")
+		return true
+	}
+	defer cc.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-ended:
+		return true
+	case <-cc.Closed():
+		return ctx.Err() == nil && !r.bus.NC.IsClosed()
 	}
 }
 
@@ -256,19 +314,9 @@ func (r *Runner) load(ctx context.Context, h Handler) (uint64, error) {
 	if err := r.waitFirstRefresh(ctx, h.Name()); err != nil {
 		return 0, err
 	}
-	var covered uint64
-	if e, err := r.bus.State.Get(ctx, stream.KeyEntriesSeq); err == nil {
-		covered, _ = strconv.ParseUint(string(e.Value()), 10, 64)
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, fmt.Errorf("read entries sequence for %s: %w", h.Name(), err)
-	}
-	entries, err := stream.LoadEntries(ctx, r.bus.Entries)
+	covered, list, err := r.readDirectory(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("load directory for %s: %w", h.Name(), err)
-	}
-	list := make([]event.Entry, 0, len(entries))
-	for _, e := range entries {
-		list = append(list, e)
 	}
 	if err := l.Load(ctx, list); err != nil {
 		return 0, fmt.Errorf("load directory into %s: %w", h.Name(), err)
@@ -277,6 +325,62 @@ func (r *Runner) load(ctx context.Context, h Handler) (uint64, error) {
 		return 0, nil
 	}
 	return covered, nil
+}
+
+// directoryRead is one read of the entries bucket and the stream sequence
+// it covers.
+type directoryRead struct {
+	done    chan struct{}
+	covered uint64
+	list    []event.Entry
+	err     error
+}
+
+// readDirectory reads every entry, and the sequence the entries cover
+// (read first, so the entries cover at least that much). Handlers loading
+// at the same time (every Loader at a start) share one read and its
+// entries, which they only read: at 100k entries a second copy was a
+// fifth of the process's peak memory.
+func (r *Runner) readDirectory(ctx context.Context) (uint64, []event.Entry, error) {
+	r.readMu.Lock()
+	if rd := r.reading; rd != nil {
+		r.readMu.Unlock()
+		select {
+		case <-rd.done:
+			return rd.covered, rd.list, rd.err
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
+	}
+	rd := &directoryRead{done: make(chan struct{})}
+	r.reading = rd
+	r.readMu.Unlock()
+	defer func() {
+		r.readMu.Lock()
+		r.reading = nil
+		r.readMu.Unlock()
+		close(rd.done)
+	}()
+	if e, err := r.bus.State.Get(ctx, stream.KeyEntriesSeq); err == nil {
+		rd.covered, _ = strconv.ParseUint(string(e.Value()), 10, 64)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		rd.err = fmt.Errorf("read entries sequence: %w", err)
+		return 0, nil, rd.err
+	}
+	at := map[string]int{} // a key given twice keeps its later value
+	rd.err = stream.WalkEntries(ctx, r.bus.Entries, func(e event.Entry) error {
+		if i, ok := at[e.UUID]; ok {
+			rd.list[i] = e
+			return nil
+		}
+		at[e.UUID] = len(rd.list)
+		rd.list = append(rd.list, e)
+		return nil
+	})
+	if rd.err != nil {
+		rd.list = nil
+	}
+	return rd.covered, rd.list, rd.err
 }
 
 // waitFirstRefresh waits until the state bucket holds a sync cookie.
@@ -328,8 +432,11 @@ func (r *Runner) consumerConfig(h Handler) jetstream.ConsumerConfig {
 
 // consumer gets the handler's durable consumer, creating it when missing.
 // An existing one keeps where it delivers from (JetStream cannot change
-// that; a replay sets it) and takes the rest of the current config.
-func (r *Runner) consumer(ctx context.Context, h Handler) (jetstream.Consumer, error) {
+// that; a replay sets it) and takes the rest of the current config. A new
+// one for a Derived handler starts after covered, the sequence its load
+// covers: a first start would otherwise have the whole stream delivered
+// only to ack it unread (at 100k entries, most of the start).
+func (r *Runner) consumer(ctx context.Context, h Handler, covered uint64) (jetstream.Consumer, error) {
 	want := r.consumerConfig(h)
 	for {
 		c, err := r.bus.Stream.Consumer(ctx, want.Durable)
@@ -347,7 +454,11 @@ func (r *Runner) consumer(ctx context.Context, h Handler) (jetstream.Consumer, e
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, fmt.Errorf("read consumer %s: %w", want.Durable, err)
 		}
-		c, err = r.bus.Stream.CreateConsumer(ctx, want)
+		create := want
+		if covered > 0 {
+			create.DeliverPolicy, create.OptStartSeq = jetstream.DeliverByStartSequencePolicy, covered+1
+		}
+		c, err = r.bus.Stream.CreateConsumer(ctx, create)
 		if errors.Is(err, jetstream.ErrConsumerExists) {
 			continue // created meanwhile (a replay): take that one
 		}
@@ -378,6 +489,13 @@ type lane struct {
 }
 
 func (d *dispatcher) dispatch(ctx context.Context, msg jetstream.Msg) {
+	if md, err := msg.Metadata(); err == nil && md.Sequence.Stream <= d.covered.Load() {
+		// Already in the state the handler was loaded with (a start
+		// delivers the whole stream so): acked here, without a lane.
+		d.r.cfg.Observer.Applied(d.h.Name(), 0, time.Since(md.Timestamp))
+		_ = msg.Ack()
+		return
+	}
 	key := msg.Subject()
 	d.mu.Lock()
 	if l, ok := d.lanes[key]; ok {
@@ -385,18 +503,23 @@ func (d *dispatcher) dispatch(ctx context.Context, msg jetstream.Msg) {
 		d.mu.Unlock()
 		return
 	}
+	d.mu.Unlock()
+	// A new lane waits for a free slot here, so the consumer is asked for
+	// no more events meanwhile: at most Parallel lanes exist, not one
+	// goroutine per delivered event.
+	select {
+	case d.sem <- struct{}{}:
+	case <-ctx.Done():
+		_ = msg.Nak()
+		return
+	}
 	l := &lane{queue: []jetstream.Msg{msg}}
+	d.mu.Lock()
 	d.lanes[key] = l
 	d.mu.Unlock()
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		select {
-		case d.sem <- struct{}{}:
-		case <-ctx.Done():
-			d.abandon(key)
-			return
-		}
 		defer func() { <-d.sem }()
 		for {
 			d.mu.Lock()
@@ -548,19 +671,27 @@ func (d *dispatcher) retry(ctx context.Context, msg jetstream.Msg, ev event.Even
 // it works, so a long operation (a mailbox copied between hosts) is not
 // redelivered under it.
 func (d *dispatcher) inProgress(ctx context.Context, msg jetstream.Msg, fn func(context.Context) error) error {
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		t := time.NewTicker(d.r.cfg.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
+	// A timer, not a goroutine with a ticker: a burst holds thousands of
+	// staged events waiting at once.
+	every := d.r.cfg.AckWait / 3
+	var mu sync.Mutex
+	done := false
+	var t *time.Timer
+	mu.Lock()
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !done {
+			_ = msg.InProgress()
+			t.Reset(every)
 		}
+	})
+	mu.Unlock()
+	defer func() {
+		mu.Lock()
+		done = true
+		t.Stop()
+		mu.Unlock()
 	}()
 	return fn(ctx)
 }

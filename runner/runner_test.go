@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -272,5 +273,77 @@ func TestStagerStagesAheadAndAcksWhenDurable(t *testing.T) {
 	defer s.mu.Unlock()
 	if len(s.order) != 4 || s.waits["a:1"] != 2 {
 		t.Errorf("staged %v; a:1 waited %d times (want 2: failed once, then durable)", s.order, s.waits["a:1"])
+	}
+}
+
+// blocking is a handler that holds the entries named in slow for a while,
+// as a mailbox handler waits on a slow Dovecot.
+type blocking struct {
+	slow    map[string]time.Duration
+	mu      sync.Mutex
+	applied int
+}
+
+func (b *blocking) Name() string { return "blocking" }
+
+func (b *blocking) Handle(ctx context.Context, ev event.Event) error {
+	if d, ok := b.slow[ev.UUID]; ok {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	b.mu.Lock()
+	b.applied++
+	b.mu.Unlock()
+	return nil
+}
+
+// While every lane is busy with a slow entry, events keep arriving in
+// small bursts: the runner holds them back in the consumer rather than in
+// a goroutine each (a start at 100k had tens of thousands parked on the
+// lane semaphore, a good part of its memory), and once the slow entries
+// are done every event is applied at once.
+func TestNoStallWhileLanesAreBusy(t *testing.T) {
+	t.Parallel()
+	bus := testenv.StartNATS(t).Bus(t)
+	h := &blocking{slow: map[string]time.Duration{}}
+	for i := 0; i < 8; i++ {
+		h.slow[fmt.Sprintf("slow%d", i)] = 3 * time.Second
+	}
+	startRunner(t, bus, h)
+	for i := 0; i < 8; i++ {
+		publish(t, bus, fmt.Sprintf("slow%d", i), "1")
+	}
+	time.Sleep(200 * time.Millisecond) // the slow entries hold every lane
+	before := runtime.NumGoroutine()
+	const n = 3000
+	for i := 0; i < n; i++ {
+		ev := event.Event{V: 1, Op: event.OpModify, Kind: event.KindUser, UUID: fmt.Sprintf("e%05d", i), CSN: "1"}
+		data, _ := json.Marshal(ev)
+		if _, err := bus.JS.PublishAsync(ev.Subject(), data); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 99 {
+			<-bus.JS.PublishAsyncComplete()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	<-bus.JS.PublishAsyncComplete()
+	if g := runtime.NumGoroutine(); g > before+100 {
+		t.Errorf("%d goroutines while the lanes are busy (%d before the events)", g, before)
+	}
+	start := time.Now()
+	testenv.Eventually(t, 20*time.Second, func() error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.applied < n+8 {
+			return fmt.Errorf("%d of %d applied", h.applied, n+8)
+		}
+		return nil
+	})
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("all events applied only %s after the last publish", took)
 	}
 }

@@ -301,16 +301,18 @@ func TestReplayReappliesEvents(t *testing.T) {
 		n, _ := strconv.Atoi(m[1])
 		return n
 	}
+	// The first start loads the directory whole; its consumer starts
+	// after what the load covers, so none of the two events is applied.
 	testenv.Eventually(t, 15*time.Second, func() error {
-		if n := applied(); n != 2 {
-			return fmt.Errorf("%d events applied, want 2", n)
+		if b, err := os.ReadFile(mailboxMap); err != nil || !strings.Contains(string(b), "bob@example.org") {
+			return fmt.Errorf("virtual_mailbox not loaded yet: %v", err)
 		}
 		return nil
 	})
 	ldap.Modify(t, alice, map[string][]string{"mailPrimaryAddress": {"alicia@example.org"}})
 	testenv.Eventually(t, 15*time.Second, func() error {
-		if n := applied(); n != 3 {
-			return fmt.Errorf("%d events applied, want 3", n)
+		if n := applied(); n != 1 {
+			return fmt.Errorf("%d events applied, want 1", n)
 		}
 		return nil
 	})
@@ -324,8 +326,8 @@ func TestReplayReappliesEvents(t *testing.T) {
 		t.Fatalf("replay exit %d:\n%s%s", code, out, stderr)
 	}
 	testenv.Eventually(t, 15*time.Second, func() error {
-		if n := applied(); n != 5 {
-			return fmt.Errorf("%d events applied, want 5 (3 + the 2 from seq 2)", n)
+		if n := applied(); n != 3 {
+			return fmt.Errorf("%d events applied, want 3 (1 + the 2 from seq 2)", n)
 		}
 		b, err := os.ReadFile(mailboxMap)
 		if err != nil {
@@ -351,8 +353,8 @@ func TestReplayReappliesEvents(t *testing.T) {
 		t.Fatalf("replay by time: exit %d:\n%s%s", code, out, stderr)
 	}
 	testenv.Eventually(t, 15*time.Second, func() error {
-		if n := applied(); n != 8 {
-			return fmt.Errorf("%d events applied, want 8", n)
+		if n := applied(); n != 6 {
+			return fmt.Errorf("%d events applied, want 6 (3 + all 3 again)", n)
 		}
 		return nil
 	})
