@@ -239,7 +239,7 @@ listener:
   # has tests of its own.
   mass_delete_min: 100000
 log:
-  level: info
+  level: debug
   format: json
 `, host, r.dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, testenv.FreePort(t), dc.DoveadmURL, dc.MailHome, dc.UID, dc.GID,
 		r.dir, r.pf.ConfigDir)), 0o600)
@@ -267,6 +267,22 @@ func (r *churnRig) logTail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// logMatching returns the last n log lines matching pattern.
+func (r *churnRig) logMatching(pattern string, n int) string {
+	re := regexp.MustCompile(pattern)
+	data, _ := os.ReadFile(filepath.Join(r.dir, "mailsync.log"))
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if re.MatchString(l) {
+			out = append(out, l)
+		}
+	}
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return strings.Join(out, "\n")
 }
 
 func (r *churnRig) start() {
@@ -409,7 +425,15 @@ func (r *churnRig) settle(timeout time.Duration) (dead int, checkOut string) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not settled after %s; last check (exit %d):\n%s", timeout, code, firstLines(out, 30))
+			var drift []string
+			for _, l := range strings.Split(out, "\n") {
+				if !strings.HasPrefix(l, "kept by policy") {
+					drift = append(drift, l)
+				}
+			}
+			st, _ := r.verb("status")
+			t.Fatalf("not settled after %s; last check (exit %d), homes kept by policy left out:\n%s\nstatus:\n%s\nlast warnings and retries:\n%s",
+				timeout, code, firstLines(strings.Join(drift, "\n"), 30), st, r.logMatching(`"level":"(warn|error)"|will retry`, 20))
 		}
 		time.Sleep(time.Second)
 	}
