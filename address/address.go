@@ -102,6 +102,9 @@ func refuse(attr, value, format string, args ...any) *Error {
 // it lowercased. An empty value is refused too; callers skip absent
 // attributes before.
 func Check(attr, value string) (string, error) {
+	if plainAddress(value) > 0 {
+		return strings.ToLower(value), nil
+	}
 	_, _, err := Split(attr, value)
 	if err != nil {
 		return "", err
@@ -111,6 +114,10 @@ func Check(attr, value string) (string, error) {
 
 // Split is Check returning the lowercased local part and domain.
 func Split(attr, value string) (local, domain string, err error) {
+	if at := plainAddress(value); at > 0 {
+		low := strings.ToLower(value)
+		return low[:at], low[at+1:], nil
+	}
 	if err := surrounding(attr, value); err != nil {
 		return "", "", err
 	}
@@ -166,6 +173,9 @@ func Host(attr, value string) (string, error) {
 		return "", err
 	}
 	h := CanonicalHost(value)
+	if len(h) <= MaxHost && plainDomain(h) {
+		return h, nil
+	}
 	if r := dnsName(h, MaxHost); r != "" {
 		return "", refuse(attr, value, "is not a host name: %s", r)
 	}
@@ -243,12 +253,16 @@ func dnsName(s string, max int) string {
 	case strings.HasSuffix(s, "."):
 		return "ends with a dot"
 	}
-	for _, label := range strings.Split(s, ".") {
+	for rest := s; ; {
+		label, more, found := strings.Cut(rest, ".")
 		if err := checkLabel(label); err != nil {
 			return err.Error()
 		}
+		if !found {
+			return ""
+		}
+		rest = more
 	}
-	return ""
 }
 
 func checkLabel(l string) error {
@@ -311,4 +325,57 @@ func PathComponent(s string) error {
 		return errors.New(r)
 	}
 	return nil
+}
+
+// plainAddress is the fast path of Split for the common address: ASCII
+// letters, digits, "_", "-", "+" and dots in the local part, a plainDomain
+// after the one "@", within the lengths. It returns the index of the "@",
+// or -1 when the value needs the full check (which may still accept it).
+// It accepts nothing the full check refuses.
+func plainAddress(v string) int {
+	if len(v) > MaxAddress {
+		return -1
+	}
+	at := strings.IndexByte(v, '@')
+	if at <= 0 || at > MaxLocalPart || !plainDomain(v[at+1:]) {
+		return -1
+	}
+	prev := byte('.') // a leading dot fails like ".."
+	for i := 0; i < at; i++ {
+		c := v[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-', c == '+':
+		case c == '.' && prev != '.':
+		default:
+			return -1
+		}
+		prev = c
+	}
+	return at
+}
+
+// plainDomain reports whether d is a DNS name of ASCII letters, digits,
+// "-" and "_", labels of 1–63 octets not starting or ending with "-", at
+// most 255 octets, no trailing dot: the fast path of dnsName.
+func plainDomain(d string) bool {
+	if d == "" || len(d) > MaxDomain {
+		return false
+	}
+	start := 0
+	for i := 0; i <= len(d); i++ {
+		if i == len(d) || d[i] == '.' {
+			n := i - start
+			if n == 0 || n > MaxLabel || d[start] == '-' || d[i-1] == '-' {
+				return false
+			}
+			start = i + 1
+			continue
+		}
+		switch c := d[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -104,6 +104,9 @@ type carrier struct {
 	name     string
 	attr     string
 	handlers []string
+	// hosts: the attribute holds a host name (testenv.HostileHosts), not
+	// an address.
+	hosts bool
 	// add creates an entry with v in attr (and valid values elsewhere) and
 	// returns its DN and the valid addresses it brings.
 	add func(t *testing.T, l *testenv.Slapd, n, v string) (dn string, valid []string)
@@ -130,31 +133,40 @@ func carriers(memberDN string) []carrier {
 		return dn
 	}
 	return []carrier{
-		{"user-primary", event.AttrPrimaryAddress, all, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"user-primary", event.AttrPrimaryAddress, all, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return l.AddUser(t, n, v, nil), nil
 		}},
-		{"user-alternative", event.AttrAlternativeAddress, onlyAliases, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"user-alternative", event.AttrAlternativeAddress, onlyAliases, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return l.AddUser(t, n, n+"@example.org", map[string][]string{event.AttrAlternativeAddress: {v}}), []string{n + "@example.org"}
 		}},
-		{"user-forward", event.AttrForwardAddress, onlyAliases, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"user-forward", event.AttrForwardAddress, onlyAliases, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return l.AddUser(t, n, n+"@example.org", map[string][]string{event.AttrForwardAddress: {v}}), []string{n + "@example.org"}
 		}},
-		{"group-primary", event.AttrPrimaryAddress, maps, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"group-primary", event.AttrPrimaryAddress, maps, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return l.AddGroup(t, n, v, []string{memberDN}, nil), nil
 		}},
-		{"group-alternative", event.AttrAlternativeAddress, onlyAliases, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"group-alternative", event.AttrAlternativeAddress, onlyAliases, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return l.AddGroup(t, n, n+"@example.org", []string{memberDN}, map[string][]string{event.AttrAlternativeAddress: {v}}), []string{n + "@example.org"}
 		}},
-		{"list-primary", event.AttrPrimaryAddress, maps, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"list-primary", event.AttrPrimaryAddress, maps, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return list(l, t, n, v, []string{"member@example.org"}), nil
 		}},
-		{"list-member", event.AttrMailMember, onlyAliases, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"list-member", event.AttrMailMember, onlyAliases, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return list(l, t, n, n+"@example.org", []string{"member@example.org", v}), []string{n + "@example.org"}
 		}},
-		{"folder-primary", event.AttrPrimaryAddress, maps, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"folder-primary", event.AttrPrimaryAddress, maps, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return folder(l, t, n, v, nil), nil
 		}},
-		{"folder-alternative", event.AttrAlternativeAddress, onlyAliases, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+		{"user-home-server", event.AttrHomeServer, all, true, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+			return l.AddUser(t, n, n+"@example.org", map[string][]string{event.AttrHomeServer: {v}}), nil
+		}},
+		{"folder-home-server", event.AttrHomeServer, maps, true, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
+			dn := "cn=" + n + ",ou=folders," + l.BaseDN
+			l.Add(t, dn, map[string][]string{"objectClass": {"univentionMailSharedFolder"}, "cn": {n},
+				event.AttrPrimaryAddress: {n + "@example.org"}, event.AttrHomeServer: {v}})
+			return dn, nil
+		}},
+		{"folder-alternative", event.AttrAlternativeAddress, onlyAliases, false, func(t *testing.T, l *testenv.Slapd, n, v string) (string, []string) {
 			return folder(l, t, n, n+"@example.org", []string{v}), []string{n + "@example.org"}
 		}},
 	}
@@ -180,7 +192,11 @@ func TestEveryHandlerRefusesAlike(t *testing.T) {
 	valid := []string{"member@example.org"}
 	var hostile []string
 	for ci, c := range carriers(memberDN) {
-		for hi, h := range testenv.HostileAddresses() {
+		values := testenv.HostileAddresses()
+		if c.hosts {
+			values = testenv.HostileHosts()
+		}
+		for hi, h := range values {
 			n := fmt.Sprintf("c%dh%d", ci, hi)
 			dn, ok := c.add(t, m.ldap, n, h.Value)
 			want[dn] = refusal{c.attr, c.handlers}

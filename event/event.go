@@ -100,7 +100,9 @@ func (a Attrs) First(name string) string {
 }
 
 // FirstLower is First lowercased and trimmed: how addresses and home servers
-// are compared (reference §1.2).
+// are compared (reference §1.2). It does not validate: a value with white
+// space around it is refused by package address before it is used, never
+// trimmed into another address.
 func (a Attrs) FirstLower(name string) string {
 	return strings.ToLower(strings.TrimSpace(a.First(name)))
 }

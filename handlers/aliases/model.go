@@ -222,7 +222,7 @@ func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 	}
 	*e = entry{uuid: uuid, dn: dn, ndn: normDN(dn), kind: kind, attrs: attrs}
 	if kind != event.KindGroup {
-		if v := attrs.First(event.AttrPrimaryAddress); v != "" {
+		if v := attrs.First(event.AttrPrimaryAddress); v != "" && validHome(kind, attrs) {
 			if a, err := address.Check(event.AttrPrimaryAddress, v); err == nil {
 				e.memberAddr = a
 			}
@@ -234,6 +234,17 @@ func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 			e.memberDNs = append(e.memberDNs, m)
 		}
 	}
+}
+
+// validHome reports whether a user's or shared folder's home server, if
+// any, is one the address rule accepts; other kinds have no mailbox.
+func validHome(kind event.Kind, a event.Attrs) bool {
+	home := a.First(event.AttrHomeServer)
+	if home == "" || (kind != event.KindUser && kind != event.KindFolder) {
+		return true
+	}
+	_, err := address.Host(event.AttrHomeServer, home)
+	return err == nil
 }
 
 // put inserts or replaces an entry and returns the UUIDs whose maps may
@@ -565,6 +576,15 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 		c.alias = append(c.alias, aliasKey{key, sortedUnion(nil, vals)})
 	}
 	primary := addr(event.AttrPrimaryAddress, a.First(event.AttrPrimaryAddress))
+	home := a.First(event.AttrHomeServer)
+	if !validHome(e.kind, a) {
+		// A mailbox whose home server the rule refuses exists nowhere
+		// (the mailbox and homeserver handlers refuse it too): no map
+		// accepts mail for it.
+		_, err := address.Host(event.AttrHomeServer, home)
+		c.invalid = append(c.invalid, err)
+		return c
+	}
 	switch e.kind {
 	case event.KindUser:
 		alts := addrs(event.AttrAlternativeAddress)
@@ -617,13 +637,6 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 	case event.KindFolder:
 		if primary == "" {
 			return c
-		}
-		home := a.First(event.AttrHomeServer)
-		if home != "" {
-			if _, err := address.Host(event.AttrHomeServer, home); err != nil {
-				c.invalid = append(c.invalid, err)
-				return c
-			}
 		}
 		if m.hostFQDN == "" || address.SameHost(home, m.hostFQDN) {
 			c.mailbox = []string{primary}

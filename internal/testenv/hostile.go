@@ -40,3 +40,16 @@ func HostileDomains() []Hostile {
 		{"long-label", strings.Repeat("d", 64) + ".org"},
 	}
 }
+
+// HostileHosts are home server values (univentionMailHomeServer) the
+// address rule refuses as host names.
+func HostileHosts() []Hostile {
+	return []Hostile{
+		{"leading-space", " mail.example.org"},
+		{"trailing-space", "mail.example.org "},
+		{"two-trailing-dots", "mail.example.org.."},
+		{"slash", "mail.example.org/x"},
+		{"bracket", "mx2]x.example.org"},
+		{"dotdot", "../etc"},
+	}
+}
