@@ -361,7 +361,8 @@ func (c *Config) complete(dir string) error {
 	}
 	ucr := map[string]string{}
 	if c.UCRFile != "" {
-		m, err := ReadUCR(abs(c.UCRFile))
+		c.UCRFile = abs(c.UCRFile)
+		m, err := ReadUCR(c.UCRFile)
 		if err != nil {
 			bad("ucr_file", "%v", err)
 		}

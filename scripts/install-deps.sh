@@ -12,6 +12,8 @@
 set -euo pipefail
 
 pkgs=(slapd ldap-utils dovecot-core dovecot-imapd dovecot-lmtpd dovecot-ldap postfix postfix-ldap postfix-lmdb postfix-cdb 389-ds-base procps make systemd)
+# Postfix's SMTP client authenticates to a relay host (mail/relayauth) with Cyrus SASL's PLAIN/LOGIN modules.
+pkgs+=(libsasl2-modules)
 # Where policy-rc.d lives; tests point it at a temp file.
 policy=${MAILSYNC_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 marker='# written by mailsync scripts/install-deps.sh'
