@@ -189,7 +189,7 @@ func (r *Runner) Run(ctx context.Context) error {
 func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 	log := r.log.With().Str("handler", h.Name()).Logger()
 	name := ConsumerName(h.Name(), r.cfg.Host)
-	d := &dispatcher{r: r, h: h, log: log, lanes: map[string]*lane{}, sem: make(chan struct{}, r.cfg.Parallel)}
+	d := &dispatcher{r: r, h: h, log: log, lanes: map[string]*lane{}, latest: map[string]uint64{}, sem: make(chan struct{}, r.cfg.Parallel)}
 	defer d.wg.Wait()
 	if u, ok := h.(LatestUser); ok {
 		u.UseLatest(r.Latest)
@@ -203,6 +203,10 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 			return err
 		}
 		d.covered.Store(covered)
+		// A new consumer (a replay rewinds) delivers from where it says.
+		d.mu.Lock()
+		d.latest = map[string]uint64{}
+		d.mu.Unlock()
 		cons, err := r.consumer(ctx, h, covered)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -482,6 +486,29 @@ type dispatcher struct {
 
 	mu    sync.Mutex
 	lanes map[string]*lane
+	// latest is the highest stream sequence taken up per entry (subject)
+	// from the current consumer. An event below it is an earlier one
+	// delivered again after its ack was lost (a NATS node died with it):
+	// the entry's later event is applied already, so applying the earlier
+	// one again would put the entry back into an older state.
+	latest map[string]uint64
+}
+
+// superseded tells whether msg is older than an event of its entry already
+// taken up, and records msg's sequence otherwise.
+func (d *dispatcher) superseded(msg jetstream.Msg) bool {
+	md, err := msg.Metadata()
+	if err != nil {
+		return false
+	}
+	key, seq := msg.Subject(), md.Sequence.Stream
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if seq < d.latest[key] {
+		return true
+	}
+	d.latest[key] = seq
+	return false
 }
 
 type lane struct {
@@ -557,6 +584,10 @@ func (d *dispatcher) abandon(key string) {
 // message was handed back.
 func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 	if only := msg.Headers().Get(HeaderOnly); only != "" && only != ConsumerName(d.h.Name(), d.r.cfg.Host) {
+		_ = msg.Ack()
+		return true
+	}
+	if d.superseded(msg) {
 		_ = msg.Ack()
 		return true
 	}
