@@ -302,6 +302,7 @@ func (runCmd) Run(e *env) error {
 	rctx, stopRunner := context.WithCancel(context.Background())
 	var lst *listener.Listener
 	g := new(errgroup.Group)
+	failed := make(chan error, 1)
 	if *cfg.Listener.Enabled {
 		lst = listener.New(listener.Config{
 			Flavor: flavor,
@@ -311,7 +312,18 @@ func (runCmd) Run(e *env) error {
 			ConfirmMassDelete: cfg.Listener.ConfirmMassDelete,
 			LeaseID:           holder,
 		}, bus, log, listener.Hooks{})
-		g.Go(func() error { return lst.Run(lctx) })
+		g.Go(func() error {
+			err := lst.Run(lctx)
+			if err != nil {
+				// The listener gave up (it could not load the stored
+				// state): end the daemon, so systemd restarts it, rather
+				// than run handlers with no listener and the lease left
+				// to expire.
+				err = fmt.Errorf("listener: %w", err)
+				failed <- err
+			}
+			return err
+		})
 	}
 	rn := runner.New(bus, runner.Config{Host: cfg.Host, Observer: m}, log, handlers...)
 	g.Go(func() error { return rn.Run(rctx) })
@@ -340,6 +352,12 @@ func (runCmd) Run(e *env) error {
 	case err := <-errc:
 		stopListener()
 		stopRunner()
+		return err
+	case err := <-failed:
+		log.Error().Err(err).Msg("stopping")
+		stopListener()
+		stopRunner()
+		<-errc
 		return err
 	}
 	stopListener()

@@ -158,6 +158,7 @@ log:
 			t.Fatal(err)
 		}
 		d := &daemon{host: host, cfg: cfg, bin: bin, node: fmt.Sprintf("n%d", i+1), log: logf}
+		d.Supervise = true // as systemd restarts it
 		daemons[host] = d
 		t.Cleanup(func() {
 			d.Kill()
@@ -230,6 +231,13 @@ log:
 		})
 		return host
 	}
+	leaseRev := func() uint64 {
+		e, err := bus.State.Get(ctx, listener.KeyLease)
+		if err != nil {
+			return 0
+		}
+		return e.Revision()
+	}
 	streamLeader := func() string {
 		var leader string
 		testenv.Eventually(t, 30*time.Second, func() error {
@@ -250,7 +258,8 @@ log:
 	pace := 40 * time.Second / time.Duration(changes)
 	dns := make([]string, nUsers)
 	var restartA, restartB []func()
-	var killedA, killedB string
+	var killedA, killedB, killedHost string
+	var killedAt time.Time
 	start := time.Now()
 	for i := 0; i < changes; i++ {
 		switch i {
@@ -269,10 +278,25 @@ log:
 			if d == nil {
 				t.Fatalf("active listener on %q, not a known host", host)
 			}
-			killedB = d.node
+			killedB, killedHost, killedAt = d.node, host, time.Now()
 			restartB = killMachine(killedB)
 			t.Logf("change %d: killed %s, the active listener's (%s) machine", i, killedB, host)
 		case 5 * changes / 6:
+			// The standby has taken over, and keeps renewing, before the
+			// killed machine is back.
+			testenv.Eventually(t, 60*time.Second, func() error {
+				rev := leaseRev()
+				if h := activeHost(); h == killedHost {
+					return fmt.Errorf("the lease is still %s's", h)
+				}
+				time.Sleep(listener.DefaultLeaseRenew + 500*time.Millisecond)
+				if leaseRev() == rev {
+					return fmt.Errorf("the lease is not renewed")
+				}
+				return nil
+			})
+			t.Logf("change %d: the standby %s holds and renews the lease (checked %s after the kill)", i, activeHost(),
+				time.Since(killedAt).Round(time.Millisecond))
 			for _, f := range restartB {
 				f()
 			}
@@ -291,8 +315,8 @@ log:
 		}
 		time.Sleep(pace)
 	}
-	t.Logf("%d changes to %d users in %s; the listener lease is held by %s", changes, nUsers,
-		time.Since(start).Round(time.Millisecond), activeHost())
+	t.Logf("%d changes to %d users in %s; the listener lease is held by %s; daemons restarted after exiting on their own: mx1 %d, mx2 %d",
+		changes, nUsers, time.Since(start).Round(time.Millisecond), activeHost(), mx1.Restarts(), mx2.Restarts())
 
 	// Both hosts converge on the final directory: `mailsync check`
 	// compares mailboxes and maps with it.
@@ -362,6 +386,17 @@ log:
 	}
 	t.Logf("%d events, %d distinct (entryUUID, CSN) for %d changes (a listener catching up after a kill sends an entry's latest state once)",
 		len(evs), len(seen), changes)
+
+	if os.Getenv("MAILSYNC_CLUSTER_LOG") != "" {
+		for _, d := range daemons {
+			data, _ := os.ReadFile(d.log.Name())
+			for _, l := range strings.Split(string(data), "\n") {
+				if strings.Contains(l, `"listener"`) || strings.Contains(l, "lease") || strings.Contains(l, `"level":"error"`) || strings.Contains(l, `"level":"warn"`) {
+					t.Logf("%s: %.300s", d.host, l)
+				}
+			}
+		}
+	}
 
 	// The killed nodes rejoined and caught up.
 	for _, name := range []string{stream.StreamName, "KV_" + stream.EntriesBucket, "KV_" + stream.StateBucket} {
