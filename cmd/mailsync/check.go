@@ -206,7 +206,11 @@ func checkHomes(cfg *config.Config, entries []event.Entry) (found, kept []disagr
 			}
 		}
 		if p.Refused != nil {
-			found = append(found, disagreement{"refused address", cur.Address, p.Refused.Error()})
+			what := u
+			if cur != nil {
+				what = cur.Address
+			}
+			found = append(found, disagreement{"refused address", what, p.Refused.Error()})
 		}
 		for _, st := range p.Steps {
 			switch st.Kind {
