@@ -61,8 +61,24 @@ func BenchmarkResync100k(b *testing.B) {
 // (VmHWM) of the whole process. The handlers are MAILSYNC_BENCH_HANDLERS
 // (default "aliases, homeserver": the maps; the mailbox handler needs a
 // Dovecot creating 100k mailboxes, measured on its own). Set
-// MAILSYNC_BENCH_STARTS to change the count.
+// MAILSYNC_BENCH_STARTS to change the count. The daemon runs with the
+// GOMEMLIMIT of deploy/systemd/mailsync.service, as deployed, unless
+// GOMEMLIMIT is set (GOMEMLIMIT=off: none).
 func BenchmarkStart100k(b *testing.B) {
+	memLimit := os.Getenv("GOMEMLIMIT")
+	if memLimit == "" {
+		unit, err := os.ReadFile("../../deploy/systemd/mailsync.service")
+		if err != nil {
+			b.Fatal(err)
+		}
+		m := regexp.MustCompile(`(?m)^Environment=GOMEMLIMIT=(\S+)$`).FindSubmatch(unit)
+		if m == nil {
+			b.Fatal("mailsync.service sets no GOMEMLIMIT")
+		}
+		memLimit = string(m[1])
+	}
+	b.Setenv("GOMEMLIMIT", memLimit)
+	b.Logf("GOMEMLIMIT=%s", memLimit)
 	handlers := os.Getenv("MAILSYNC_BENCH_HANDLERS")
 	if handlers == "" {
 		handlers = "aliases, homeserver"
