@@ -27,7 +27,9 @@ import (
 // As built: a folder with a mailPrimaryAddress is the private mailbox of
 // that address, which Dovecot's shared namespace shows as
 // shared/<address>/; the public namespace of folders without an address
-// is not managed yet (such a folder wants no mailbox here).
+// is not managed yet (such a folder wants no mailbox here, and one that
+// loses its address keeps its mailbox whatever the delete policy, since UCS
+// would move the mail into the public namespace).
 
 // folderState is the desired state of a shared folder entry.
 func folderState(e event.Entry) State {

@@ -55,13 +55,16 @@ func TestPlanForFolders(t *testing.T) {
 			mailbox.Input{Current: folder("team@example.org", me, "bob@example.org write", "alice@example.org none"), Applied: folder("team@example.org", me, "alice@example.org read"),
 				Homes: []mailbox.Home{home("team@example.org")}, Target: at("team@example.org")},
 			"set the ACL of shared folder team@example.org: bob@example.org=write"},
+		{"address removed, still homed here: kept even with delete=yes (UCS makes it public)",
+			mailbox.Input{Current: folder("", me), Applied: folder("team@example.org", me), Homes: []mailbox.Home{home("team@example.org")}},
+			"keep /spool/example.org/team on disk (mail/dovecot/mailbox/delete=no); team@example.org is logged out and the auth cache flushed (reference §1.3 branch 2)"},
 		{"settled: nothing to do",
 			mailbox.Input{Current: folder("team@example.org", me, "alice@example.org read"), Applied: folder("team@example.org", me, "alice@example.org read"),
 				Homes: []mailbox.Home{home("team@example.org")}, Target: at("team@example.org")},
 			"nothing to do"},
 	} {
 		c.in.UUID = "f1"
-		p := mailbox.PlanFor(c.in, mailbox.Settings{Host: me, Rename: false, Delete: false, MoveOnHomeChange: true, Layout: l})
+		p := mailbox.PlanFor(c.in, mailbox.Settings{Host: me, Rename: false, Delete: true, MoveOnHomeChange: true, Layout: l})
 		if got := p.String(); got != c.want {
 			t.Errorf("%s:\n got %s\nwant %s", c.name, got, c.want)
 		}

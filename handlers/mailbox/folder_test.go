@@ -70,6 +70,15 @@ func TestSharedFolders(t *testing.T) {
 			e.dc.Deliver(t, "crew@example.org", "to the new name")
 			e.canRead(t, "bob@example.org", "crew@example.org", 2)
 
+			// The address removed: UCS makes it public; mailsync keeps it
+			// (delete=yes too) and does not manage the public namespace.
+			seq = e.lastSeq(t)
+			l.Modify(t, team, map[string][]string{"mailPrimaryAddress": {}})
+			e.settledAfter(t, seq, 1)
+			if n := mailFiles(t, e.dc.Home("crew@example.org")); n != 2 {
+				t.Errorf("folder without its address: %d messages kept, want 2", n)
+			}
+
 			// Deleted, or homed on another host now: the folder goes only
 			// with delete=yes (its mail does not move with it).
 			seq = e.lastSeq(t)

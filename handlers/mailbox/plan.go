@@ -229,6 +229,12 @@ func PlanFor(in Input, s Settings) Plan {
 		// Reference §2: a folder's address change always renames; its
 		// mail does not follow a home server change.
 		p.Folder, s.Rename, s.MoveOnHomeChange = true, true, false
+		if c != nil && c.Address == "" && c.HomeServer != "" && homeserver.Responsible(c.HomeServer, s.Host) {
+			// The folder stays here without an address: UCS moves it into
+			// the public namespace, which mailsync does not manage yet
+			// (folder.go). Its mail is kept whatever the delete policy.
+			s.Delete = false
+		}
 	}
 	p.Decision = DecideWith(Transition(in.UUID, in.Applied, in.Current), s.Host, Policy{MoveOnHomeChange: s.MoveOnHomeChange})
 	dn := ""
