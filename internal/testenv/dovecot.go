@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -375,9 +376,23 @@ func (d *Dovecot) stop(graceful bool) error {
 		<-d.done
 	}
 	d.cmd = nil
-	// Children may hold the listeners a moment longer than the master (a
-	// login process with clients queued for a busy mail service); after
-	// the deadline the whole process group is killed and given a moment.
+	// Children may outlive the master a moment (a login process with
+	// clients queued for a busy mail service), holding listeners and unix
+	// sockets a new start would take for a running Dovecot: wait until the
+	// process group is gone, killing it after a deadline.
+	gone := func(within time.Duration) bool {
+		for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			if err := syscall.Kill(-pid, 0); errors.Is(err, syscall.ESRCH) {
+				return true
+			}
+		}
+		return false
+	}
+	if !gone(5 * time.Second) {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		// Zombies nobody reaps would never go: the listeners decide below.
+		gone(2 * time.Second)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	killed := false
 	addrs := []string{d.IMAPAddr, d.LMTPAddr, fmt.Sprintf("127.0.0.1:%d", d.ports.HTTP), d.AuthAddr}
