@@ -72,11 +72,26 @@ func startDaemon(t testing.TB, cfg string, natsPort int) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.NATS.URL != "" {
-		// an external server: nothing of the daemon's to wait for
-	} else if err := testenv.WaitFile(filepath.Join(c.StateDir, natsSockPath), 10*time.Second); err != nil {
-		cancel()
-		t.Fatalf("daemon: %v\n%s", err, stderr.String())
+	if c.NATS.URL == "" {
+		// The daemon is up once its CLI socket is there; one that ends
+		// first says why.
+		sock := filepath.Join(c.StateDir, natsSockPath)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			select {
+			case err := <-done:
+				cancel()
+				t.Fatalf("daemon ended before its socket %s was there: %v\n%s", sock, err, stderr.String())
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				cancel()
+				t.Fatalf("daemon: %s not there after 30s\n%s", sock, stderr.String())
+			}
+		}
 	}
 	stopped := false
 	stop = func() {
