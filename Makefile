@@ -10,8 +10,10 @@ all: build
 deps:
 	@bash scripts/install-deps.sh
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+
 build:
-	$(GO) build -o bin/mailsync ./cmd/mailsync
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/mailsync ./cmd/mailsync
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

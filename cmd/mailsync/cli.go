@@ -56,18 +56,24 @@ type env struct {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c cli
+	// kong calls Exit after printing --help; parsing then goes on and
+	// would report the missing command, so a help request ends here, ok.
+	helped := false
 	parser, err := kong.New(&c, kong.Name("mailsync"),
 		kong.Description("Keeps Dovecot mailboxes and Postfix maps in step with an LDAP directory."),
-		kong.Writers(stdout, stderr), kong.Exit(func(int) {}))
+		kong.Writers(stdout, stderr), kong.Exit(func(int) { helped = true }))
 	if err != nil {
 		return err
 	}
 	kctx, err := parser.Parse(args)
+	if helped {
+		return nil
+	}
 	if err != nil {
 		return usageError{err}
 	}
 	if kctx.Command() == "" {
-		return nil // --help
+		return nil
 	}
 	return kctx.Run(&env{ctx: ctx, stdout: stdout, stderr: stderr, cfg: c.Config})
 }

@@ -340,3 +340,24 @@ func TestExternalNATSWithTLSAndCredentials(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpExitsZero: asking for help is not a usage error; a missing or
+// unknown command still is.
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"run", "--help"}, {"dead", "list", "--help"}, {"attic", "--help"}} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), args, &out, &errOut)
+		if code := exitCode(err, &errOut); code != 0 {
+			t.Errorf("mailsync %v: exit %d, want 0\n%s", args, code, errOut.String())
+		}
+		if !strings.Contains(out.String(), "Usage: mailsync") {
+			t.Errorf("mailsync %v printed no usage:\n%s", args, out.String())
+		}
+	}
+	for _, args := range [][]string{{}, {"bogus"}} {
+		var out, errOut bytes.Buffer
+		if code := exitCode(run(context.Background(), args, &out, &errOut), &errOut); code != 2 {
+			t.Errorf("mailsync %v: exit %d, want 2", args, code)
+		}
+	}
+}
