@@ -352,12 +352,7 @@ func RenderPostfix(s Settings, pf Postfix) (*Product, error) {
 		Validate: func(ctx context.Context, dir string) error {
 			return postfixCheck(ctx, bin, dir)
 		},
-		Reload: func(ctx context.Context) error {
-			if !PostfixRunning(ctx, bin, pf.ConfigDir) {
-				return nil
-			}
-			return postfixCmd(ctx, bin, pf.ConfigDir, "reload")
-		},
+		Reload: func(ctx context.Context) error { return ReloadPostfix(ctx, bin, pf.ConfigDir) },
 	}, nil
 }
 
@@ -571,6 +566,15 @@ func postfixCheck(ctx context.Context, bin, dir string) error {
 		return fmt.Errorf("postfix -c %s check: %v: %s", dir, err, out)
 	}
 	return nil
+}
+
+// ReloadPostfix makes the Postfix of config dir read its configuration and
+// reopen its tables (`postfix reload`); nothing when it is not running.
+func ReloadPostfix(ctx context.Context, bin, dir string) error {
+	if !PostfixRunning(ctx, bin, dir) {
+		return nil
+	}
+	return postfixCmd(ctx, bin, dir, "reload")
 }
 
 // PostfixRunning reports whether the Postfix of config dir runs

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# make demo: real servers on 127.0.0.1, a sample directory, mailsync syncing
-# them, live changes and what they do. Ctrl-C stops and cleans up.
+# make demo: real servers on loopback (slapd, Dovecot, a Postfix configured by
+# mailsync), a sample directory, mailsync syncing them, real mail sent over
+# SMTP and read over IMAP, live changes and what they do. Ctrl-C stops and
+# cleans up.
 #
 # The demo's servers run in temp dirs on random loopback ports, so packaged
 # slapd, Dovecot or Postfix services on the host are never in the way and

@@ -289,7 +289,7 @@ func (runCmd) Run(e *env) error {
 		return usageError{fmt.Errorf("ldap.flavor: %w", err)}
 	}
 	m := metrics.New()
-	handlers, closeHandlers, err := buildHandlers(e.ctx, cfg, log, m.MapWritten)
+	handlers, closeHandlers, err := buildHandlers(e.ctx, cfg, log, reloadOnTransport(e.ctx, cfg, log, m.MapWritten))
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"mailsync/config"
+	"mailsync/handlers/homeserver"
 	"mailsync/mailconf"
 )
 
@@ -179,6 +180,44 @@ func settingsWatch(ctx context.Context, path string, interval time.Duration, hup
 		case <-t.C:
 			if s := stamp(); s != last {
 				apply("settings changed")
+			}
+		}
+	}
+}
+
+// reloadOnTransport passes each installed map on to next and, when mailsync
+// configures Postfix, reloads a running Postfix after the transport map
+// changed. Postfix's trivial-rewrite resolves transport_maps and notices a
+// changed table only when a client connects anew; qmgr keeps its
+// connection while mail flows (up to ipc_ttl, 1000 s), so mail for a user
+// whose home server just changed would still go the old way. Reloads are
+// coalesced: one runs at a time, and one more after it if maps changed
+// meanwhile.
+func reloadOnTransport(ctx context.Context, cfg *config.Config, log zerolog.Logger, next func(string, time.Duration)) func(string, time.Duration) {
+	if !slices.Contains(cfg.Configure, "postfix") {
+		return next
+	}
+	kick := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-kick:
+				if err := mailconf.ReloadPostfix(ctx, cfg.Postfix.Binary, cfg.Postfix.ConfigDir); err != nil {
+					log.Warn().Err(err).Msg("reload Postfix after a transport map change")
+				}
+			}
+		}
+	}()
+	return func(table string, took time.Duration) {
+		if next != nil {
+			next(table, took)
+		}
+		if table == homeserver.TransportMap {
+			select {
+			case kick <- struct{}{}:
+			default:
 			}
 		}
 	}

@@ -1,6 +1,8 @@
-// Package demo is `make demo`: real servers on loopback (slapd, Dovecot,
-// Postfix's postmap), a sample directory, the mailsync binary syncing them,
-// a few live changes and their visible effect. Under `make test` the same
+// Package demo is `make demo`: real servers on loopback (slapd, Dovecot, a
+// Postfix configured by `mailsync configure`, SMTP sinks standing for the
+// relay host and another home server), a sample directory, the mailsync
+// binary syncing them, real mail sent over SMTP and read back over IMAP, a
+// few live changes and their visible effect. Under `make test` the same
 // run is a smoke test of the whole daemon; `make demo` passes -interactive,
 // which keeps everything running until Ctrl-C and then cleans up.
 package demo
@@ -31,7 +33,10 @@ type demo struct {
 	t       *testing.T
 	ldap    *testenv.Slapd
 	dovecot *testenv.Dovecot
-	postfix *testenv.Postfix
+	postfix *testenv.Postfix // postmap, for lookups
+	server  *testenv.PostfixServer
+	relay   *testenv.SMTPSink // the relay host (mail/relayhost)
+	mx2     *testenv.SMTPSink // the other home server, mx2.example.org
 	dir     string
 	maps    string
 	out     *os.File
@@ -48,18 +53,33 @@ func TestDemo(t *testing.T) {
 	start := time.Now()
 	d := &demo{t: t, out: out, dir: t.TempDir()}
 	d.maps = filepath.Join(d.dir, "maps")
-	d.say("== mailsync demo: starting slapd, Dovecot and Postfix tools on 127.0.0.1")
+	d.say("== mailsync demo: starting slapd, Dovecot, Postfix and two SMTP sinks on loopback")
 	d.ldap = testenv.StartSlapd(t)
-	d.ca = testenv.NewCA(t) // the doveadm API is served over HTTPS
+	d.ca = testenv.NewCA(t) // the doveadm API and smtpd are served with its certificate
 	d.dovecot = testenv.StartDovecot(t, d.ldap, testenv.DovecotOptions{FQDN: fqdn, DoveadmTLS: d.ca})
-	d.postfix = testenv.StartPostfix(t)
+	d.relay = testenv.StartSMTPSink(t, testenv.SinkOptions{TLS: d.ca, Host: "relay.example.net"})
+	d.mx2 = testenv.StartSMTPSink(t, testenv.SinkOptions{IP: "127.0.0.3", Host: "mx2.example.org"})
+	d.server = testenv.NewPostfixServer(t, d.dovecot, testenv.PostfixServerOptions{CA: d.ca, HomeSink: d.mx2, Hosts: []string{"mx2.example.org"}})
+	d.postfix = &testenv.Postfix{Postmap: testenv.Require(t, "postmap", "postfix"), ConfigDir: d.server.ConfigDir}
+	d.maps = d.server.MapDir
 	d.say("   slapd %s   IMAP %s   LMTP %s   doveadm %s", d.ldap.URL, d.dovecot.IMAPAddr, d.dovecot.LMTPAddr, d.dovecot.DoveadmURL)
+	d.say("   relay host sink %s   mx2.example.org sink %s", d.relay.Addr, d.mx2.Addr)
 
 	users, groups := d.populate()
 	d.say("== sample directory: %d users, %d groups (g20 nests g18 and g19), alternative addresses, forwards", users, groups)
 
 	bin := d.build()
 	cfg := d.config()
+	d.say("\n== mailsync configure: Postfix's main.cf and master.cf from the settings (manual 14.7)")
+	conf, err := exec.Command(bin, "configure", "-c", cfg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mailsync configure: %v\n%s", err, conf)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(conf)), "\n") {
+		d.say("   %s", l)
+	}
+	d.server.Start(t)
+	d.say("   Postfix running: SMTP %s   submission %s   smtps %s   (config %s)", d.server.SMTP, d.server.Submission, d.server.SMTPS, d.server.ConfigDir)
 	cmd, logPath := d.run(bin, cfg)
 	d.say("== mailsync running (pid %d), log %s", cmd.Process.Pid, logPath)
 
@@ -96,6 +116,8 @@ func TestDemo(t *testing.T) {
 	d.show("postmap -q (virtual alias map)", alias, "g01@example.org", "g20@example.org", "alias010@example.org", "u005@example.org")
 	d.show("postmap -q (virtual mailbox map)", mailbox, "u001@example.org", "u200@example.org")
 
+	d.mail()
+
 	// Live change: group membership.
 	d.say("\n== live change: add u150 to g01")
 	d.ldap.Modify(t, d.ldap.GroupDN("g01"), map[string][]string{"uniqueMember": append(members(d.ldap, 1), d.ldap.UserDN("u150"))})
@@ -118,8 +140,9 @@ func TestDemo(t *testing.T) {
 		return err
 	})
 	for i := 1; i <= 3; i++ {
-		d.dovecot.Deliver(t, "u001@example.org", fmt.Sprintf("demo message %d", i))
+		d.send("u001@example.org", fmt.Sprintf("demo message %d", i))
 	}
+	d.waitFor("the 3 messages arrived over SMTP", func() error { return d.arrived("u001@example.org", "demo message 3") })
 	d.showMailbox("u001@example.org")
 	d.ldap.Modify(t, d.ldap.UserDN("u001"), map[string][]string{"mailPrimaryAddress": {"alice@example.org"}})
 	d.waitFor("alice@example.org holds the 3 messages", func() error {
@@ -143,6 +166,11 @@ func TestDemo(t *testing.T) {
 	// Live change: the home server.
 	transport := "hash:" + filepath.Join(d.maps, "transport")
 	d.say("\n== live change: u002's home server becomes mx2.example.org")
+	reloads := func() int {
+		data, _ := os.ReadFile(d.server.LogPath)
+		return strings.Count(string(data), "reload -- version")
+	}
+	reloaded := reloads()
 	d.ldap.Modify(t, d.ldap.UserDN("u002"), map[string][]string{"univentionMailHomeServer": {"mx2.example.org"}})
 	d.waitFor("u002 is routed to mx2", func() error {
 		r, err := d.postfix.TryQuery(transport, "u002@example.org")
@@ -160,16 +188,29 @@ func TestDemo(t *testing.T) {
 	} else {
 		t.Errorf("LMTP here still accepts u002, homed on mx2")
 	}
+	// Postfix's trivial-rewrite notices a changed transport map only on a
+	// new connection; mailsync reloads Postfix after installing one.
+	d.waitFor("mailsync reloaded Postfix for the new transport map", func() error {
+		if reloads() == reloaded {
+			return fmt.Errorf("no reload in %s", d.server.LogPath)
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // the reload restarts qmgr and trivial-rewrite
+	d.send("u002@example.org", "for u002, now on mx2")
+	m := d.mx2.WaitFor(t, "for u002, now on mx2", 30*time.Second)
+	d.say("   mail to u002 went to mx2's sink: RCPT %v", m.To)
 
 	d.say("\n== done in %s", time.Since(start).Round(100*time.Millisecond))
 	if *interactive {
 		// Listen before saying so: a Ctrl-C right after the line must not
 		// find the signal still ignored (scripts/demo.sh ignores it).
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		d.visitor(bin, cfg)
 		d.say("   everything keeps running; press Ctrl-C to stop and clean up")
 		<-ctx.Done()
 		stop()
-		d.say("\n== stopping mailsync, Dovecot and slapd; removing their temp dirs")
+		d.say("\n== stopping mailsync, Postfix, Dovecot and slapd; removing their temp dirs")
 	}
 }
 
@@ -257,16 +298,103 @@ dovecot:
   master_password_file: master.secret
   mail_home: %s
   owner: "%d:%d"
+  lmtp_addr: inet:%s
+  auth_addr: inet:%s
 postfix:
   map_dir: %s
   config_dir: %s
-metrics:
+%smetrics:
   listen: 127.0.0.1:%d
 log:
   level: debug
   format: json
 `, fqdn, d.dir, d.ldap.URL, d.ldap.BaseDN, d.ldap.AdminDN, testenv.FreePort(t), d.dovecot.DoveadmURL, d.ca.CertFile,
-		d.dovecot.IMAPAddr, d.dovecot.MasterUser, d.dovecot.MailHome, d.dovecot.UID, d.dovecot.GID, d.maps, d.postfix.ConfigDir, testenv.FreePort(t)))
+		d.dovecot.IMAPAddr, d.dovecot.MasterUser, d.dovecot.MailHome, d.dovecot.UID, d.dovecot.GID,
+		d.dovecot.LMTPAddr, d.dovecot.AuthAddr, d.maps, d.postfix.ConfigDir, d.postfixConfig(), testenv.FreePort(t)))
+}
+
+// postfixConfig is the rest of the config's postfix section and the
+// settings: the Postfix mailsync configures, relaying through the sink.
+func (d *demo) postfixConfig() string {
+	p := d.server
+	return fmt.Sprintf(`  queue_dir: %s
+  data_dir: %s
+  tls_cert: %s
+  tls_key: %s
+  listen: {smtp: %q, submission: %q, smtps: %q}
+configure: [postfix]
+policy:
+  mail/relayhost: "[%s]:%s"
+  mail/postfix/mynetworks: 127.0.0.1/32
+`, p.QueueDir, p.DataDir, p.CA.ServerCert, p.CA.ServerKey, p.SMTP, p.Submission, p.SMTPS,
+		strings.Split(d.relay.Addr, ":")[0], strings.Split(d.relay.Addr, ":")[1])
+}
+
+// send sends one message to rcpt over SMTP, port 25.
+func (d *demo) send(rcpt, subject string) {
+	d.t.Helper()
+	err := d.server.Send(d.server.SMTP, testenv.Mail{From: "visitor@partner.example.net", To: []string{rcpt}, Subject: subject,
+		Body: "Sent over SMTP by the mailsync demo."})
+	if err != nil {
+		d.t.Fatalf("send %q to %s: %v\n%s", subject, rcpt, err, d.server.Log())
+	}
+}
+
+// arrived reports whether user's INBOX, read over IMAP, has subject.
+func (d *demo) arrived(user, subject string) error {
+	if d.dovecot.HasMessage(d.t, user, subject) {
+		return nil
+	}
+	return fmt.Errorf("%s has no %q yet\n%s", user, subject, d.server.Log())
+}
+
+// mail sends real mail over SMTP through Postfix, routed by mailsync's
+// maps, and shows where it arrived.
+func (d *demo) mail() {
+	d.say("\n== real mail over SMTP (port 25) through Postfix, routed by mailsync's maps")
+	for _, c := range []struct {
+		rcpt, what string
+		inboxes    []string
+		relayed    string
+	}{
+		{"u003@example.org", "a user", []string{"u003"}, ""},
+		{"g02@example.org", "a group", []string{"u011", "u015", "u020"}, ""},
+		{"g20@example.org", "a nested group (g20 = g18 + g19)", []string{"u171", "u180", "u190"}, ""},
+		{"alias010@example.org", "an alternative address of u010", []string{"u010"}, ""},
+		{"u055@example.org", "a forward with copy to self (to u055@partner.example.net)", []string{"u055"}, "u055@partner.example.net"},
+	} {
+		subject := "hello " + c.rcpt
+		d.send(c.rcpt, subject)
+		for _, u := range c.inboxes {
+			d.waitFor(fmt.Sprintf("%-22s (%s): in %s's INBOX over IMAP", c.rcpt, c.what, u), func() error { return d.arrived(u+"@example.org", subject) })
+		}
+		if c.relayed != "" {
+			m := d.relay.WaitFor(d.t, subject, 30*time.Second)
+			d.say("   ok: %-22s and at the relay host's sink: RCPT %v, TLS %v", c.rcpt, m.To, m.TLS)
+		}
+	}
+	d.say("   u003's INBOX over IMAP: %q", d.dovecot.Subjects(d.t, "u003@example.org"))
+	if err := d.server.Send(d.server.SMTP, testenv.Mail{From: "x@partner.example.net", To: []string{"nobody@example.org"}, Subject: "x"}); err != nil {
+		d.say("   unknown recipient refused at RCPT: %v", err)
+	} else {
+		d.t.Errorf("mail to nobody@example.org was accepted")
+	}
+}
+
+// visitor prints what a visitor can try against the running system.
+func (d *demo) visitor(bin, cfg string) {
+	p := d.server
+	msg := filepath.Join(d.dir, "hello.txt")
+	_ = os.WriteFile(msg, []byte("Subject: hello from a visitor\r\n\r\nHi!\r\n"), 0o644)
+	d.say("\n== try it yourself (users' password: secret)")
+	d.say("   send mail to a group:   curl -s smtp://%s --mail-from me@partner.example.net --mail-rcpt g01@example.org -T %s", p.SMTP, msg)
+	d.say("   read an INBOX:          curl -s -u u001@example.org:secret 'imap://%s/INBOX' -X 'FETCH 1:* (ENVELOPE)'", d.dovecot.IMAPAddr)
+	d.say("   submission with AUTH:   curl -s --ssl-reqd -k smtp://%s --user u003@example.org:secret --mail-from u003@example.org --mail-rcpt someone@partner.example.net -T %s", p.Submission, msg)
+	d.say("   change a group:         ldapmodify -x -H %s -D %s -w %s  (then the mail to it changes at once)", d.ldap.URL, d.ldap.AdminDN, d.ldap.AdminPW)
+	d.say("   the rendered config:    postconf -c %s -n;  %s configure -c %s --dry-run", p.ConfigDir, bin, cfg)
+	d.say("   settings (UCR names):   edit the policy section of %s; the running mailsync re-renders and reloads Postfix", cfg)
+	d.say("   drift and sync check:   %s check -c %s", bin, cfg)
+	d.say("   Postfix's queue and log: postqueue -c %s -p;  tail -f %s", p.ConfigDir, p.LogPath)
 }
 
 func (d *demo) run(bin, cfg string) (*exec.Cmd, string) {

@@ -197,7 +197,13 @@ func (p *PostfixServer) Configure(settings mailconf.Settings, params func(*mailc
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err = mailconf.Install(ctx, prod)
+	changed, err := mailconf.Install(ctx, prod)
+	if err == nil && len(changed) > 0 && p.started {
+		// A reload is graceful: processes of the old generation finish
+		// what they hold and may take one more client. Give them a moment,
+		// so a test's next message meets the new configuration.
+		time.Sleep(time.Second)
+	}
 	return prod, err
 }
 
