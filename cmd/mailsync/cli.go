@@ -18,7 +18,6 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
-	"golang.org/x/sync/errgroup"
 
 	"mailsync/config"
 	"mailsync/listener"
@@ -302,13 +301,18 @@ func (runCmd) Run(e *env) error {
 	defer closeBus()
 	log.Info().Str("version", version).Strs("handlers", cfg.Handlers).Msg("mailsync running")
 
-	// Shutdown order: the listener stops first, then the consumers drain,
-	// then NATS closes (deferred above).
+	// The daemon's two parts. Either ending on its own (an error, or a
+	// return nobody asked for) ends the daemon with exit 1, so systemd
+	// restarts the whole of it: a listener without handlers or handlers
+	// without a listener would leave the daemon half alive. Shutdown order:
+	// the listener stops first, then the consumers drain, then NATS closes
+	// (deferred above).
 	lctx, stopListener := context.WithCancel(context.Background())
 	rctx, stopRunner := context.WithCancel(context.Background())
+	defer stopListener()
+	defer stopRunner()
 	var lst *listener.Listener
-	g := new(errgroup.Group)
-	failed := make(chan error, 1)
+	var listenerDone chan error // nil without a listener: never ready in select
 	if *cfg.Listener.Enabled {
 		lst = listener.New(listener.Config{
 			Flavor: flavor,
@@ -318,21 +322,12 @@ func (runCmd) Run(e *env) error {
 			ConfirmMassDelete: cfg.Listener.ConfirmMassDelete,
 			LeaseID:           holder,
 		}, bus, log, listener.Hooks{})
-		g.Go(func() error {
-			err := lst.Run(lctx)
-			if err != nil {
-				// The listener gave up (it could not load the stored
-				// state): end the daemon, so systemd restarts it, rather
-				// than run handlers with no listener and the lease left
-				// to expire.
-				err = fmt.Errorf("listener: %w", err)
-				failed <- err
-			}
-			return err
-		})
+		listenerDone = make(chan error, 1)
+		go func() { listenerDone <- partEnded(lctx, "listener", lst.Run(lctx)) }()
 	}
 	rn := runner.New(bus, runner.Config{Host: cfg.Host, Observer: m}, log, handlers...)
-	g.Go(func() error { return rn.Run(rctx) })
+	runnerDone := make(chan error, 1)
+	go func() { runnerDone <- partEnded(rctx, "runner", rn.Run(rctx)) }()
 	addHealthChecks(m, cfg, bus, lst)
 	mctx, stopMetrics := context.WithCancel(context.Background())
 	defer stopMetrics()
@@ -349,26 +344,45 @@ func (runCmd) Run(e *env) error {
 	defer signal.Stop(hup)
 	go settingsWatch(mctx, e.cfg, 2*time.Second, hup, log.With().Str("part", "mailconf").Logger())
 
-	errc := make(chan error, 1)
-	go func() { errc <- g.Wait() }()
+	var failure error
 	select {
 	case <-e.ctx.Done():
 		log.Info().Msg("shutting down")
-		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
-	case err := <-errc:
-		stopListener()
-		stopRunner()
-		return err
-	case err := <-failed:
-		log.Error().Err(err).Msg("stopping")
-		stopListener()
-		stopRunner()
-		<-errc
-		return err
+	case failure = <-listenerDone:
+		listenerDone = nil
+	case failure = <-runnerDone:
+		runnerDone = nil
 	}
+	if failure != nil {
+		log.Error().Err(failure).Msg("stopping")
+	}
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 	stopListener()
+	if listenerDone != nil {
+		if err := <-listenerDone; err != nil && failure == nil {
+			failure = err
+		}
+	}
 	stopRunner()
-	return <-errc
+	if runnerDone != nil {
+		if err := <-runnerDone; err != nil && failure == nil {
+			failure = err
+		}
+	}
+	return failure
+}
+
+// partEnded is the daemon's view of a part's return: nil only when the
+// part was asked to stop; a part that ends by itself is a failure even
+// when it says nothing.
+func partEnded(ctx context.Context, name string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if ctx.Err() == nil {
+		return fmt.Errorf("%s ended by itself", name)
+	}
+	return nil
 }
 
 type confirmDeletesCmd struct{}
