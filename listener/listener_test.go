@@ -207,9 +207,9 @@ func TestMoveToOtherOUIsOneModify(t *testing.T) {
 	r.start(listener.Hooks{})
 	r.waitCount(0, 1)
 	newDN := r.ldap.ModRDN(t, bob, "uid=bob", "ou=sales,"+r.ldap.BaseDN)
-	evs := r.waitCount(1, 1)
+	r.waitCount(1, 1)
 	time.Sleep(200 * time.Millisecond)
-	evs = r.all()[1:]
+	evs := r.all()[1:]
 	if len(evs) != 1 || evs[0].Op != event.OpModify || evs[0].OldDN != bob || evs[0].DN != newDN {
 		t.Fatalf("move to another OU: got %+v, want one modify with old_dn", evs)
 	}
@@ -253,9 +253,9 @@ func TestResumeFromCookieAfterStop(t *testing.T) {
 		r.ldap.AddUser(t, fmt.Sprintf("n%02d", i), fmt.Sprintf("n%02d@example.org", i), nil)
 	}
 	r.start(listener.Hooks{})
-	evs := r.waitCount(base, 50)
+	r.waitCount(base, 50)
 	time.Sleep(300 * time.Millisecond)
-	evs = r.all()[base:]
+	evs := r.all()[base:]
 	count := map[event.Op]int{}
 	renames := 0
 	for _, ev := range evs {
@@ -301,9 +301,9 @@ func TestCookieNeverAheadOfStream(t *testing.T) {
 	// replayed event deduplicated.
 	r.ldap.Modify(t, dave, map[string][]string{event.AttrPrimaryAddress: {"david@example.org"}})
 	r.start(listener.Hooks{})
-	evs := r.waitCount(1, 2)
+	r.waitCount(1, 2)
 	time.Sleep(300 * time.Millisecond)
-	evs = r.all()[1:]
+	evs := r.all()[1:]
 	if len(evs) != 2 || evs[0].Op != event.OpAdd || evs[1].Op != event.OpModify || evs[1].New.First(event.AttrPrimaryAddress) != "david@example.org" {
 		t.Fatalf("after crash and restart: %+v; want add dave, modify dave (the replayed add deduplicated)", evs)
 	}

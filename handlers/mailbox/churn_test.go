@@ -70,9 +70,7 @@ func churnOps(s churnShape, base string) []churnOp {
 	}
 	groups := make([][]int, s.groups) // members by user index
 	for g := range groups {
-		for _, i := range r.Perm(s.users)[:3+r.IntN(4)] {
-			groups[g] = append(groups[g], i)
-		}
+		groups[g] = append(groups[g], r.Perm(s.users)[:3+r.IntN(4)]...)
 	}
 	var ops []churnOp
 	n := 0 // unique suffixes

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -219,7 +218,10 @@ func TestLeavesHostAlone(t *testing.T) {
 // Ctrl-C (SIGINT to its process group, as a terminal does) once it waits,
 // and checks that it cleaned up: exit 0 and its servers' ports closed.
 func testDemoCleanup(t *testing.T, root string) {
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := testenv.GoTool()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("bash", filepath.Join(root, "scripts", "demo.sh"))
 	cmd.Env = append(os.Environ(), "MAILSYNC_BIN="+testenv.BuildRelease(t), "MAILSYNC_DEMO_BIN_DIR="+t.TempDir(),
 		"PATH="+filepath.Dir(goBin)+":"+os.Getenv("PATH"))

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -44,7 +43,10 @@ type ClusterConfig func(name string, port, clusterPort int, storeDir string, rou
 // dependency (the version mailsync embeds) into dir.
 func natsServerBinary(dir string) (string, error) {
 	bin := filepath.Join(dir, "nats-server")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := GoTool()
+	if err != nil {
+		return "", fmt.Errorf("build nats-server: %w", err)
+	}
 	out, err := exec.Command(goBin, "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("build nats-server: %v\n%s", err, out)

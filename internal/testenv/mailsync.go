@@ -3,7 +3,6 @@ package testenv
 import (
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 )
 
@@ -27,7 +26,10 @@ func BuildRelease(t testing.TB) string {
 func buildMailsync(t testing.TB, flags ...string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "mailsync")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := GoTool()
+	if err != nil {
+		t.Fatalf("build mailsync: %v", err)
+	}
 	args := append(append([]string{"build"}, flags...), "-o", bin, "mailsync/cmd/mailsync")
 	out, err := exec.Command(goBin, args...).CombinedOutput()
 	if err != nil {

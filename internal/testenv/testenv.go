@@ -90,3 +90,16 @@ func WaitFile(path string, timeout time.Duration) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// GoTool is the go command the tests build helper binaries with: the one
+// on PATH (make puts /usr/local/go/bin there), else Debian's Go location.
+func GoTool() (string, error) {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p, nil
+	}
+	const fallback = "/usr/local/go/bin/go"
+	if _, err := os.Stat(fallback); err != nil {
+		return "", fmt.Errorf("no go command on PATH or at %s: %w", fallback, err)
+	}
+	return fallback, nil
+}
