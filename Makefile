@@ -3,7 +3,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
 PKGS := ./...
 
-.PHONY: all build deps test vet fmt-check bench churn cluster demo clean
+.PHONY: all build deps test vet staticcheck fmt-check bench churn cluster demo clean
 
 all: build
 
@@ -22,7 +22,19 @@ fmt-check:
 vet:
 	$(GO) vet $(PKGS)
 
-test: deps fmt-check vet
+# Static analysis beyond vet, at a pinned version fetched through the Go
+# module proxy into bin/ on first use.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := bin/staticcheck-$(STATICCHECK_VERSION)
+$(STATICCHECK):
+	@mkdir -p bin/.sc
+	GOBIN=$(CURDIR)/bin/.sc $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv bin/.sc/staticcheck $@
+
+staticcheck: $(STATICCHECK)
+	$(STATICCHECK) $(PKGS)
+
+test: deps fmt-check vet staticcheck
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
 
 bench: deps churn

@@ -247,18 +247,6 @@ func validHome(kind event.Kind, a event.Attrs) bool {
 	return err == nil
 }
 
-// put inserts or replaces an entry and returns the UUIDs whose maps may
-// change: the entry itself, and every group that lists its old or new DN,
-// with their ancestors.
-func (m *model) put(e *entry) set {
-	old := m.insert(e)
-	seeds := []string{e.ndn}
-	if old != nil && old.ndn != e.ndn {
-		seeds = append(seeds, old.ndn)
-	}
-	return m.ancestors(e.uuid, seeds)
-}
-
 // insert inserts or replaces an entry in the index and returns the entry
 // it replaced.
 func (m *model) insert(e *entry) *entry {
@@ -310,17 +298,6 @@ func (m *model) lookup(ndn string) *entry {
 	return nil
 }
 
-// del removes an entry by UUID and returns the UUIDs whose maps may change.
-func (m *model) del(uuid string) set {
-	old := m.byUUID[uuid]
-	if old == nil {
-		return set{}
-	}
-	m.remove(old)
-	delete(m.byUUID, uuid)
-	return m.ancestors(uuid, []string{old.ndn})
-}
-
 func (m *model) remove(old *entry) {
 	if old == nil {
 		return
@@ -354,14 +331,6 @@ func (m *model) unindexDN(old *entry) {
 	} else {
 		m.byDN[old.ndn] = es
 	}
-}
-
-// ancestors returns uuid plus every group reaching one of the DNs through
-// uniqueMember, transitively: the reverse membership index walked upwards.
-func (m *model) ancestors(uuid string, dns []string) set {
-	out := set{uuid: {}}
-	m.climb(out, dns)
-	return out
 }
 
 // climb adds to out every group reaching one of the DNs, skipping the walk
@@ -787,15 +756,6 @@ func (m *model) aliasValues(key string) []string {
 	}
 	sort.Strings(vals)
 	return dedupSorted(vals)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // reports lists the problems the current state has, sorted.
