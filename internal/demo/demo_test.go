@@ -388,7 +388,7 @@ func (d *demo) visitor(bin, cfg string) {
 	_ = os.WriteFile(msg, []byte("Subject: hello from a visitor\r\n\r\nHi!\r\n"), 0o644)
 	d.say("\n== try it yourself (users' password: secret)")
 	d.say("   send mail to a group:   curl -s smtp://%s --mail-from me@partner.example.net --mail-rcpt g01@example.org -T %s", p.SMTP, msg)
-	d.say("   read an INBOX:          curl -s -u u001@example.org:secret 'imap://%s/INBOX' -X 'FETCH 1:* (ENVELOPE)'", d.dovecot.IMAPAddr)
+	d.say("   read an INBOX:          curl -s -u alice@example.org:secret 'imap://%s/INBOX' -X 'FETCH 1:* (ENVELOPE)'", d.dovecot.IMAPAddr)
 	d.say("   submission with AUTH:   curl -s --ssl-reqd -k smtp://%s --user u003@example.org:secret --mail-from u003@example.org --mail-rcpt someone@partner.example.net -T %s", p.Submission, msg)
 	d.say("   change a group:         ldapmodify -x -H %s -D %s -w %s  (then the mail to it changes at once)", d.ldap.URL, d.ldap.AdminDN, d.ldap.AdminPW)
 	d.say("   the rendered config:    postconf -c %s -n;  %s configure -c %s --dry-run", p.ConfigDir, bin, cfg)
