@@ -196,3 +196,66 @@ func loadavg() string {
 	}
 	return "?"
 }
+
+// BenchmarkModifyToLookup100k: on a directory of 100,000 users and 5,000
+// groups that mailsync run has caught up with, one LDAP modify of a
+// group's members at a time, each timed until `postmap -q` on the live
+// alias map shows the new member (polled); p50 and p99 over 100 modifies,
+// a quiet 200 ms apart. postmap -q itself (one lookup of an unchanged key)
+// is reported as the floor of the same run.
+func BenchmarkModifyToLookup100k(b *testing.B) {
+	base := "dc=example,dc=org"
+	const users, groups = 100000, 5000
+	ldif := testenv.GenerateLDIF(b, base, testenv.DirectoryShape{Users: users, Groups: groups, Members: 20, Nested: 10})
+	ldap := testenv.StartSlapdWith(b, testenv.SlapdOptions{Preload: ldif})
+	port := testenv.FreePort(b)
+	cfg, dir := verbConfig(b, ldap, nil, port, "aliases, homeserver", "metrics:\n  listen: \"off\"\n")
+	startDaemon(b, cfg, port)
+	testenv.Eventually(b, 10*time.Minute, func() error {
+		if out, _, code := verb(b, cfg, "status"); code != 0 || !caughtUp(out) {
+			time.Sleep(time.Second)
+			return fmt.Errorf("not caught up:\n%s", out)
+		}
+		return nil
+	})
+	postmap := testenv.Require(b, "postmap", "postfix")
+	table := "hash:" + filepath.Join(dir, "maps", "virtual_alias")
+	c, err := os.ReadFile(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := regexp.MustCompile(`config_dir: (\S+)`).FindSubmatch(c)
+	if m == nil {
+		b.Fatal("no postfix config_dir in the config")
+	}
+	pcfg := string(m[1])
+	query := func(key string) string {
+		out, _ := exec.Command(postmap, "-c", pcfg, "-q", key, table).Output()
+		return string(out)
+	}
+	var lat, floor []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N*100; i++ {
+		g := fmt.Sprintf("g%d", 1+i*37%(groups-1))
+		u := fmt.Sprintf("u%d", 1+(i*7919)%(users-1)) // never u0, the other member
+		t0 := time.Now()
+		query("u1@example.org")
+		floor = append(floor, time.Since(t0))
+		start := time.Now()
+		ldap.Modify(b, ldap.GroupDN(g), map[string][]string{"uniqueMember": {ldap.UserDN(u), ldap.UserDN("u0")}})
+		for !strings.Contains(query(g+"@example.org"), u+"@example.org") {
+			if time.Since(start) > time.Minute {
+				b.Fatalf("%s not in %s after a minute", u, g)
+			}
+		}
+		lat = append(lat, time.Since(start))
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	slices.Sort(floor)
+	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "p99-ms")
+	b.ReportMetric(float64(floor[len(floor)/2].Milliseconds()), "postmap-q-p50-ms")
+	b.Logf("load %s; %d modifies; slowest %s", loadavg(), len(lat), lat[len(lat)-1])
+}
