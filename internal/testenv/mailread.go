@@ -11,12 +11,20 @@ import (
 // IMAP as the master user; none when the user has no mailbox yet.
 func (d *Dovecot) Subjects(t testing.TB, user string) []string {
 	t.Helper()
+	return d.SubjectsIn(t, user, "INBOX")
+}
+
+// SubjectsIn returns the subjects of the messages in mailbox as user sees
+// it (a public folder's "<name>@<domain>/INBOX", as its ACL allows); none
+// when user cannot select it.
+func (d *Dovecot) SubjectsIn(t testing.TB, user, mailbox string) []string {
+	t.Helper()
 	c, err := d.IMAPReader().DialMaster(context.Background(), user)
 	if err != nil {
 		return nil
 	}
 	defer func() { c.Logout().Wait(); c.Close() }()
-	sel, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait()
+	sel, err := c.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
 	if err != nil || sel.NumMessages == 0 {
 		return nil
 	}
@@ -24,7 +32,7 @@ func (d *Dovecot) Subjects(t testing.TB, user string) []string {
 	set.AddRange(1, sel.NumMessages)
 	msgs, err := c.Fetch(set, &imap.FetchOptions{Envelope: true}).Collect()
 	if err != nil {
-		t.Fatalf("IMAP fetch %s INBOX: %v", user, err)
+		t.Fatalf("IMAP fetch %s %s: %v", user, mailbox, err)
 	}
 	var out []string
 	for _, m := range msgs {

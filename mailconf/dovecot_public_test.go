@@ -1,0 +1,127 @@
+package mailconf_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"mailsync/dovecotadm"
+	"mailsync/fault"
+	"mailsync/internal/testenv"
+	"mailsync/mailconf"
+)
+
+func TestRenderDovecotPublic(t *testing.T) {
+	f, err := mailconf.RenderDovecotPublic("/etc/dovecot", "/var/spool/dovecot/public/", []string{"Team@Example.org", "b.board@example.org", "team@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Path != "/etc/dovecot/conf.d/"+mailconf.DovecotPublicFile {
+		t.Errorf("path %s", f.Path)
+	}
+	body := string(f.Data[strings.Index(string(f.Data), "namespace"):])
+	want := `namespace mailsync_public_1 {
+  type = public
+  separator = /
+  prefix = b.board@example.org/
+  location = maildir:/var/spool/dovecot/public/example.org/b.board:INDEXPVT=~/Maildir/public/example.org/b.board
+  subscriptions = no
+  list = children
+}
+namespace mailsync_public_2 {
+  type = public
+  separator = /
+  prefix = team@example.org/
+  location = maildir:/var/spool/dovecot/public/example.org/team:INDEXPVT=~/Maildir/public/example.org/team
+  subscriptions = no
+  list = children
+}
+`
+	if body != want {
+		t.Errorf("rendered\n%s\nwant\n%s", body, want)
+	}
+	empty, err := mailconf.RenderDovecotPublic("/etc/dovecot", "/var/spool/dovecot/public", nil)
+	if err != nil || strings.Contains(string(empty.Data), "namespace") {
+		t.Errorf("no folders: %v\n%s", err, empty.Data)
+	}
+	for _, bad := range [][]string{{"team"}, {"a%u@example.org"}, {"a:b@example.org"}, {"a$x@example.org"}, {"ok@example.org", "../x@example.org"}} {
+		if _, err := mailconf.RenderDovecotPublic("/etc/dovecot", "/var/spool/dovecot/public", bad); err == nil || !fault.IsPermanent(err) {
+			t.Errorf("%q: %v, want a permanent refusal", bad, err)
+		} else if !strings.Contains(err.Error(), bad[len(bad)-1]) {
+			t.Errorf("%q: %v does not name the folder", bad, err)
+		}
+	}
+	for _, root := range []string{"relative/public", "/", "/var/spool/%d"} {
+		if _, err := mailconf.RenderDovecotPublic("/etc/dovecot", root, nil); err == nil {
+			t.Errorf("public home %q accepted", root)
+		}
+	}
+}
+
+// A rendered public namespace is what Dovecot serves: a folder's mail at
+// <public home>/<domain>/<name>/.INBOX is "<name>@<domain>/INBOX" over
+// IMAP for a user its ACL (set through doveadm, as the mailbox handler
+// does) lets read, and for no one else.
+func TestDovecotServesPublicNamespace(t *testing.T) {
+	ldap := testenv.StartSlapd(t)
+	ldap.AddUser(t, "erin", "erin@example.org", nil)
+	ldap.AddUser(t, "finn", "finn@example.org", nil)
+	// Dovecot runs mail processes as its mail user: the public home is
+	// made outside the test's private temp dir and given to that user.
+	top, err := os.MkdirTemp("", "public-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	root := filepath.Join(top, "public")
+	f, err := mailconf.RenderDovecotPublic("/unused", root, []string{"team@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	box := filepath.Join(root, "example.org", "team")
+	for _, d := range []string{"cur", "new", "tmp", ".INBOX/cur", ".INBOX/new", ".INBOX/tmp"} {
+		if err := os.MkdirAll(filepath.Join(box, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg := "From: a@example.org\r\nTo: team@example.org\r\nSubject: in the public folder\r\n\r\nhello\r\n"
+	if err := os.WriteFile(filepath.Join(box, ".INBOX", "new", "1.public"), []byte(msg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{SharedFolders: true,
+		ConfFiles: map[string][]byte{mailconf.DovecotPublicFile: f.Data}})
+	if err := filepath.Walk(top, func(p string, _ os.FileInfo, err error) error {
+		if err == nil {
+			err = os.Lchown(p, d.UID, d.GID)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	adm, err := dovecotadm.New(d.DoveadmURL, d.APIKey, dovecotadm.WithTimeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 0 {
+		t.Fatalf("erin reads %q without a right", got)
+	}
+	if err := adm.SetACL(ctx, "erin@example.org", "team@example.org/INBOX", "user=erin@example.org", []string{"lookup", "read"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 1 || got[0] != "in the public folder" {
+		t.Errorf("erin, granted read, sees %q\n%s", got, d.Log())
+	}
+	if got := d.SubjectsIn(t, "finn@example.org", "team@example.org/INBOX"); len(got) != 0 {
+		t.Errorf("finn, not granted, reads %q", got)
+	}
+	if err := adm.SetACL(ctx, "erin@example.org", "team@example.org/INBOX", "user=erin@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 0 {
+		t.Errorf("erin reads %q after her right was removed", got)
+	}
+}
