@@ -31,6 +31,9 @@ type DovecotTarget struct {
 	// UnitDropIn is the systemd drop-in carrying the fd limit
 	// (LimitNOFILE); "" renders none.
 	UnitDropIn string
+	// PublicHome is the root of the public folders' maildirs
+	// (RenderDovecotPublic; UCS /var/spool/dovecot/public).
+	PublicHome string
 }
 
 // DovecotService is one service of the installed configuration as

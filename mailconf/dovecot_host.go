@@ -233,6 +233,21 @@ func (h *DovecotHost) Reload(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// PublicProduct is the "dovecot-public" product: the public namespaces of
+// the shared folders without an address homed here (RenderDovecotPublic
+// under Target.PublicHome). Install validates it with doveconf together
+// with the installed configuration, replaces the fragment atomically and
+// reloads a running Dovecot only when the folders changed, so it can be
+// installed after every change of the set.
+func (h *DovecotHost) PublicProduct(folders []string) (*Product, error) {
+	f, err := RenderDovecotPublic(h.Target.ConfDir, h.Target.PublicHome, folders)
+	if err != nil {
+		return nil, err
+	}
+	return &Product{Name: "dovecot-public", Dir: h.Target.ConfDir, Files: []File{f}, Validate: h.validate,
+		Reload: func(ctx context.Context) error { _, err := h.Reload(ctx); return err }}, nil
+}
+
 // overlay copies the configuration directory to a temp dir and puts files
 // (those under Target.ConfDir) in place. With files nil, mailsync's own
 // fragments are left out: the configuration as the administrator has it.

@@ -77,10 +77,6 @@ func TestDovecotServesPublicNamespace(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(top) })
 	root := filepath.Join(top, "public")
-	f, err := mailconf.RenderDovecotPublic("/unused", root, []string{"team@example.org"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	box := filepath.Join(root, "example.org", "team")
 	for _, d := range []string{"cur", "new", "tmp", ".INBOX/cur", ".INBOX/new", ".INBOX/tmp"} {
 		if err := os.MkdirAll(filepath.Join(box, d), 0o700); err != nil {
@@ -91,8 +87,31 @@ func TestDovecotServesPublicNamespace(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(box, ".INBOX", "new", "1.public"), []byte(msg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{SharedFolders: true,
-		ConfFiles: map[string][]byte{mailconf.DovecotPublicFile: f.Data}})
+	d := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{SharedFolders: true})
+	h := hostFor(d, "")
+	h.Target.PublicHome = root
+	install := func(folders ...string) []string {
+		t.Helper()
+		p, err := h.PublicProduct(folders)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := strings.Count(dovecotLogs(t, d), "reloading configuration")
+		changed, err := mailconf.Install(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(changed) > 0 {
+			waitReloaded(t, d, before)
+		}
+		return changed
+	}
+	if changed := install("team@example.org"); len(changed) != 1 {
+		t.Fatalf("installed %v, want the public fragment", changed)
+	}
+	if changed := install("team@example.org"); len(changed) != 0 {
+		t.Errorf("the same folders again wrote %v", changed)
+	}
 	if err := filepath.Walk(top, func(p string, _ os.FileInfo, err error) error {
 		if err == nil {
 			err = os.Lchown(p, d.UID, d.GID)
@@ -123,5 +142,17 @@ func TestDovecotServesPublicNamespace(t *testing.T) {
 	}
 	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 0 {
 		t.Errorf("erin reads %q after her right was removed", got)
+	}
+	if err := adm.SetACL(ctx, "erin@example.org", "team@example.org/INBOX", "user=erin@example.org", []string{"lookup", "read"}); err != nil {
+		t.Fatal(err)
+	}
+	if changed := install(); len(changed) != 1 {
+		t.Fatalf("installed %v, want the emptied public fragment", changed)
+	}
+	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 0 {
+		t.Errorf("erin reads %q once the namespace is gone", got)
+	}
+	if _, err := os.Stat(filepath.Join(box, ".INBOX", "new", "1.public")); err != nil {
+		t.Errorf("the folder's mail: %v", err)
 	}
 }

@@ -95,6 +95,12 @@ func reload(t *testing.T, h *mailconf.DovecotHost, d *testenv.Dovecot) {
 	if err != nil || !running {
 		t.Fatalf("reload: running %v, %v", running, err)
 	}
+	waitReloaded(t, d, before)
+}
+
+// waitReloaded waits until the master logs one more reload than before.
+func waitReloaded(t *testing.T, d *testenv.Dovecot, before int) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for strings.Count(dovecotLogs(t, d), "reloading configuration") == before {
 		if time.Now().After(deadline) {
