@@ -3,7 +3,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
 PKGS := ./...
 
-.PHONY: all build deps test vet staticcheck fmt-check bench churn cluster demo clean
+.PHONY: all build deps test test-short vet staticcheck fmt-check bench churn cluster demo clean
 
 all: build
 
@@ -36,6 +36,11 @@ staticcheck: $(STATICCHECK)
 
 test: deps fmt-check vet staticcheck
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
+
+# The fast tier: pure logic only (decisions, plans, the aliases model,
+# validation, rendering); every test that needs a server skips itself.
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
 
 bench: deps churn
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m $(PKGS)

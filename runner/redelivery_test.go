@@ -22,6 +22,7 @@ import (
 // first again. The runner must not apply it after the second: the entry
 // would go back to its older state.
 func TestLostAckRedeliveryIsSuperseded(t *testing.T) {
+	testenv.Integration(t, "NATS JetStream")
 	kp, err := nkeys.CreateUser()
 	if err != nil {
 		t.Fatal(err)

@@ -72,6 +72,7 @@ func msgs(t *testing.T, st jetstream.Stream) uint64 {
 // or delete the stream; the listener's key can; a connection without a key
 // is refused.
 func TestWorkerCannotForgeEvents(t *testing.T) {
+	testenv.Integration(t, "NATS JetStream")
 	ns, creds := startAuthServer(t, nil)
 	for _, r := range stream.Roles {
 		st, err := os.Stat(creds.SeedFile(r))
@@ -216,6 +217,7 @@ func checkRoles(t *testing.T, dial func(stream.Role) (*nats.Conn, error)) {
 // TestWorkerScopedToItsHost: a worker key scoped to its host may use its
 // own consumers only.
 func TestWorkerScopedToItsHost(t *testing.T) {
+	testenv.Integration(t, "NATS JetStream")
 	creds, err := stream.LoadCredentials(filepath.Join(t.TempDir(), "auth"))
 	if err != nil {
 		t.Fatal(err)
@@ -253,6 +255,7 @@ func TestWorkerScopedToItsHost(t *testing.T) {
 // with the authorization block ServerConfig renders, and runs the role
 // checks over TLS against it.
 func TestExternalServerFromDocs(t *testing.T) {
+	testenv.Integration(t, "a nats-server")
 	ca := testenv.NewCA(t)
 	dir := t.TempDir()
 	conf := testenv.DocsBlock(t, "# nats-server.conf (single server)")

@@ -106,6 +106,7 @@ case "$1" in install) %s;; esac
 // preseeded, and that policy-rc.d is created only when absent and removed
 // again, on a signal too.
 func TestLeavesHostAlone(t *testing.T) {
+	testenv.Integration(t, "the install and demo scripts")
 	slapd := startBystander(t, "slapd")
 	dovecot := startBystander(t, "dovecot")
 	root := repoRoot(t)

@@ -59,6 +59,7 @@ func natsServerBinary(dir string) (string, error) {
 // t.Cleanup; their dirs are temp dirs.
 func StartCluster(t testing.TB, n int, conf ClusterConfig, dial func(url string) (*nats.Conn, error)) *Cluster {
 	t.Helper()
+	Integration(t, "a NATS cluster")
 	bin, err := natsServerBinary(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

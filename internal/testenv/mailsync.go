@@ -25,6 +25,7 @@ func BuildRelease(t testing.TB) string {
 
 func buildMailsync(t testing.TB, flags ...string) string {
 	t.Helper()
+	Integration(t, "the mailsync binary")
 	bin := filepath.Join(t.TempDir(), "mailsync")
 	goBin, err := GoTool()
 	if err != nil {

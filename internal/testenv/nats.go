@@ -20,6 +20,7 @@ type NATS struct {
 // StartNATS starts an embedded NATS JetStream server without a network
 // listener (reached in process), shut down by t.Cleanup.
 func StartNATS(t testing.TB) *NATS {
+	Integration(t, "NATS JetStream")
 	t.Helper()
 	dir := t.TempDir()
 	ns, err := stream.StartEmbedded(stream.EmbeddedOptions{StoreDir: dir})

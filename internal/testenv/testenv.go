@@ -19,6 +19,7 @@ import (
 // Debian package that provides it.
 func Require(t testing.TB, bin, pkg string) string {
 	t.Helper()
+	Integration(t, bin)
 	if p, err := exec.LookPath(bin); err == nil {
 		return p
 	}
@@ -102,4 +103,15 @@ func GoTool() (string, error) {
 		return "", fmt.Errorf("no go command on PATH or at %s: %w", fallback, err)
 	}
 	return fallback, nil
+}
+
+// Integration marks a test that needs a real server or the built binary.
+// `go test -short` (make test-short, the fast tier: decisions, plans,
+// model, validation, rendering) skips it, saying what it needs; every
+// other run, make test included, requires it and fails when it is missing.
+func Integration(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("needs %s: an integration test, run without -short", what)
+	}
 }
