@@ -99,6 +99,11 @@ type Config struct {
 	// AckWait is how long JetStream waits before redelivering an unacked
 	// message (default 30s); held messages are kept alive well within it.
 	AckWait time.Duration
+	// StopGrace is how long a handler call under way when the runner is
+	// told to stop may go on (default 20s, within systemd's 90 s stop
+	// timeout): a mailbox rename is not cut between its steps, while a
+	// call stuck on a dead server still ends.
+	StopGrace time.Duration
 	// Observer is told what happened to each event (metrics); optional.
 	Observer Observer
 }
@@ -163,6 +168,9 @@ func New(bus *stream.Bus, cfg Config, log zerolog.Logger, handlers ...Handler) *
 	if cfg.AckWait == 0 {
 		cfg.AckWait = DefaultAckWait
 	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 20 * time.Second
+	}
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
@@ -176,8 +184,9 @@ func ConsumerName(handler, host string) string {
 	return r.Replace(handler + "-" + host)
 }
 
-// Run consumes until ctx ends, then drains: running handler calls finish,
-// held messages are NAKed.
+// Run consumes until ctx ends, then drains: running handler calls finish
+// (with a context that outlives ctx by Config.StopGrace) and are acked,
+// queued and held messages are NAKed, and Run returns after that.
 func (r *Runner) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, h := range r.handlers {
@@ -215,6 +224,9 @@ func (r *Runner) runHandler(ctx context.Context, h Handler) error {
 			return err
 		}
 		if !r.consume(ctx, d, cons, name) {
+			// Stopping: the calls under way finish and are acked before
+			// Run returns and the connection closes.
+			d.wg.Wait()
 			return nil
 		}
 		log.Info().Str("consumer", name).Msg("consumer replaced or lost; reloading and fetching it again")
@@ -558,6 +570,12 @@ func (d *dispatcher) dispatch(ctx context.Context, msg jetstream.Msg) {
 			m := l.queue[0]
 			l.queue = l.queue[1:]
 			d.mu.Unlock()
+			if ctx.Err() != nil {
+				// Stopping: nothing new starts.
+				_ = m.Nak()
+				d.abandon(key)
+				return
+			}
 			if !d.process(ctx, m) {
 				d.abandon(key)
 				return
@@ -614,7 +632,11 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 			// idempotence absorbs, not worth a round trip each.
 			aerr = msg.Ack()
 		} else {
-			aerr = msg.DoubleAck(ctx)
+			// The ack of a call that finished during shutdown still
+			// goes out.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			aerr = msg.DoubleAck(actx)
+			cancel()
 		}
 		if aerr != nil && ctx.Err() == nil {
 			d.log.Warn().Err(aerr).Str("dn", ev.DN).Str("uuid", ev.UUID).Msg("ack event")
@@ -724,7 +746,32 @@ func (d *dispatcher) inProgress(ctx context.Context, msg jetstream.Msg, fn func(
 		t.Stop()
 		mu.Unlock()
 	}()
-	return fn(ctx)
+	fctx, stop := d.finishing(ctx)
+	defer stop()
+	return fn(fctx)
+}
+
+// finishing is the context of one handler call: not cancelled when the
+// runner is told to stop, only StopGrace after that, so a call under way
+// completes and is acked instead of being cut and redelivered.
+func (d *dispatcher) finishing(ctx context.Context) (context.Context, context.CancelFunc) {
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var timer *time.Timer
+	var mu sync.Mutex
+	stopWatch := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		timer = time.AfterFunc(d.r.cfg.StopGrace, cancel)
+		mu.Unlock()
+	})
+	return fctx, func() {
+		stopWatch()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel()
+	}
 }
 
 // hold waits d while keeping msg from being redelivered.
