@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"mailsync/atomicfile"
+
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -57,11 +59,7 @@ func HolderID(host, stateDir string) (string, error) {
 			return "", fmt.Errorf("listener id: %w", err)
 		}
 		id := hex.EncodeToString(b)
-		tmp := p + ".tmp"
-		if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
-			return "", fmt.Errorf("write listener id: %w", err)
-		}
-		if err := os.Rename(tmp, p); err != nil {
+		if err := atomicfile.Write(p, []byte(id+"\n"), 0o600); err != nil {
 			return "", fmt.Errorf("write listener id: %w", err)
 		}
 		data, err = []byte(id), nil

@@ -23,8 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"mailsync/atomicfile"
 	"mailsync/fault"
-	"mailsync/postmap"
 )
 
 // File is one rendered config file.
@@ -272,7 +272,7 @@ func (p *Product) write(ctx context.Context, f File) error {
 	if err := os.Rename(name, f.Path); err != nil {
 		return fmt.Errorf("install %s: %w", f.Path, err)
 	}
-	if err := postmap.SyncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil

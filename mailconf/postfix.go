@@ -7,11 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -251,7 +252,7 @@ func RenderPostfix(s Settings, pf Postfix) (*Product, error) {
 		known[key] = true
 		m.set(d.param, s.Get(key, d.def), key)
 	}
-	for _, key := range sortedKeys(s) {
+	for _, key := range slices.Sorted(maps.Keys(s)) {
 		rest, ok := strings.CutPrefix(key, PrefixPostscreen)
 		if !ok || known[key] {
 			continue
@@ -282,7 +283,7 @@ func RenderPostfix(s Settings, pf Postfix) (*Product, error) {
 
 	// master.cf
 	opts := map[string][]string{}
-	for _, key := range sortedKeys(s) {
+	for _, key := range slices.Sorted(maps.Keys(s)) {
 		rest, ok := strings.CutPrefix(key, PrefixMasterOptions)
 		if !ok {
 			continue
@@ -467,7 +468,7 @@ func appendLocal(c *cf, name, path string, names func([]byte) map[string]int) ([
 	}
 	var warns []string
 	local := names(data)
-	for _, k := range sortedKeysInt(local) {
+	for _, k := range slices.Sorted(maps.Keys(local)) {
 		if l, ok := c.where[k]; ok {
 			warns = append(warns, fmt.Sprintf("%s line %d sets %s, already set in %s line %d (%s's value wins)",
 				path, local[k], k, name, l, filepath.Base(path)))
@@ -515,24 +516,6 @@ func parseServices(data []byte) map[string]int {
 			out[f[0]+"/"+f[1]] = i + 1
 		}
 	}
-	return out
-}
-
-func sortedKeys(s Settings) []string {
-	out := make([]string, 0, len(s))
-	for k := range s {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func sortedKeysInt(m map[string]int) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
 	return out
 }
 

@@ -28,6 +28,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"mailsync/atomicfile"
 )
 
 // Suffixes is the file postmap makes from a source file, per map type.
@@ -186,7 +188,7 @@ func (w *Writer) Commit(ps ...*Prepared) error {
 		p.tmp = ""
 		w.setLive(p.name, p.index)
 	}
-	if err := SyncDir(w.Dir); err != nil {
+	if err := atomicfile.SyncDir(w.Dir); err != nil {
 		return fmt.Errorf("fsync %s: %w", w.Dir, err)
 	}
 	if w.Installed != nil {
@@ -301,19 +303,6 @@ func syncFile(path string, mode os.FileMode) error {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// SyncDir fsyncs a directory, making renames in it durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
 	return err

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"mailsync/atomicfile"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 )
@@ -198,11 +200,7 @@ func LoadSeed(path string) (nkeys.KeyPair, error) {
 			return nil, fmt.Errorf("nats credentials: %w", kerr)
 		}
 		seed, _ = kp.Seed()
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, append(seed, '\n'), 0o600); err != nil {
-			return nil, fmt.Errorf("nats credentials: %w", err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
+		if err := atomicfile.Write(path, append(seed, '\n'), 0o600); err != nil {
 			return nil, fmt.Errorf("nats credentials: %w", err)
 		}
 	} else if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"mailsync/atomicfile"
 	"mailsync/event"
 	"mailsync/fault"
 	"mailsync/postmap"
@@ -150,5 +151,5 @@ func writeMainCFLocal(path string, n int) error {
 		os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return postmap.SyncDir(dir)
+	return atomicfile.SyncDir(dir)
 }

@@ -18,9 +18,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"mailsync/address"
+	"mailsync/atomicfile"
 	"mailsync/dovecotadm"
 	"mailsync/fault"
-	"mailsync/postmap"
 )
 
 // Moving mail between home servers (mail/dovecot/mailbox/move_on_homeserver_change).
@@ -466,7 +466,7 @@ func (m *Mover) setUserdb(user, home string) (bool, error) {
 	if b.Len() == len(data) {
 		b.WriteString("#\n")
 	}
-	if err := writeAtomic(m.cfg.Userdb, []byte(b.String()), 0o644); err != nil {
+	if err := atomicfile.Write(m.cfg.Userdb, []byte(b.String()), 0o644); err != nil {
 		return false, fault.Retryable(fmt.Errorf("write %s: %w", m.cfg.Userdb, err))
 	}
 	return true, nil
@@ -513,7 +513,7 @@ func (m *Mover) save(rec *moveRecord) error {
 	if err != nil {
 		return fault.Permanent(err)
 	}
-	if err := writeAtomic(m.recordPath(rec.Move.UUID), data, 0o600); err != nil {
+	if err := atomicfile.Write(m.recordPath(rec.Move.UUID), data, 0o600); err != nil {
 		return fault.Retryable(fmt.Errorf("write move record: %w", err))
 	}
 	return nil
@@ -523,7 +523,7 @@ func (m *Mover) drop(uuid string) error {
 	if err := os.Remove(m.recordPath(uuid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fault.Retryable(fmt.Errorf("remove move record: %w", err))
 	}
-	if err := postmap.SyncDir(m.records); err != nil {
+	if err := atomicfile.SyncDir(m.records); err != nil {
 		return fault.Retryable(fmt.Errorf("fsync %s: %w", m.records, err))
 	}
 	return nil
@@ -541,30 +541,4 @@ func (m *Mover) Pending() []Move {
 		}
 	}
 	return out
-}
-
-// writeAtomic writes a file durably: temp file, fsync, rename, fsync of
-// the directory.
-func writeAtomic(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	if _, err = f.Write(data); err == nil {
-		if err = f.Chmod(mode); err == nil {
-			err = f.Sync()
-		}
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return postmap.SyncDir(filepath.Dir(path))
 }

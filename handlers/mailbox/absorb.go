@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"mailsync/atomicfile"
 	"mailsync/event"
 	"mailsync/fault"
 )
@@ -108,7 +109,7 @@ func (h *Handler) setAsideLocked(uuid, home string) error {
 	if err := renameNoReplace(home, trash); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(home))
+	return atomicfile.SyncDir(filepath.Dir(home))
 }
 
 // drainRaceHomes moves the messages of every race home set aside for the
@@ -182,7 +183,7 @@ func moveMessageFiles(root, src string, uid, gid int, dest func(rel string) stri
 			return err
 		}
 		moved++
-		return syncDir(filepath.Dir(to))
+		return atomicfile.SyncDir(filepath.Dir(to))
 	})
 	return moved, err
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"mailsync/atomicfile"
 	"mailsync/fault"
 )
 
@@ -75,7 +76,7 @@ func (s *appliedStore) put(uuid string, st *State) error {
 		r.State = &c
 	}
 	data, _ := json.Marshal(r)
-	if err := writeFileSync(filepath.Join(s.dir, uuid+".json"), data, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.dir, uuid+".json"), data, 0o600); err != nil {
 		return fault.Retryable(fmt.Errorf("record applied state of %s: %w", uuid, err))
 	}
 	s.mu.Lock()

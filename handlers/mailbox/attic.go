@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"mailsync/address"
+	"mailsync/atomicfile"
 )
 
 // The attic keeps the homes that a reused address would otherwise hand to
@@ -122,7 +123,7 @@ func Restore(l Layout, src, addr string, owner Owner, folder string) (string, er
 		if err := renameNoReplace(src, home); err != nil {
 			return "", fmt.Errorf("restore %s to %s: %w", src, home, err)
 		}
-		if err := errors.Join(syncDir(filepath.Dir(home)), syncDir(filepath.Dir(src))); err != nil {
+		if err := errors.Join(atomicfile.SyncDir(filepath.Dir(home)), atomicfile.SyncDir(filepath.Dir(src))); err != nil {
 			return "", err
 		}
 		_ = os.Remove(filepath.Dir(src)) // the entry's attic dir, once empty

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"mailsync/atomicfile"
 	"mailsync/dovecotadm"
 	"mailsync/event"
 	"mailsync/fault"
@@ -434,7 +435,7 @@ func (h *Handler) toAttic(ctx context.Context, ev event.Event, s Step) error {
 	if err := renameNoReplace(home, dst); err != nil {
 		return fault.Retryable(fmt.Errorf("move %s into the attic: %w", home, err))
 	}
-	if err := errors.Join(syncDir(filepath.Dir(dst)), syncDir(filepath.Dir(home))); err != nil {
+	if err := errors.Join(atomicfile.SyncDir(filepath.Dir(dst)), atomicfile.SyncDir(filepath.Dir(home))); err != nil {
 		return fault.Retryable(err)
 	}
 	if index != "" {

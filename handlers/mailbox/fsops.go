@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"mailsync/atomicfile"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -44,19 +46,6 @@ func renameNoReplace(from, to string) error {
 	return nil
 }
 
-// syncDir fsyncs a directory, making a rename or create in it durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
-}
-
 // mkdirOwned creates dir and its missing parents below root with mode 0700
 // owned by uid:gid (UCS: mkdir_p with dovemail ownership, reference §1.5).
 func mkdirOwned(root, dir string, uid, gid int) error {
@@ -75,7 +64,7 @@ func mkdirOwned(root, dir string, uid, gid int) error {
 	if err := os.Lchown(dir, uid, gid); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dir))
+	return atomicfile.SyncDir(filepath.Dir(dir))
 }
 
 // copyTree copies the tree at from to to (which must not exist), keeping
@@ -151,7 +140,7 @@ func syncTree(root string) error {
 		if err != nil || !d.IsDir() {
 			return err
 		}
-		return syncDir(p)
+		return atomicfile.SyncDir(p)
 	})
 }
 

@@ -56,6 +56,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"mailsync/atomicfile"
 	"mailsync/dovecotadm"
 	"mailsync/event"
 	"mailsync/fault"
@@ -304,32 +305,7 @@ func writeMarker(home string, m marker) error {
 		return nil
 	}
 	data, _ := json.Marshal(m)
-	return writeFileSync(filepath.Join(home, MarkerFile), data, 0o600)
-}
-
-// writeFileSync writes a file atomically and durably: temp file, fsync,
-// rename, fsync of the directory.
-func writeFileSync(path string, data []byte, mode fs.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.Write(filepath.Join(home, MarkerFile), data, 0o600)
 }
 
 // create makes addr's mailbox exist with its default folders.
@@ -404,7 +380,7 @@ func (h *Handler) saveIntent(in *intent) error {
 	if err != nil {
 		return fault.Permanent(err)
 	}
-	if err := writeFileSync(h.intentPath(in.UUID), data, 0o600); err != nil {
+	if err := atomicfile.Write(h.intentPath(in.UUID), data, 0o600); err != nil {
 		return fault.Retryable(fmt.Errorf("write intent record: %w", err))
 	}
 	return nil
@@ -414,7 +390,7 @@ func (h *Handler) dropIntent(uuid string) error {
 	if err := os.Remove(h.intentPath(uuid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fault.Retryable(fmt.Errorf("remove intent record: %w", err))
 	}
-	return syncDir(h.intents)
+	return atomicfile.SyncDir(h.intents)
 }
 
 // resume completes the recorded operation of an entry, if there is one. A
@@ -548,7 +524,7 @@ func (h *Handler) movePath(in *intent, p *pathOp) error {
 			if err := os.RemoveAll(p.From); err != nil {
 				return fail(err)
 			}
-			return syncDir(filepath.Dir(p.From))
+			return atomicfile.SyncDir(filepath.Dir(p.From))
 		case p.What == "index":
 			// A stale index of an earlier owner of the address: indexes
 			// are caches Dovecot rebuilds; the moving one is the truth.
@@ -583,7 +559,7 @@ func (h *Handler) movePath(in *intent, p *pathOp) error {
 	err := h.rename(p.From, p.To)
 	switch {
 	case err == nil:
-		if err := errors.Join(syncDir(filepath.Dir(p.To)), syncDir(filepath.Dir(p.From))); err != nil {
+		if err := errors.Join(atomicfile.SyncDir(filepath.Dir(p.To)), atomicfile.SyncDir(filepath.Dir(p.From))); err != nil {
 			return fail(err)
 		}
 		return h.at("move:" + p.What + "-renamed")
@@ -626,7 +602,7 @@ func (h *Handler) swapCopy(in *intent, p *pathOp, fail func(error) error) error 
 		}
 		return fail(err)
 	}
-	if err := syncDir(filepath.Dir(p.To)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(p.To)); err != nil {
 		return fail(err)
 	}
 	if err := h.at("move:" + p.What + "-swapped"); err != nil {
@@ -635,7 +611,7 @@ func (h *Handler) swapCopy(in *intent, p *pathOp, fail func(error) error) error 
 	if err := os.RemoveAll(p.From); err != nil {
 		return fail(err)
 	}
-	return syncDir(filepath.Dir(p.From))
+	return atomicfile.SyncDir(filepath.Dir(p.From))
 }
 
 // conflict is a move target that exists: nothing is moved or merged.
@@ -679,7 +655,7 @@ func (h *Handler) trashPath(in *intent, p *pathOp) error {
 		if err != nil {
 			return fail(err)
 		}
-		if err := syncDir(filepath.Dir(p.From)); err != nil {
+		if err := atomicfile.SyncDir(filepath.Dir(p.From)); err != nil {
 			return fail(err)
 		}
 		if err := h.at("delete:" + p.What + "-trashed"); err != nil {

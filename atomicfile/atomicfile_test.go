@@ -1,0 +1,60 @@
+package atomicfile_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"mailsync/atomicfile"
+)
+
+func TestWriteReplacesWithModeAndLeavesNoTemp(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "record.json")
+	if err := os.WriteFile(p, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := atomicfile.Write(p, []byte("new"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil || string(data) != "new" {
+		t.Fatalf("after Write: %q, %v; want \"new\"", data, err)
+	}
+	st, err := os.Stat(p)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, %v; want 0600", st.Mode().Perm(), err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Errorf("directory holds %d files after Write, want only the record", len(ents))
+	}
+}
+
+func TestWriteFailureKeepsOldContent(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "record.json")
+	if err := os.WriteFile(p, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := atomicfile.Write(filepath.Join(dir, "missing", "x"), []byte("new"), 0o600); err == nil {
+		t.Fatal("Write into a missing directory succeeded")
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sub", "f"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// rename(2) of a file over a non-empty directory fails.
+	if err := atomicfile.Write(filepath.Join(dir, "sub"), []byte("new"), 0o600); err == nil {
+		t.Fatal("Write over a non-empty directory succeeded")
+	}
+	if data, _ := os.ReadFile(p); string(data) != "old" {
+		t.Errorf("record changed to %q", data)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 2 {
+		t.Errorf("directory holds %d entries after failed Writes, want 2 (no temp file left)", len(ents))
+	}
+}
