@@ -756,20 +756,11 @@ func (d *dispatcher) inProgress(ctx context.Context, msg jetstream.Msg, fn func(
 // completes and is acked instead of being cut and redelivered.
 func (d *dispatcher) finishing(ctx context.Context) (context.Context, context.CancelFunc) {
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	var timer *time.Timer
-	var mu sync.Mutex
-	stopWatch := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		timer = time.AfterFunc(d.r.cfg.StopGrace, cancel)
-		mu.Unlock()
-	})
+	// The grace timer outlives a call that ends sooner only while the
+	// runner stops; cancelling a finished call's context is harmless.
+	stopWatch := context.AfterFunc(ctx, func() { time.AfterFunc(d.r.cfg.StopGrace, cancel) })
 	return fctx, func() {
 		stopWatch()
-		mu.Lock()
-		if timer != nil {
-			timer.Stop()
-		}
-		mu.Unlock()
 		cancel()
 	}
 }
