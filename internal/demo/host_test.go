@@ -17,7 +17,7 @@ import (
 )
 
 // bystander is a process the host runs that mailsync's scripts did not start:
-// a copy of sleep named like a packaged daemon, so `pkill -x NAME` or a
+// a copy of sleep named like a packaged daemon, so a kill by process name or a
 // service stop would end it.
 type bystander struct {
 	name string
