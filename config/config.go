@@ -243,6 +243,10 @@ type Dovecot struct {
 	// IndexHome is the separate index template, used when
 	// mail/dovecot/location/separate_index is set.
 	IndexHome string `yaml:"index_home"`
+	// PublicHome is the root of the public namespace: the maildirs of the
+	// shared folders without an address, <public_home>/<domain>/<name>
+	// (reference §2). Default /var/spool/dovecot/public, UCS's.
+	PublicHome string `yaml:"public_home"`
 	// ConfDir is Dovecot's configuration directory, holding dovecot.conf;
 	// `mailsync configure` writes its fragments to conf.d/ there.
 	// Default /etc/dovecot.
@@ -515,6 +519,13 @@ func (c *Config) complete(dir string) error {
 	if c.Dovecot.IndexHome == "" {
 		c.Dovecot.IndexHome = "/var/lib/dovecot/index/%Ld/%Ln"
 	}
+	if c.Dovecot.PublicHome == "" {
+		c.Dovecot.PublicHome = "/var/spool/dovecot/public" // UCS layout, reference §2
+	}
+	if !filepath.IsAbs(c.Dovecot.PublicHome) || filepath.Clean(c.Dovecot.PublicHome) == "/" {
+		bad("dovecot.public_home", "want an absolute directory below /, got %q", c.Dovecot.PublicHome)
+	}
+	c.Dovecot.PublicHome = filepath.Clean(c.Dovecot.PublicHome)
 	if c.Dovecot.ConfDir == "" {
 		c.Dovecot.ConfDir = "/etc/dovecot" // Debian's dovecot-core
 	}

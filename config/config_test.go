@@ -51,6 +51,9 @@ policy:
 	if c.Int(KeyExpansionLimit) != 1000 || c.Postfix.MapType != "hash" || c.Dovecot.MailHome != "/var/spool/dovecot/private/%Ld/%Ln" {
 		t.Errorf("defaults: %v %v %v", c.Int(KeyExpansionLimit), c.Postfix.MapType, c.Dovecot.MailHome)
 	}
+	if c.Dovecot.PublicHome != "/var/spool/dovecot/public" {
+		t.Errorf("dovecot.public_home default %q", c.Dovecot.PublicHome)
+	}
 }
 
 func TestEveryErrorNamesItsKey(t *testing.T) {
@@ -61,6 +64,8 @@ handlers: [mailbox, sieve]
 ldap:
   url: http://x
   bind_dn: cn=x
+dovecot:
+  public_home: spool/public
 postfix:
   map_type: btree
 policy:
@@ -74,7 +79,7 @@ log:
 		t.Fatal("invalid config accepted")
 	}
 	for _, key := range []string{"host:", "handlers[1]:", "ldap.url:", "ldap.base_dn:", "ldap.bind_password_file:",
-		"postfix.map_type:", "policy.mail/dovecot/mailbox/rename:", "policy.mail/dovecot/unknown:", "log.level:", "dovecot.doveadm_url:"} {
+		"postfix.map_type:", "policy.mail/dovecot/mailbox/rename:", "policy.mail/dovecot/unknown:", "log.level:", "dovecot.doveadm_url:", "dovecot.public_home:"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("error does not name %s: %v", key, err)
 		}

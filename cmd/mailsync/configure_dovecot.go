@@ -16,6 +16,7 @@ func dovecotHost(cfg *config.Config) *mailconf.DovecotHost {
 		MailHome:   cfg.Dovecot.MailHome,
 		IndexHome:  cfg.Dovecot.IndexHome,
 		UnitDropIn: cfg.Dovecot.UnitDropIn,
+		PublicHome: cfg.Dovecot.PublicHome,
 	}}
 }
 
