@@ -251,15 +251,7 @@ func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
 			return fmt.Errorf("store entries sequence: %w", err)
 		}
 	}
-	// A state queued again in a later batch stays staged for that one.
-	l.stagedMu.Lock()
-	for i := range b.pubs {
-		u := b.pubs[i].ev.UUID
-		if s, ok := l.staged[u]; ok && s.batch <= b.n {
-			delete(l.staged, u)
-		}
-	}
-	l.stagedMu.Unlock()
+	l.staged.stored(b.pubs, b.n)
 	l.setStatus(func(s *Status) { s.Entries = b.entries })
 	return nil
 }
