@@ -38,6 +38,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 	"github.com/rs/zerolog"
 
+	"mailsync/config"
 	"mailsync/event"
 	"mailsync/listener/syncrepl"
 	"mailsync/stream"
@@ -180,10 +181,10 @@ var ErrCrash = errors.New("listener aborted by test hook")
 // New returns a listener publishing to bus.
 func New(cfg Config, bus *stream.Bus, log zerolog.Logger, hooks Hooks) *Listener {
 	if cfg.MassDeleteShare == 0 {
-		cfg.MassDeleteShare = 0.10
+		cfg.MassDeleteShare = config.DefaultMassDeleteShare
 	}
 	if cfg.MassDeleteMin == 0 {
-		cfg.MassDeleteMin = 20
+		cfg.MassDeleteMin = config.DefaultMassDeleteMin
 	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = 500

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"mailsync/config"
+	"mailsync/handlers/registry"
 	"mailsync/internal/testenv"
 )
 
@@ -26,7 +26,7 @@ import (
 func BenchmarkResync100k(b *testing.B) {
 	const users = 100000
 	_, cfgPath, dir, _ := bigDirectory(b, users)
-	cfg, err := config.Load(cfgPath)
+	cfg, err := registry.Load(cfgPath)
 	if err != nil {
 		b.Fatal(err)
 	}

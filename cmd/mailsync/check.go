@@ -158,8 +158,8 @@ func mailboxSettings(cfg *config.Config) (mailbox.Settings, error) {
 	if err != nil {
 		return mailbox.Settings{}, usageError{fmt.Errorf("dovecot.mail_home: %w", err)}
 	}
-	return mailbox.Settings{Host: cfg.Host, Rename: cfg.Bool(config.KeyRename), Delete: cfg.Bool(config.KeyDelete),
-		MoveOnHomeChange: cfg.Bool(config.KeyMoveOnHomeChange), Layout: l}, nil
+	return mailbox.Settings{Host: cfg.Host, Rename: cfg.Policy.Rename, Delete: cfg.Policy.Delete,
+		MoveOnHomeChange: cfg.Policy.MoveOnHomeChange, Layout: l}, nil
 }
 
 // checkHomes asks the mailbox handler's own plan (mailbox.PlanFor) what it
@@ -251,7 +251,7 @@ func checkHomes(cfg *config.Config, entries []event.Entry) (found, kept []disagr
 func expectedMaps(cfg *config.Config, entries []event.Entry) map[string][]byte {
 	out := map[string][]byte{}
 	if cfg.Wants("aliases") {
-		for name, src := range aliases.Tables(cfg.Host, cfg.Int(config.KeyExpansionLimit), entries) {
+		for name, src := range aliases.Tables(cfg.Host, cfg.Policy.ExpansionLimit, entries) {
 			out[name] = src
 		}
 	}

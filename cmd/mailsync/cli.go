@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"mailsync/config"
+	"mailsync/handlers/registry"
 	"mailsync/listener"
 	"mailsync/metrics"
 	"mailsync/runner"
@@ -96,7 +97,7 @@ func (versionCmd) Run(e *env) error {
 }
 
 func loadConfig(path string) (*config.Config, error) {
-	cfg, err := config.Load(path)
+	cfg, err := registry.Load(path)
 	if err != nil {
 		return nil, usageError{err}
 	}
@@ -135,7 +136,7 @@ func openBus(ctx context.Context, cfg *config.Config, daemon bool) (bus *stream.
 	role := stream.RoleAdmin
 	if daemon {
 		role = stream.RoleWorker
-		if *cfg.Listener.Enabled {
+		if cfg.Listener.Enabled {
 			role = stream.RoleListener
 		}
 	}
@@ -267,6 +268,9 @@ func (runCmd) Run(e *env) error {
 		return err
 	}
 	log := newLogger(cfg, e.stderr)
+	for _, w := range cfg.Warnings {
+		log.Warn().Msg("config: " + w)
+	}
 	tlsCfg, err := ldapTLS(cfg)
 	if err != nil {
 		return err
@@ -313,7 +317,7 @@ func (runCmd) Run(e *env) error {
 	defer stopRunner()
 	var lst *listener.Listener
 	var listenerDone chan error // nil without a listener: never ready in select
-	if *cfg.Listener.Enabled {
+	if cfg.Listener.Enabled {
 		lst = listener.New(listener.Config{
 			Flavor: flavor,
 			URL:    cfg.LDAP.URL, BindDN: cfg.LDAP.BindDN, BindPassword: cfg.LDAP.BindPassword,

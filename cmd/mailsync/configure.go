@@ -13,6 +13,7 @@ import (
 
 	"mailsync/config"
 	"mailsync/handlers/homeserver"
+	"mailsync/handlers/registry"
 	"mailsync/mailconf"
 )
 
@@ -129,7 +130,7 @@ func settingsWatch(ctx context.Context, path string, interval time.Duration, hup
 	stamp := func() string {
 		s := ""
 		files := []string{path}
-		if cfg, err := config.Load(path); err == nil && cfg.UCRFile != "" {
+		if cfg, err := registry.Load(path); err == nil && cfg.UCRFile != "" {
 			files = append(files, cfg.UCRFile)
 		}
 		for _, f := range files {
@@ -141,7 +142,7 @@ func settingsWatch(ctx context.Context, path string, interval time.Duration, hup
 	}
 	apply := func(why string) {
 		last = stamp()
-		cfg, err := config.Load(path)
+		cfg, err := registry.Load(path)
 		if err != nil {
 			log.Error().Err(err).Str("why", why).Msg("settings not applied: config does not load")
 			return
@@ -165,7 +166,7 @@ func settingsWatch(ctx context.Context, path string, interval time.Duration, hup
 			}
 		}
 	}
-	if cfg, err := config.Load(path); err != nil || len(cfg.Configure) == 0 {
+	if cfg, err := registry.Load(path); err != nil || len(cfg.Configure) == 0 {
 		return
 	}
 	apply("start")

@@ -33,7 +33,7 @@ func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger, 
 			Installed:        installed,
 			Dir:              cfg.Postfix.MapDir,
 			MapType:          cfg.Postfix.MapType,
-			ExpansionLimit:   cfg.Int(config.KeyExpansionLimit),
+			ExpansionLimit:   cfg.Policy.ExpansionLimit,
 			Coalesce:         cfg.Postfix.Coalesce,
 			PostmapPath:      cfg.Postfix.Postmap,
 			PostfixConfigDir: cfg.Postfix.ConfigDir,
@@ -91,7 +91,7 @@ func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler
 	}
 	hooks := testHooks(log)
 	var mover mailbox.Mover
-	if cfg.Bool(config.KeyMoveOnHomeChange) {
+	if cfg.Policy.MoveOnHomeChange {
 		if mover, err = newMover(cfg, adm, log); err != nil {
 			return nil, err
 		}
@@ -100,10 +100,10 @@ func newMailboxHandler(cfg *config.Config, log zerolog.Logger) (*mailbox.Handler
 		Host:          cfg.Host,
 		MailHome:      cfg.Dovecot.MailHome,
 		IndexHome:     cfg.Dovecot.IndexHome,
-		SeparateIndex: cfg.Bool(config.KeySeparateIndex),
-		Rename:        cfg.Bool(config.KeyRename),
-		Delete:        cfg.Bool(config.KeyDelete),
-		Folders:       []string{cfg.Policy[config.KeyFolderSpam], cfg.Policy[config.KeyFolderHam]},
+		SeparateIndex: cfg.Policy.SeparateIndex,
+		Rename:        cfg.Policy.Rename,
+		Delete:        cfg.Policy.Delete,
+		Folders:       []string{cfg.Policy.FolderSpam, cfg.Policy.FolderHam},
 		StateDir:      cfg.StateDir,
 		UID:           uid,
 		GID:           gid,

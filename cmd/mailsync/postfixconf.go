@@ -33,7 +33,7 @@ func postfixProduct(ctx context.Context, cfg *config.Config) (*mailconf.Product,
 		MainCFLocal:   cfg.Postfix.MainCFLocal,
 		MasterCFLocal: filepath.Join(cfg.Postfix.ConfigDir, "master.cf.local"),
 	}
-	settings := mailconf.Settings(cfg.Policy)
+	settings := mailconf.Settings(cfg.Policy.Settings)
 	if yes, _ := settings.Bool(mailconf.KeyRelayAuth, false); yes {
 		if cfg.Postfix.RelayAuthFile == "" {
 			return nil, &mailconf.SettingError{Key: mailconf.KeyRelayAuth, Value: settings[mailconf.KeyRelayAuth],
@@ -50,7 +50,7 @@ func postfixProduct(ctx context.Context, cfg *config.Config) (*mailconf.Product,
 		if err != nil {
 			return nil, fmt.Errorf("read the directory for %s: %w", mailconf.KeyArchiveFolder, err)
 		}
-		t := aliases.Tables(cfg.Host, cfg.Int(config.KeyExpansionLimit), entries)
+		t := aliases.Tables(cfg.Host, cfg.Policy.ExpansionLimit, entries)
 		pf.Directory = mailconf.DirectoryFromTables(t[aliases.DomainMap], t[aliases.MailboxMap], t[aliases.AliasMap])
 	}
 	return mailconf.RenderPostfix(settings, pf)

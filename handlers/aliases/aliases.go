@@ -52,6 +52,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"mailsync/address"
+	"mailsync/config"
 	"mailsync/event"
 	"mailsync/fault"
 	"mailsync/postmap"
@@ -65,19 +66,14 @@ const (
 	DomainMap  = "virtual_domains"
 )
 
-// Defaults, in one place.
+// Defaults when a caller leaves a setting out: the config's (package
+// config, where each says where it comes from).
 const (
-	// DefaultExpansionLimit is Postfix's virtual_alias_expansion_limit
-	// default (postconf(5)); UCS does not change it (reference §3.4).
-	DefaultExpansionLimit = 1000
-	// DefaultMapType is what UCS uses for its file-based maps.
-	DefaultMapType = "hash"
-	// DefaultCoalesce is the window over which changes share one write.
-	DefaultCoalesce = 20 * time.Millisecond
-	// DefaultPostmap is where Debian's postfix package installs postmap.
-	DefaultPostmap = "/usr/sbin/postmap"
-	// DefaultMainCFLocal is the file UCS appends to main.cf (§5.2).
-	DefaultMainCFLocal = "/etc/postfix/main.cf.local"
+	DefaultExpansionLimit = config.DefaultExpansionLimit
+	DefaultMapType        = config.DefaultMapType
+	DefaultCoalesce       = config.DefaultCoalesce
+	DefaultPostmap        = config.DefaultPostmap
+	DefaultMainCFLocal    = config.DefaultMainCFLocal
 )
 
 // mapSuffix is the file postmap makes from a source file, per map type.
@@ -241,7 +237,11 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 func (h *Handler) DerivedFromDirectory() {}
 
 // Name is the handler's name in consumer names and logs.
-func (h *Handler) Name() string { return "aliases" }
+// Name names the handler: in the config, its consumers and its log lines.
+const Name = "aliases"
+
+// Name returns the handler's name.
+func (h *Handler) Name() string { return Name }
 
 // Load replaces the whole directory state and rewrites every table from it.
 // It writes the tables itself, not through the writer, so that postmap

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"mailsync/address"
+	"mailsync/config"
 	"mailsync/event"
 	"mailsync/fault"
 	"mailsync/postmap"
@@ -72,16 +73,16 @@ func (c *Config) setDefaults() error {
 		return errors.New("homeserver: Dir is required")
 	}
 	if c.MapType == "" {
-		c.MapType = "hash"
+		c.MapType = config.DefaultMapType
 	}
 	if _, ok := mapSuffix[c.MapType]; !ok {
 		return fmt.Errorf("homeserver: MapType: %q is not one of hash, lmdb, cdb", c.MapType)
 	}
 	if c.PostmapPath == "" {
-		c.PostmapPath = "/usr/sbin/postmap"
+		c.PostmapPath = config.DefaultPostmap
 	}
 	if c.Coalesce == 0 {
-		c.Coalesce = 20 * time.Millisecond
+		c.Coalesce = config.DefaultCoalesce
 	}
 	return nil
 }
@@ -123,7 +124,11 @@ func New(cfg Config) (*Handler, error) {
 func (h *Handler) DerivedFromDirectory() {}
 
 // Name is the handler's name in consumer names and logs.
-func (h *Handler) Name() string { return "homeserver" }
+// Name names the handler: in the config, its consumers and its log lines.
+const Name = "homeserver"
+
+// Name returns the handler's name.
+func (h *Handler) Name() string { return Name }
 
 // Route returns the transport entry of an entry's attributes on host: the
 // lowercased primary address and the home server as a canonical host name

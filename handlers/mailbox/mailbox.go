@@ -144,7 +144,7 @@ type Handler struct {
 
 // New returns a handler. The state dir is created if missing.
 func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, error) {
-	h := &Handler{cfg: cfg, adm: adm, log: log.With().Str("handler", "mailbox").Logger(), hooks: hooks, rename: renameNoReplace}
+	h := &Handler{cfg: cfg, adm: adm, log: log.With().Str("handler", Name).Logger(), hooks: hooks, rename: renameNoReplace}
 	var err error
 	if h.home, err = NewLayout(cfg.MailHome); err != nil {
 		return nil, fmt.Errorf("mail home: %w", err)
@@ -184,7 +184,11 @@ func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, er
 }
 
 // Name is the handler's name in consumer names and logs.
-func (h *Handler) Name() string { return "mailbox" }
+// Name names the handler: in the config, its consumers and its log lines.
+const Name = "mailbox"
+
+// Name returns the handler's name.
+func (h *Handler) Name() string { return Name }
 
 // Load completes every operation a crash interrupted. An operation that
 // cannot finish yet (Dovecot down) stays recorded; the event that started
