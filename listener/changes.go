@@ -111,29 +111,28 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 	entry := event.Entry{UUID: uuid, DN: m.DN, Kind: kind, Attrs: attrs}
 	entry.CSN = l.cfg.Flavor.csn(m.DN, m.Attr(l.cfg.Flavor.stampAttr()), attrs, m.Cookie, rf.cookie)
 	old, had := l.known[uuid]
-	ev := event.Event{V: event.Version, Op: event.OpAdd, Kind: kind, UUID: uuid, DN: m.DN,
-		New: attrs, CSN: entry.CSN, At: time.Now().UTC()}
-	if had {
-		ev.Op = event.OpModify
-	}
-	if p := l.poisonValues(uuid, m.DN, attrs); p != nil {
-		return l.skipPoison(ctx, p, ev)
-	}
 	now := compact(entry)
 	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {
 		// Nothing mailsync follows changed (a poison entry set back to
-		// what was last published is fixed so).
+		// what was last published is fixed so): Change's Unchanged, told
+		// by the digest without reading the published state.
 		return l.clearPoison(ctx, uuid)
 	}
+	var prev *event.Entry
 	if had {
 		oldAttrs, err := l.oldState(ctx, uuid)
 		if err != nil {
 			return err
 		}
-		ev.Old = oldAttrs
-		if old.dn != m.DN {
-			ev.OldDN = old.dn
-		}
+		prev = &event.Entry{UUID: uuid, DN: old.dn, Kind: old.kind, Attrs: oldAttrs, CSN: old.csn}
+	}
+	ev, outcome := Change(uuid, prev, m.DN, attrs)
+	if outcome != Publish {
+		return l.clearPoison(ctx, uuid)
+	}
+	ev.CSN, ev.At = entry.CSN, time.Now().UTC()
+	if p := l.poisonValues(uuid, m.DN, attrs); p != nil {
+		return l.skipPoison(ctx, p, ev)
 	}
 	if p := l.poisonSize(&ev); p != nil {
 		return l.skipPoison(ctx, p, ev)
@@ -171,8 +170,9 @@ func (l *Listener) queueDelete(ctx context.Context, uuid string) error {
 	delete(l.known, uuid)
 	l.stage(uuid, nil)
 	l.pendingBytes += attrsSize(oldAttrs)
-	l.pending = append(l.pending, pendingPub{ev: event.Event{V: event.Version, Op: event.OpDelete,
-		Kind: old.kind, UUID: uuid, DN: old.dn, Old: oldAttrs, CSN: old.csn, At: time.Now().UTC()}})
+	ev, _ := Change(uuid, &event.Entry{UUID: uuid, DN: old.dn, Kind: old.kind, Attrs: oldAttrs, CSN: old.csn}, "", nil)
+	ev.At = time.Now().UTC()
+	l.pending = append(l.pending, pendingPub{ev: ev})
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"mailsync/handlers/aliases"
 	"mailsync/handlers/homeserver"
 	"mailsync/handlers/mailbox"
+	"mailsync/identity"
 )
 
 type checkCmd struct{}
@@ -121,7 +122,7 @@ func expectedHomes(mailHome, host string, entries []event.Entry) (homes, error) 
 	}
 	h := homes{layout: l, homes: map[string]homeOwner{}}
 	for _, e := range entries {
-		if e.Kind != event.KindUser || !homeserver.Responsible(e.Attrs.First(event.AttrHomeServer), host) {
+		if e.Kind != event.KindUser || !identity.Responsible(e.Attrs.First(event.AttrHomeServer), host) {
 			continue
 		}
 		addr := e.Attrs.FirstLower(event.AttrPrimaryAddress)
@@ -199,7 +200,7 @@ func checkHomes(cfg *config.Config, entries []event.Entry) (found, kept []disagr
 			return nil, nil, 0, err
 		}
 		p := mailbox.PlanFor(in, s)
-		if cur != nil && cur.Address != "" && homeserver.Responsible(cur.HomeServer, cfg.Host) {
+		if cur != nil && cur.Address != "" && identity.Responsible(cur.HomeServer, cfg.Host) {
 			n++
 			if hp, err := homePath(s.Layout, cur.Address); err == nil {
 				named[hp] = true

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/go-ldap/ldap/v3"
@@ -16,6 +15,8 @@ import (
 	"mailsync/handlers/aliases"
 	"mailsync/handlers/homeserver"
 	"mailsync/handlers/mailbox"
+	"mailsync/identity"
+	"mailsync/listener"
 	"mailsync/stream"
 )
 
@@ -119,7 +120,7 @@ type planDir struct {
 func newPlanDir(known map[string]event.Entry) *planDir {
 	d := &planDir{entries: known, byDN: make(map[string]string, len(known))}
 	for u, e := range known {
-		d.byDN[normDN(e.DN)] = u
+		d.byDN[identity.NormDN(e.DN)] = u
 	}
 	return d
 }
@@ -134,25 +135,27 @@ func (d *planDir) list() []event.Entry {
 
 func (d *planDir) apply(ev event.Event) {
 	if old, ok := d.entries[ev.UUID]; ok {
-		delete(d.byDN, normDN(old.DN))
+		delete(d.byDN, identity.NormDN(old.DN))
 	}
 	if ev.Op == event.OpDelete {
 		delete(d.entries, ev.UUID)
 		return
 	}
 	d.entries[ev.UUID] = event.Entry{UUID: ev.UUID, DN: ev.DN, Kind: ev.Kind, Attrs: ev.New, CSN: ev.CSN}
-	d.byDN[normDN(ev.DN)] = ev.UUID
+	d.byDN[identity.NormDN(ev.DN)] = ev.UUID
 }
 
-// event is the event the listener would publish for ch, or nil with a
+// event is the event the listener would publish for ch (its own rule,
+// listener.Change, on the entry as the change leaves it), or nil with a
 // note saying why there is none.
 func (d *planDir) event(ch ldifChange, n int) (*event.Event, string) {
-	uuid, had := d.byDN[normDN(ch.DN)]
-	var old event.Entry
+	uuid, had := d.byDN[identity.NormDN(ch.DN)]
+	var prev *event.Entry
 	if had {
-		old = d.entries[uuid]
+		e := d.entries[uuid]
+		prev = &e
 	}
-	ev := &event.Event{V: event.Version, UUID: uuid, DN: ch.DN}
+	dn := ch.DN
 	var note string
 	var attrs event.Attrs
 	switch ch.Type {
@@ -165,15 +168,14 @@ func (d *planDir) event(ch ldifChange, n int) (*event.Event, string) {
 		if !had {
 			return nil, "not an entry mailsync follows (not in the entries bucket); no event"
 		}
-		ev.Op, ev.Kind, ev.DN, ev.Old = event.OpDelete, old.Kind, old.DN, old.Attrs
-		return ev, ""
+		dn = ""
 	case "modify":
+		attrs = event.Attrs{}
 		if !had {
 			note = "not in the entries bucket: planned from the LDIF's values alone"
 		} else {
-			ev.DN = old.DN // the directory's spelling, not the LDIF's
+			dn, attrs = prev.DN, cloneAttrs(prev.Attrs) // the directory's spelling, not the LDIF's
 		}
-		attrs = cloneAttrs(old.Attrs)
 		for _, m := range ch.Mods {
 			name, ok := event.CanonicalAttr(m.Attr)
 			if !ok {
@@ -185,54 +187,51 @@ func (d *planDir) event(ch ldifChange, n int) (*event.Event, string) {
 		if !had {
 			return nil, "not an entry mailsync follows (not in the entries bucket); no event"
 		}
-		attrs = cloneAttrs(old.Attrs)
-		parent := ch.NewSuperior
-		if parent == "" {
-			if dn, err := ldap.ParseDN(old.DN); err == nil && len(dn.RDNs) > 1 {
-				parent = old.DN[strings.Index(old.DN, ",")+1:]
-			}
-		}
-		ev.DN = ch.NewRDN
-		if parent != "" {
-			ev.DN += "," + parent
-		}
-		if ch.DeleteOld {
-			if dn, err := ldap.ParseDN(old.DN); err == nil && len(dn.RDNs) > 0 {
-				for _, a := range dn.RDNs[0].Attributes {
-					if name, ok := event.CanonicalAttr(a.Type); ok {
-						applyMod(attrs, name, ldifMod{Op: "delete", Values: []string{a.Value}})
-					}
-				}
-			}
-		}
-		if dn, err := ldap.ParseDN(ev.DN); err == nil && len(dn.RDNs) > 0 {
-			for _, a := range dn.RDNs[0].Attributes {
-				if name, ok := event.CanonicalAttr(a.Type); ok {
-					applyMod(attrs, name, ldifMod{Op: "add", Values: []string{a.Value}})
-				}
-			}
-		}
+		dn, attrs = modRDN(prev.DN, prev.Attrs, ch)
 	}
-	kind, follows := event.KindOf(attrs)
+	ev, outcome := listener.Change(uuid, prev, dn, attrs)
 	switch {
-	case !had && !follows:
+	case outcome == listener.NotFollowed:
 		return nil, join(note, "not an entry mailsync follows (filter "+event.Filter+"); no event")
-	case !had:
-		ev.Op, ev.Kind, ev.New = event.OpAdd, kind, attrs
-		ev.UUID = fmt.Sprintf("planned-%d", n)
-	case !follows:
-		// Out of the filter: the listener publishes a delete.
-		ev.Op, ev.Kind, ev.DN, ev.Old = event.OpDelete, old.Kind, old.DN, old.Attrs
-		return ev, join(note, "the entry leaves mailsync's filter")
-	case old.DN == ev.DN && old.Attrs.Equal(attrs):
+	case outcome == listener.Unchanged:
 		return nil, join(note, "nothing mailsync follows changes; no event")
-	default:
-		ev.Op, ev.Kind, ev.Old, ev.New = event.OpModify, kind, old.Attrs, attrs
-		if old.DN != ev.DN {
-			ev.OldDN = old.DN
+	case ev.Op == event.OpAdd:
+		ev.UUID = fmt.Sprintf("planned-%d", n)
+	case ev.Op == event.OpDelete && attrs != nil:
+		note = join(note, "the entry leaves mailsync's filter")
+	}
+	return &ev, note
+}
+
+// modRDN is the DN and the followed attributes of an entry at oldDN after
+// the modrdn ch: the new RDN's values added, the old RDN's removed with
+// deleteoldrdn.
+func modRDN(oldDN string, old event.Attrs, ch ldifChange) (string, event.Attrs) {
+	attrs := cloneAttrs(old)
+	parent := ch.NewSuperior
+	if parent == "" {
+		if dn, err := ldap.ParseDN(oldDN); err == nil && len(dn.RDNs) > 1 {
+			parent = oldDN[strings.Index(oldDN, ",")+1:]
 		}
 	}
-	return ev, note
+	dn := ch.NewRDN
+	if parent != "" {
+		dn += "," + parent
+	}
+	rdnMods := func(of, op string) {
+		if p, err := ldap.ParseDN(of); err == nil && len(p.RDNs) > 0 {
+			for _, a := range p.RDNs[0].Attributes {
+				if name, ok := event.CanonicalAttr(a.Type); ok {
+					applyMod(attrs, name, ldifMod{Op: op, Values: []string{a.Value}})
+				}
+			}
+		}
+	}
+	if ch.DeleteOld {
+		rdnMods(oldDN, "delete")
+	}
+	rdnMods(dn, "add")
+	return dn, attrs
 }
 
 func join(a, b string) string {
@@ -287,25 +286,6 @@ func applyMod(a event.Attrs, name string, m ldifMod) {
 			a[name] = kept
 		}
 	}
-}
-
-// normDN lowercases a DN and drops the spaces around its separators, so the
-// LDIF's spelling finds the stored entry.
-func normDN(dn string) string {
-	p, err := ldap.ParseDN(dn)
-	if err != nil {
-		return strings.ToLower(strings.TrimSpace(dn))
-	}
-	rdns := make([]string, len(p.RDNs))
-	for i, r := range p.RDNs {
-		avas := make([]string, len(r.Attributes))
-		for j, a := range r.Attributes {
-			avas[j] = strings.ToLower(a.Type) + "=" + strings.ToLower(a.Value)
-		}
-		sort.Strings(avas)
-		rdns[i] = strings.Join(avas, "+")
-	}
-	return strings.Join(rdns, ",")
 }
 
 // describeEvent says what an event carries: op, kind, DN and the followed

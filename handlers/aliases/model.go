@@ -9,10 +9,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/go-ldap/ldap/v3"
-
 	"mailsync/address"
 	"mailsync/event"
+	"mailsync/identity"
 )
 
 // entry is one directory object as the model holds it.
@@ -160,55 +159,6 @@ func newModel(hostFQDN string, limit int) *model {
 	}
 }
 
-// normDN normalises a DN for comparison: attribute types and values
-// lowercased, spaces around separators dropped. Most DNs need no escaping,
-// so they skip the full parser.
-func normDN(dn string) string {
-	if isNormDN(dn) {
-		return dn
-	}
-	if strings.ContainsAny(dn, "\\\"+#;<>") {
-		if p, err := ldap.ParseDN(dn); err == nil {
-			parts := make([]string, 0, len(p.RDNs))
-			for _, r := range p.RDNs {
-				as := make([]string, 0, len(r.Attributes))
-				for _, a := range r.Attributes {
-					as = append(as, strings.ToLower(a.Type)+"="+strings.ToLower(a.Value))
-				}
-				sort.Strings(as)
-				parts = append(parts, strings.Join(as, "+"))
-			}
-			return strings.Join(parts, ",")
-		}
-	}
-	rdns := strings.Split(dn, ",")
-	for i, r := range rdns {
-		t, v, _ := strings.Cut(r, "=")
-		rdns[i] = strings.ToLower(strings.TrimSpace(t)) + "=" + strings.ToLower(strings.TrimSpace(v))
-	}
-	return strings.Join(rdns, ",")
-}
-
-// isNormDN reports whether dn is already in normDN's form: no uppercase
-// letter, no space, no character needing the parser, '=' in every RDN.
-func isNormDN(dn string) bool {
-	eq := false
-	for i := 0; i < len(dn); i++ {
-		switch ch := dn[i]; {
-		case ch >= 'A' && ch <= 'Z', ch <= ' ', ch == '\\', ch == '"', ch == '+', ch == '#', ch == ';', ch == '<', ch == '>', ch >= 0x80:
-			return false
-		case ch == '=':
-			eq = true
-		case ch == ',':
-			if !eq {
-				return false
-			}
-			eq = false
-		}
-	}
-	return eq
-}
-
 func newEntry(uuid, dn string, kind event.Kind, attrs event.Attrs) *entry {
 	e := &entry{}
 	e.init(uuid, dn, kind, attrs)
@@ -220,7 +170,7 @@ func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 	if kind == "" {
 		kind, _ = event.KindOf(attrs)
 	}
-	*e = entry{uuid: uuid, dn: dn, ndn: normDN(dn), kind: kind, attrs: attrs}
+	*e = entry{uuid: uuid, dn: dn, ndn: identity.NormDN(dn), kind: kind, attrs: attrs}
 	if kind != event.KindGroup {
 		if v := attrs.First(event.AttrPrimaryAddress); v != "" && validHome(kind, attrs) {
 			if a, err := address.Check(event.AttrPrimaryAddress, v); err == nil {
@@ -230,7 +180,7 @@ func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 	} else {
 		e.isGroupish = true
 		for _, m := range attrs[event.AttrUniqueMember] {
-			e.members = append(e.members, normDN(m))
+			e.members = append(e.members, identity.NormDN(m))
 			e.memberDNs = append(e.memberDNs, m)
 		}
 	}

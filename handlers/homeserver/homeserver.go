@@ -1,7 +1,7 @@
 // Package homeserver routes users to their mail home server: the transport
 // map (smtp:[home] for users homed elsewhere, as UCS's ldap.transport,
-// reference §3.5) and the one rule that says which host is responsible for
-// a user's mailbox, used by the mailbox handler too.
+// reference §3.5), by the rule of which host is responsible for a user's
+// mailbox (package identity), and the Mover of mail between hosts.
 //
 // Guarantees:
 //   - The transport map is derived state: Load rebuilds it from the whole
@@ -29,6 +29,7 @@ import (
 	"mailsync/config"
 	"mailsync/event"
 	"mailsync/fault"
+	"mailsync/identity"
 	"mailsync/postmap"
 )
 
@@ -156,7 +157,7 @@ func Route(a event.Attrs, host string) (addr, home string, ok bool, err error) {
 	if err := address.Join(errs...); err != nil {
 		return "", "", false, err
 	}
-	if addr == "" || Responsible(home, host) {
+	if addr == "" || identity.Responsible(home, host) {
 		return "", "", false, nil
 	}
 	return addr, home, true, nil

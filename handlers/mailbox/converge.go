@@ -14,7 +14,7 @@ import (
 	"mailsync/dovecotadm"
 	"mailsync/event"
 	"mailsync/fault"
-	"mailsync/handlers/homeserver"
+	"mailsync/identity"
 )
 
 // LatestFunc returns an entry's newest published state; ok is false when
@@ -131,7 +131,7 @@ type OtherFunc func(uuid string) (current *State, settled bool, err error)
 // address's home, with its owner's standing when that is another entry.
 func gather(l Layout, host string, homes []Home, uuid string, cur, applied *State, other OtherFunc) (Input, error) {
 	in := Input{UUID: uuid, Current: cur, Applied: applied, Homes: homes}
-	if cur == nil || cur.Address == "" || !homeserver.Responsible(cur.HomeServer, host) {
+	if cur == nil || cur.Address == "" || !identity.Responsible(cur.HomeServer, host) {
 		return in, nil
 	}
 	local, domain, err := ValidateAddress(cur.Address)
@@ -157,7 +157,7 @@ func gather(l Layout, host string, homes []Home, uuid string, cur, applied *Stat
 			if err != nil {
 				return in, err
 			}
-			t.OwnerHolds = st != nil && st.Address == cur.Address && homeserver.Responsible(st.HomeServer, host)
+			t.OwnerHolds = st != nil && st.Address == cur.Address && identity.Responsible(st.HomeServer, host)
 			t.OwnerSettled = settled
 		}
 	}

@@ -2,7 +2,7 @@ package mailbox
 
 import (
 	"mailsync/event"
-	"mailsync/handlers/homeserver"
+	"mailsync/identity"
 )
 
 // Action is what the decision cascade asks of this host.
@@ -81,8 +81,8 @@ func DecideWith(ev event.Event, fqdn string, p Policy) Decision {
 		newAddr = ev.New.FirstLower(event.AttrPrimaryAddress)
 		newHS = ev.New.FirstLower(event.AttrHomeServer)
 	}
-	isOldHome := homeserver.Responsible(oldHS, fqdn)
-	isNewHome := homeserver.Responsible(newHS, fqdn)
+	isOldHome := identity.Responsible(oldHS, fqdn)
+	isNewHome := identity.Responsible(newHS, fqdn)
 
 	switch {
 	case hasNew && !hasOld && isNewHome: // (1) new object

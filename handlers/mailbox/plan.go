@@ -7,7 +7,7 @@ import (
 
 	"mailsync/address"
 	"mailsync/event"
-	"mailsync/handlers/homeserver"
+	"mailsync/identity"
 )
 
 // The handler is level-triggered: an event only says which entry to look
@@ -229,7 +229,7 @@ func PlanFor(in Input, s Settings) Plan {
 		// Reference §2: a folder's address change always renames; its
 		// mail does not follow a home server change.
 		p.Folder, s.Rename, s.MoveOnHomeChange = true, true, false
-		if c != nil && c.Address == "" && c.HomeServer != "" && homeserver.Responsible(c.HomeServer, s.Host) {
+		if c != nil && c.Address == "" && c.HomeServer != "" && identity.Responsible(c.HomeServer, s.Host) {
 			// The folder stays here without an address: UCS moves it into
 			// the public namespace, which mailsync does not manage yet
 			// (folder.go). Its mail is kept whatever the delete policy.
@@ -275,7 +275,7 @@ func PlanFor(in Input, s Settings) Plan {
 
 	// want: the entry should have a mailbox here, at target.
 	var want, target string
-	if c := in.Current; c != nil && c.Address != "" && homeserver.Responsible(c.HomeServer, s.Host) {
+	if c := in.Current; c != nil && c.Address != "" && identity.Responsible(c.HomeServer, s.Host) {
 		want = c.Address
 		var ok bool
 		if target, ok = path(want); !ok {

@@ -1,4 +1,4 @@
-package homeserver
+package identity
 
 import "testing"
 
@@ -20,6 +20,20 @@ func TestResponsible(t *testing.T) {
 	} {
 		if got := Responsible(c.home, c.fqdn); got != c.want {
 			t.Errorf("Responsible(%q, %q) = %v, want %v", c.home, c.fqdn, got, c.want)
+		}
+	}
+}
+
+func TestNormDN(t *testing.T) {
+	for _, c := range []struct{ dn, want string }{
+		{"uid=alice,ou=people,dc=example,dc=org", "uid=alice,ou=people,dc=example,dc=org"},
+		{"UID=Alice, OU=People ,dc=Example,dc=ORG", "uid=alice,ou=people,dc=example,dc=org"},
+		{"cn=Sales+mail=S@Example.org,dc=x", "cn=sales+mail=s@example.org,dc=x"},
+		{"mail=S@Example.org+cn=Sales,dc=x", "cn=sales+mail=s@example.org,dc=x"},
+		{`cn=Smith\, John,dc=x`, "cn=smith, john,dc=x"},
+	} {
+		if got := NormDN(c.dn); got != c.want {
+			t.Errorf("NormDN(%q) = %q, want %q", c.dn, got, c.want)
 		}
 	}
 }
