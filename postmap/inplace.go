@@ -2,6 +2,7 @@ package postmap
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -69,7 +70,7 @@ func (w *Writer) updatable(t Table) *liveSource {
 	w.mu.Lock()
 	l := w.live[t.Name]
 	w.mu.Unlock()
-	if l == nil || !w.incremental(d.size(), len(l.lines)) {
+	if l == nil || !w.incremental(d.Size(), len(l.lines)) {
 		return nil
 	}
 	var blanked int64
@@ -109,7 +110,12 @@ func lineKey(line string) string {
 // ahead of the database until the next whole write (mailsync writes every
 // table whole when it starts); and a hash database is not crash-safe while
 // postmap writes it (Berkeley DB without transactions), which lmdb is.
-func (w *Writer) update(t Table, l *liveSource) (err error) {
+//
+// ctx does not stop an update once it has begun: killing postmap while it
+// writes the live hash database could leave it broken, which a reader
+// would see; it runs to its end whatever ctx does.
+func (w *Writer) update(ctx context.Context, t Table, l *liveSource) (err error) {
+	ctx = context.WithoutCancel(ctx)
 	w.setLive(t.Name, nil)
 	started := time.Now()
 	path := filepath.Join(w.Dir, t.Name)
@@ -176,7 +182,7 @@ func (w *Writer) update(t Table, l *liveSource) (err error) {
 		}
 		_, err = in.Seek(appendAt, 0)
 		if err == nil {
-			err = w.Run(in, false, "-r", "-i", table)
+			err = w.Run(ctx, in, false, "-r", "-i", table)
 		}
 		in.Close()
 		if err != nil {
@@ -184,7 +190,7 @@ func (w *Writer) update(t Table, l *liveSource) (err error) {
 		}
 	}
 	if len(d.Del) > 0 {
-		if err := w.deleteKeys(d.Del, table); err != nil {
+		if err := w.deleteKeys(ctx, d.Del, table); err != nil {
 			return err
 		}
 	}
@@ -203,7 +209,7 @@ func (w *Writer) update(t Table, l *liveSource) (err error) {
 }
 
 // deleteKeys runs postmap -d over keys, read from a temp file.
-func (w *Writer) deleteKeys(keys []string, table string) error {
+func (w *Writer) deleteKeys(ctx context.Context, keys []string, table string) error {
 	f, err := os.CreateTemp(w.Dir, ".delete.tmp-*")
 	if err != nil {
 		return fmt.Errorf("postmap -d %s: %w", table, err)
@@ -217,5 +223,5 @@ func (w *Writer) deleteKeys(keys []string, table string) error {
 		return fmt.Errorf("postmap -d %s: %w", table, err)
 	}
 	// None of the keys found is the goal too.
-	return w.Run(f, true, "-d", "-", table)
+	return w.Run(ctx, f, true, "-d", "-", table)
 }

@@ -20,6 +20,7 @@ package postmap
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -86,11 +87,14 @@ type Delta struct {
 	Del []string
 }
 
-func (d *Delta) size() int { return len(d.Put) + len(d.Del) }
+// Size is the number of lines put and keys deleted.
+func (d *Delta) Size() int { return len(d.Put) + len(d.Del) }
 
 // Install writes the tables atomically, renamed into place in the order
-// given (put tables that others refer to first).
-func (w *Writer) Install(tables ...Table) error {
+// given (put tables that others refer to first). ctx ending stops the
+// tables written whole (their temp files go); an update in place, once
+// begun, is finished (see update).
+func (w *Writer) Install(ctx context.Context, tables ...Table) error {
 	if len(tables) == 0 {
 		return nil
 	}
@@ -102,7 +106,7 @@ func (w *Writer) Install(tables ...Table) error {
 	var wg sync.WaitGroup
 	for i, t := range tables {
 		if inPlace[i] = w.updatable(t); inPlace[i] == nil {
-			wg.Go(func() { ps[i], errs[i] = w.Prepare(t) })
+			wg.Go(func() { ps[i], errs[i] = w.Prepare(ctx, t) })
 		}
 	}
 	wg.Wait()
@@ -113,7 +117,7 @@ func (w *Writer) Install(tables ...Table) error {
 	for i, t := range tables {
 		var err error
 		if inPlace[i] != nil {
-			err = w.update(t, inPlace[i])
+			err = w.update(ctx, t, inPlace[i])
 		} else {
 			err = w.Commit(ps[i])
 		}
@@ -135,7 +139,7 @@ type Prepared struct {
 }
 
 // Prepare writes one table to temp files in Dir (see prepare).
-func (w *Writer) Prepare(t Table) (*Prepared, error) {
+func (w *Writer) Prepare(ctx context.Context, t Table) (*Prepared, error) {
 	suffix, ok := Suffixes[w.Type]
 	if !ok {
 		return nil, fmt.Errorf("postmap: unknown map type %q", w.Type)
@@ -150,7 +154,7 @@ func (w *Writer) Prepare(t Table) (*Prepared, error) {
 			index = indexSource(t.Src)
 		}
 	}()
-	tmp, err := w.prepare(t)
+	tmp, err := w.prepare(ctx, t)
 	<-indexed
 	if err != nil {
 		return nil, err
@@ -210,7 +214,7 @@ func RemoveStale(dir string) {
 // prepare writes one table's source and database to temp files and fsyncs
 // them; it returns the source's temp name (the database's is that plus the
 // map type's suffix).
-func (w *Writer) prepare(t Table) (string, error) {
+func (w *Writer) prepare(ctx context.Context, t Table) (string, error) {
 	suffix := Suffixes[w.Type]
 	f, err := os.CreateTemp(w.Dir, "."+t.Name+".tmp-*")
 	if err != nil {
@@ -240,7 +244,7 @@ func (w *Writer) prepare(t Table) (string, error) {
 		}
 		synced <- err
 	}()
-	if err := w.build(t, tmp); err != nil {
+	if err := w.build(ctx, tmp); err != nil {
 		<-synced
 		return fail(err)
 	}
@@ -253,10 +257,9 @@ func (w *Writer) prepare(t Table) (string, error) {
 	return tmp, nil
 }
 
-// build makes the database of table t, whose source is written to tmp,
-// with postmap.
-func (w *Writer) build(t Table, tmp string) error {
-	return w.Run(nil, false, w.Type+":"+tmp)
+// build makes the database of the source written to tmp with postmap.
+func (w *Writer) build(ctx context.Context, tmp string) error {
+	return w.Run(ctx, nil, false, w.Type+":"+tmp)
 }
 
 // incremental says whether a table of n lines, changed lines of which
@@ -269,13 +272,13 @@ func (w *Writer) incremental(changed, n int) bool {
 
 // Run runs postmap with args, stdin as its input. With notFoundOK, exit
 // status 1 without a message (postmap -d finding none of the keys, which is
-// the goal) is success.
-func (w *Writer) Run(stdin *os.File, notFoundOK bool, args ...string) error {
+// the goal) is success. ctx ending kills postmap.
+func (w *Writer) Run(ctx context.Context, stdin *os.File, notFoundOK bool, args ...string) error {
 	if w.ConfigDir != "" {
 		args = append([]string{"-c", w.ConfigDir}, args...)
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(w.Postmap, args...)
+	cmd := exec.CommandContext(ctx, w.Postmap, args...)
 	if stdin != nil {
 		// A file, not a pipe: postmap reads it whole even if mailsync dies
 		// meanwhile, so a crash never applies half a change.

@@ -2,6 +2,7 @@ package postmap_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -18,10 +19,11 @@ import (
 )
 
 func TestInstallAtomicDeltaAndFailure(t *testing.T) {
+	ctx := context.Background()
 	pf := testenv.StartPostfix(t)
 	dir := t.TempDir()
 	w := postmap.Writer{Dir: dir, Type: "hash", Postmap: pf.Postmap, ConfigDir: pf.ConfigDir}
-	if err := w.Install(postmap.Table{Name: "a", Src: []byte("x@example.org y@example.org\n")},
+	if err := w.Install(ctx, postmap.Table{Name: "a", Src: []byte("x@example.org y@example.org\n")},
 		postmap.Table{Name: "b", Src: []byte("k v\n")}); err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +34,7 @@ func TestInstallAtomicDeltaAndFailure(t *testing.T) {
 	// A delta updates the live table in place.
 	w.IncrementalMin = 0
 	src := []byte("x@example.org z@example.org\nn@example.org m@example.org\n" + fill(20))
-	if err := w.Install(postmap.Table{Name: "a", Src: src,
+	if err := w.Install(ctx, postmap.Table{Name: "a", Src: src,
 		Delta: &postmap.Delta{Put: []string{"x@example.org z@example.org", "n@example.org m@example.org"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +44,7 @@ func TestInstallAtomicDeltaAndFailure(t *testing.T) {
 	}
 	// A failing postmap leaves the live table as it was and no temp files.
 	bad := postmap.Writer{Dir: dir, Type: "hash", Postmap: "/bin/false", ConfigDir: pf.ConfigDir}
-	if err := bad.Install(postmap.Table{Name: "a", Src: []byte("x@example.org broken@example.org\n")}); err == nil {
+	if err := bad.Install(ctx, postmap.Table{Name: "a", Src: []byte("x@example.org broken@example.org\n")}); err == nil {
 		t.Fatal("install with a failing postmap succeeded")
 	}
 	if got := pf.Query(t, table, "x@example.org")["x@example.org"]; got != "z@example.org" {
@@ -72,6 +74,7 @@ func fill(n int) string {
 // what postmap builds from the source as it is on disk. Once blanked lines
 // would outweigh live ones, the table is written whole again.
 func TestUpdateInPlace(t *testing.T) {
+	ctx := context.Background()
 	pf := testenv.StartPostfix(t)
 	dir := t.TempDir()
 	w := &postmap.Writer{Dir: dir, Type: "hash", Postmap: pf.Postmap, ConfigDir: pf.ConfigDir, CompactMin: -1}
@@ -93,7 +96,7 @@ func TestUpdateInPlace(t *testing.T) {
 		k := fmt.Sprintf("k%03d@example.org", i)
 		lines[k] = k + " v0@example.org"
 	}
-	if err := w.Install(postmap.Table{Name: "t", Src: render()}); err != nil {
+	if err := w.Install(ctx, postmap.Table{Name: "t", Src: render()}); err != nil {
 		t.Fatal(err)
 	}
 	src := filepath.Join(dir, "t")
@@ -126,7 +129,7 @@ func TestUpdateInPlace(t *testing.T) {
 				d.Del = append(d.Del, k)
 			}
 		}
-		if err := w.Install(postmap.Table{Name: "t", Source: render, Delta: &d}); err != nil {
+		if err := w.Install(ctx, postmap.Table{Name: "t", Source: render, Delta: &d}); err != nil {
 			t.Fatal(err)
 		}
 		want := map[string]string{}

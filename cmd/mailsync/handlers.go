@@ -72,6 +72,7 @@ func buildHandlers(ctx context.Context, cfg *config.Config, log zerolog.Logger, 
 			return nil, nil, fmt.Errorf("start homeserver handler: %w", err)
 		}
 		hs = append(hs, h)
+		closers = append(closers, h.Close)
 	}
 	return hs, closeAll, nil
 }

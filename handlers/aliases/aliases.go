@@ -175,31 +175,22 @@ type Handler struct {
 
 	mu      sync.Mutex
 	m       *model
-	pending *batch // the write the next change will be part of
-	force   bool   // write every table, changed or not
+	force   bool // write every table, changed or not
 	reports map[string]Report
 	// synced holds the tables whose live database is known to equal the
 	// model's state at the last take: only those may be updated in place.
-	synced   map[string]bool
-	inflight *batch // the write under way, if any
-	joined   int    // changes that joined a batch since the writer last looked
-	pw       *postmap.Writer
-	closed   bool
-	writes   atomic.Int64 // tables installed, for tests and benchmarks
-	staged   atomic.Int64 // changes staged, for tests and benchmarks
+	synced map[string]bool
+	pw     *postmap.Writer
+	closed bool
+	writes atomic.Int64 // tables installed, for tests and benchmarks
+	staged atomic.Int64 // changes staged, for tests and benchmarks
 	// incrementalMin is the table size from which a write updates the
 	// live database in place (the constant; tests lower it).
 	incrementalMin int
 
-	kick chan struct{}
-	quit chan struct{}
-	done chan struct{}
-}
-
-// batch is one coalesced write; done closes after it, err says how it went.
-type batch struct {
-	done chan struct{}
-	err  error
+	// commits makes the writes changes wait for (group commit); Load
+	// writes in its place.
+	commits *postmap.Committer
 }
 
 // New checks the config and postmap and starts the writer. Temp files left
@@ -222,13 +213,10 @@ func New(cfg Config, log zerolog.Logger) (*Handler, error) {
 		reports:        map[string]Report{},
 		synced:         map[string]bool{},
 		incrementalMin: postmap.DefaultIncrementalMin,
-		kick:           make(chan struct{}, 1),
-		quit:           make(chan struct{}),
-		done:           make(chan struct{}),
 	}
 	h.pw = &postmap.Writer{Dir: cfg.Dir, Type: cfg.MapType, Postmap: cfg.PostmapPath,
 		ConfigDir: cfg.PostfixConfigDir, Installed: cfg.Installed}
-	go h.writer()
+	h.commits = postmap.NewCommitter(h.pw, cfg.Coalesce, h.collect)
 	return h, nil
 }
 
@@ -244,32 +232,31 @@ const Name = "aliases"
 func (h *Handler) Name() string { return Name }
 
 // Load replaces the whole directory state and rewrites every table from it.
-// It writes the tables itself, not through the writer, so that postmap
-// starts on the tables that are ready while the rest is still computed;
-// meanwhile it holds the lock, so no other write can overtake it.
+// It writes the tables itself, in place of the writer's next write, so that
+// postmap starts on the tables that are ready while the rest is still
+// computed; changes waiting for a write are superseded by it.
 func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
-	h.mu.Lock()
-	for h.inflight != nil && !h.closed {
-		b := h.inflight
-		h.mu.Unlock()
-		if err := h.wait(ctx, b); ctx.Err() != nil {
-			return err
-		}
+	err := h.commits.Exclusive(ctx, func(ctx context.Context, w *postmap.Writer) error {
 		h.mu.Lock()
-	}
-	defer h.mu.Unlock()
-	if h.closed {
-		return errors.New("aliases: handler closed")
-	}
-	err := h.loadLocked(entries)
-	h.updateReportsLocked()
-	// Changes waiting for a write are superseded by the load.
-	if b := h.pending; b != nil {
-		h.pending = nil
-		b.err = err
-		close(b.done)
+		defer h.mu.Unlock()
+		err := h.loadLocked(ctx, w, entries)
+		h.updateReportsLocked()
+		return err
+	})
+	switch {
+	case errors.Is(err, postmap.ErrClosed):
+		return errClosed
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return waitErr(err)
 	}
 	return err
+}
+
+var errClosed = errors.New("aliases: handler closed")
+
+// waitErr is the error of a wait for a write that ctx ended.
+func waitErr(err error) error {
+	return fault.Retryable(fmt.Errorf("aliases: waiting for the map write: %w", err))
 }
 
 // Handle applies one change and returns once it is in the tables on disk.
@@ -297,7 +284,7 @@ func (h *Handler) Stage(ctx context.Context, ev event.Event) (func(context.Conte
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, errors.New("aliases: handler closed")
+		return nil, errClosed
 	}
 	var invalid []error
 	switch ev.Op {
@@ -314,21 +301,22 @@ func (h *Handler) Stage(ctx context.Context, ev event.Event) (func(context.Conte
 	default:
 		return nil, fault.Permanentf("aliases: unknown op %q for %s (%s)", ev.Op, ev.DN, ev.UUID)
 	}
-	b := h.changedLocked()
+	// Not closed, under h.mu: Join cannot fail.
+	b, _ := h.commits.Join()
 	h.staged.Add(1)
 	return func(ctx context.Context) error {
 		if b == nil {
 			// A write failed before: wait for a new one.
-			h.mu.Lock()
-			if h.closed {
-				h.mu.Unlock()
-				return errors.New("aliases: handler closed")
+			var err error
+			if b, err = h.commits.Join(); err != nil {
+				return errClosed
 			}
-			b = h.changedLocked()
-			h.mu.Unlock()
 		}
-		if err := h.wait(ctx, b); err != nil {
+		if err := b.Wait(ctx); err != nil {
 			b = nil
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return waitErr(err)
+			}
 			return err
 		}
 		if len(invalid) > 0 {
@@ -337,19 +325,6 @@ func (h *Handler) Stage(ctx context.Context, ev event.Event) (func(context.Conte
 		}
 		return nil
 	}, nil
-}
-
-// changedLocked returns the batch a change joins.
-func (h *Handler) changedLocked() *batch {
-	h.joined++
-	if h.pending == nil {
-		h.pending = &batch{done: make(chan struct{})}
-		select {
-		case h.kick <- struct{}{}:
-		default:
-		}
-	}
-	return h.pending
 }
 
 func (h *Handler) updateReportsLocked() {
@@ -371,15 +346,6 @@ func (h *Handler) updateReportsLocked() {
 	h.reports = now
 }
 
-func (h *Handler) wait(ctx context.Context, b *batch) error {
-	select {
-	case <-b.done:
-		return b.err
-	case <-ctx.Done():
-		return fault.Retryable(fmt.Errorf("aliases: waiting for the map write: %w", ctx.Err()))
-	}
-}
-
 // Reports returns the problems the current directory state has.
 func (h *Handler) Reports() []Report {
 	h.mu.Lock()
@@ -391,108 +357,41 @@ func (h *Handler) Reports() []Report {
 // Close writes what is pending and stops the writer.
 func (h *Handler) Close() error {
 	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		return nil
-	}
 	h.closed = true
 	h.mu.Unlock()
-	close(h.quit)
-	<-h.done
+	h.commits.Close()
 	return nil
 }
 
-// writer turns pending batches into writes, one at a time, each after the
-// coalescing window. While changes keep coming in a burst (burstJoins or
-// more a window), the window is extended, up to burstWindows windows: a
-// burst then costs about one write (each write re-expands every group the
-// changes reach, and holds the model while it does), a lone change one
-// window. The runner lets a handler that stages its changes hold up to
-// runner.StagedAckPending events unacked, which bounds a batch too.
-func (h *Handler) writer() {
-	defer close(h.done)
-	for {
-		select {
-		case <-h.kick:
-		case <-h.quit:
-			h.flush()
-			return
-		}
-		h.coalesce()
-		h.flush()
-	}
-}
-
-const (
-	burstJoins   = 16
-	burstWindows = 250
-)
-
-func (h *Handler) coalesce() {
-	if h.cfg.Coalesce <= 0 {
-		return
-	}
-	t := time.NewTimer(h.cfg.Coalesce)
-	defer t.Stop()
+// collect is the first half of a write (postmap.Collect): it recomputes
+// what the staged changes reach and returns the tables that changed, with
+// their deltas when the live database is known to hold the state before
+// them (an update in place), and what to do once they are installed.
+func (h *Handler) collect() ([]postmap.Table, func(error) error) {
 	h.mu.Lock()
-	h.joined = 0
-	h.mu.Unlock()
-	quiet := 0 // windows in a row with fewer than burstJoins changes
-	for w := 1; w < burstWindows; w++ {
-		select {
-		case <-t.C:
-		case <-h.quit:
-			return
-		}
-		h.mu.Lock()
-		joined := h.joined
-		h.joined = 0
-		h.mu.Unlock()
-		switch {
-		case w == 1 && joined == 0:
-			return // a lone change
-		case joined < burstJoins:
-			// A burst can pause for a window (a fetch, the scheduler):
-			// two quiet windows end it.
-			if quiet++; quiet == 2 {
-				return
-			}
-		default:
-			quiet = 0
-		}
-		t.Reset(h.cfg.Coalesce)
-	}
-}
-
-// flush writes the pending batch, if any.
-func (h *Handler) flush() {
-	h.mu.Lock()
-	b := h.pending
-	h.pending = nil
-	if b == nil {
-		h.mu.Unlock()
-		return
-	}
-	h.inflight = b
+	defer h.mu.Unlock()
 	h.m.refresh()
 	h.m.settle()
 	h.updateReportsLocked()
+	h.pw.IncrementalMin = h.incrementalMin
 	force := h.force
 	h.force = false
-	var tables []table
+	var tables []postmap.Table
 	for _, t := range []struct {
 		name string
 		r    *rendered
 	}{{DomainMap, h.m.domainT}, {MailboxMap, h.m.mailboxT}, {AliasMap, h.m.aliasT}} {
 		d := t.r.take()
-		if !force && d.size() == 0 {
+		if !force && d.Size() == 0 {
 			continue
 		}
-		tb := table{name: t.name, source: t.r.source}
+		// Domains and mailboxes before aliases, so a new alias never
+		// points at a mailbox Postfix does not know yet.
+		tb := postmap.Table{Name: t.name, Source: t.r.source}
 		if !force && h.synced[t.name] {
-			tb.delta = &d
+			tb.Delta = &d
 		} else {
-			tb.src = t.r.source()
+			tb.Src = t.r.source()
 		}
 		h.synced[t.name] = false
 		tables = append(tables, tb)
@@ -501,33 +400,22 @@ func (h *Handler) flush() {
 	if h.cfg.WriteMainCFLocal {
 		mainCF = h.m.maxOverLimit()
 	}
-	h.mu.Unlock()
-
-	err := h.write(tables)
-	if err == nil && h.cfg.WriteMainCFLocal {
-		err = writeMainCFLocal(h.cfg.MainCFLocal, mainCF)
-	}
-	h.mu.Lock()
-	if err != nil {
-		h.force = true // the next write must not trust what it thinks is on disk
-		err = fault.Retryable(err)
-	} else {
-		for _, t := range tables {
-			h.synced[t.name] = true
+	return tables, func(err error) error {
+		if err == nil {
+			h.writes.Add(int64(len(tables)))
+			if h.cfg.WriteMainCFLocal {
+				err = writeMainCFLocal(h.cfg.MainCFLocal, mainCF)
+			}
 		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if err != nil {
+			h.force = true // the next write must not trust what it thinks is on disk
+			return fault.Retryable(err)
+		}
+		for _, t := range tables {
+			h.synced[t.Name] = true
+		}
+		return nil
 	}
-	h.inflight = nil
-	h.mu.Unlock()
-	b.err = err
-	close(b.done)
-}
-
-// table is one table to install: its whole source (or how to render it,
-// for a table that may be updated in place), and when the live database is
-// known to hold the previous state, the changes since.
-type table struct {
-	name   string
-	src    []byte
-	source func() []byte
-	delta  *delta
 }

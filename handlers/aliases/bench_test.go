@@ -396,12 +396,12 @@ func BenchmarkBurst20kChanges100k(b *testing.B) {
 	b.StopTimer()
 	// The maps now equal a fresh build of the final directory.
 	for _, tb := range fullBuildTables(d.all(), "", DefaultExpansionLimit) {
-		got, err := dumpTable(pf, f.table(tb.name))
+		got, err := dumpTable(pf, f.table(tb.Name))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if want := sourceLines(tb.src); !eq(got, want) {
-			b.Fatalf("%s after the bursts: %d entries, a fresh build %d", tb.name, len(got), len(want))
+		if want := sourceLines(tb.Src); !eq(got, want) {
+			b.Fatalf("%s after the bursts: %d entries, a fresh build %d", tb.Name, len(got), len(want))
 		}
 	}
 }

@@ -40,19 +40,19 @@ func TestSIGKILLDuringRewrites(t *testing.T) {
 	matches := func() error {
 		want := fullBuildTables(s.Entries(t), hostFQDN, DefaultExpansionLimit)
 		for _, tb := range want {
-			src, err := os.ReadFile(filepath.Join(d.maps, tb.name))
+			src, err := os.ReadFile(filepath.Join(d.maps, tb.Name))
 			if err != nil {
 				return err
 			}
-			if !bytes.Equal(src, tb.src) {
-				return fmt.Errorf("%s: source differs from a full build (%d bytes, want %d)", tb.name, len(src), len(tb.src))
+			if !bytes.Equal(src, tb.Src) {
+				return fmt.Errorf("%s: source differs from a full build (%d bytes, want %d)", tb.Name, len(src), len(tb.Src))
 			}
-			got, err := dumpTable(pf, "hash:"+filepath.Join(d.maps, tb.name))
+			got, err := dumpTable(pf, "hash:"+filepath.Join(d.maps, tb.Name))
 			if err != nil {
 				return err
 			}
-			if w := sourceLines(tb.src); !eq(got, w) {
-				return fmt.Errorf("%s: postmap -s gives %d entries, a full build %d", tb.name, len(got), len(w))
+			if w := sourceLines(tb.Src); !eq(got, w) {
+				return fmt.Errorf("%s: postmap -s gives %d entries, a full build %d", tb.Name, len(got), len(w))
 			}
 		}
 		return nil

@@ -11,6 +11,7 @@ import (
 
 	"mailsync/event"
 	"mailsync/internal/testenv"
+	"mailsync/postmap"
 )
 
 // randDir generates directories and changes over a small universe of
@@ -166,9 +167,9 @@ func freshModel(entries []event.Entry, host string, limit int) *model {
 }
 
 // fullBuildTables is the three table sources a fresh start writes.
-func fullBuildTables(entries []event.Entry, host string, limit int) []table {
+func fullBuildTables(entries []event.Entry, host string, limit int) []postmap.Table {
 	a, mb, d := freshModel(entries, host, limit).render()
-	return []table{{name: DomainMap, src: d}, {name: MailboxMap, src: mb}, {name: AliasMap, src: a}}
+	return []postmap.Table{{Name: DomainMap, Src: d}, {Name: MailboxMap, Src: mb}, {Name: AliasMap, Src: a}}
 }
 
 // fullBuild renders the maps and reports a fresh model gives.

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sync"
 	"unsafe"
+
+	"mailsync/postmap"
 )
 
 // rendered is one table's source kept as a line per key, so that a change
@@ -99,29 +101,20 @@ func (r *rendered) source() []byte {
 	return b
 }
 
-// delta is what changed in a table since the last take: the lines to put
-// and the keys to delete.
-type delta struct {
-	put []string
-	del []string
-}
-
 // take returns the changes since the last take and forgets them.
-func (r *rendered) take() delta {
+func (r *rendered) take() postmap.Delta {
 	r.index()
-	var d delta
+	var d postmap.Delta
 	for k := range r.changed {
 		if l, ok := r.lines[k]; ok {
-			d.put = append(d.put, l)
+			d.Put = append(d.Put, l)
 		} else {
-			d.del = append(d.del, k)
+			d.Del = append(d.Del, k)
 		}
 	}
 	r.changed = set{}
 	return d
 }
-
-func (d delta) size() int { return len(d.put) + len(d.del) }
 
 // aliasLine renders one alias key's line, or "" when the key has no entry.
 func (m *model) aliasLine(k string) string {

@@ -1,6 +1,7 @@
 package aliases
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,47 +15,18 @@ import (
 	"mailsync/postmap"
 )
 
-// write installs the tables atomically through the shared postmap writer,
-// in the order given: domains and mailboxes before aliases, so a new alias
-// never points at a mailbox Postfix does not know yet.
-func (h *Handler) write(tables []table) error {
-	if len(tables) == 0 {
-		return nil
-	}
-	w := h.postmapWriter()
-	ts := make([]postmap.Table, len(tables))
-	for i, t := range tables {
-		ts[i] = postmap.Table{Name: t.name, Src: t.src, Source: t.source}
-		if t.delta != nil {
-			ts[i].Delta = &postmap.Delta{Put: t.delta.put, Del: t.delta.del}
-		}
-	}
-	if err := w.Install(ts...); err != nil {
-		return err
-	}
-	h.writes.Add(int64(len(tables)))
-	return nil
-}
-
-// postmapWriter is the handler's one writer, which knows the live sources
-// it can update in place.
-func (h *Handler) postmapWriter() *postmap.Writer {
-	h.pw.IncrementalMin = h.incrementalMin
-	return h.pw
-}
-
 // loadLocked builds the model of a whole directory and installs its three
 // tables whole, the mailbox and domain tables postmap'ed while the group
 // expansions are computed. The caller holds h.mu with no write in flight,
-// so no other write can come between.
-func (h *Handler) loadLocked(entries []event.Entry) error {
-	w := h.postmapWriter()
+// so no other write can come between; w is the handler's writer.
+func (h *Handler) loadLocked(ctx context.Context, w *postmap.Writer, entries []event.Entry) error {
+	w.IncrementalMin = h.incrementalMin
 	var dom, mbx *postmap.Prepared
 	var domErr, mbxErr error
 	var wg sync.WaitGroup
 	m, indexLater := buildModelEarly(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries, func(mailbox, domains []byte) {
-		wg.Go(func() { dom, domErr = w.Prepare(postmap.Table{Name: DomainMap, Src: domains}) })
-		wg.Go(func() { mbx, mbxErr = w.Prepare(postmap.Table{Name: MailboxMap, Src: mailbox}) })
+		wg.Go(func() { dom, domErr = w.Prepare(ctx, postmap.Table{Name: DomainMap, Src: domains}) })
+		wg.Go(func() { mbx, mbxErr = w.Prepare(ctx, postmap.Table{Name: MailboxMap, Src: mailbox}) })
 	})
 	h.m = m
 	// What only later changes use, the indexes of the model and the
@@ -65,10 +37,10 @@ func (h *Handler) loadLocked(entries []event.Entry) error {
 			r.index()
 		}
 	})
-	alias, err := w.Prepare(postmap.Table{Name: AliasMap, Src: m.aliasT.source()})
+	alias, err := w.Prepare(ctx, postmap.Table{Name: AliasMap, Src: m.aliasT.source()})
 	wg.Wait()
 	if err = errors.Join(domErr, mbxErr, err); err == nil {
-		// Domains and mailboxes first, as in write.
+		// Domains and mailboxes first, as in collect.
 		err = w.Commit(dom, mbx, alias)
 	} else {
 		postmap.Discard(dom, mbx, alias)

@@ -10,7 +10,7 @@
 //     its change is in place, so the runner acks only durable work.
 //   - Writes are atomic (temp file in the map dir, postmap, fsync, rename):
 //     Postfix never sees a half-written map. Concurrent changes share a
-//     write (group commit).
+//     write (group commit, postmap.Committer, as the aliases maps).
 //   - Idempotent: every event carries the entry's whole state, so a replay
 //     converges to the same map.
 package homeserver
@@ -98,17 +98,20 @@ type route struct {
 type Handler struct {
 	cfg Config
 
-	mu     sync.Mutex
-	routes map[string]route // by entryUUID; only entries homed elsewhere
-	gen    uint64           // bumped by every change of routes
-
-	write   sync.Mutex // one writer at a time; waiters share its write
-	written uint64     // gen the live map reflects
-	live    []byte     // source of the live map
+	mu      sync.Mutex
+	routes  map[string]route // by entryUUID; only entries homed elsewhere
+	gen     uint64           // bumped by every change of routes
+	written uint64           // gen the live map reflects
+	live    []byte           // source of the live map
 	loaded  bool
+
+	// commits makes the writes changes wait for (group commit), with the
+	// writer the aliases handler uses too; Load writes in its place.
+	commits *postmap.Committer
 }
 
-// New returns the handler; the map is first written by Load.
+// New returns the handler; the map is first written by Load. Close stops
+// its writer.
 func New(cfg Config) (*Handler, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -117,7 +120,17 @@ func New(cfg Config) (*Handler, error) {
 		return nil, fmt.Errorf("homeserver: map dir: %w", err)
 	}
 	postmap.RemoveStale(cfg.Dir) // temp files a crash left
-	return &Handler{cfg: cfg, routes: map[string]route{}}, nil
+	h := &Handler{cfg: cfg, routes: map[string]route{}}
+	w := &postmap.Writer{Dir: cfg.Dir, Type: cfg.MapType, Postmap: cfg.PostmapPath, ConfigDir: cfg.PostfixConfigDir,
+		Installed: cfg.Installed}
+	h.commits = postmap.NewCommitter(w, cfg.Coalesce, h.collect)
+	return h, nil
+}
+
+// Close writes what is pending and stops the writer.
+func (h *Handler) Close() error {
+	h.commits.Close()
+	return nil
 }
 
 // DerivedFromDirectory marks the maps as derived wholly from the directory:
@@ -163,19 +176,31 @@ func Route(a event.Attrs, host string) (addr, home string, ok bool, err error) {
 	return addr, home, true, nil
 }
 
-// Load rebuilds the map from the whole directory. An entry whose values
-// cannot be written is left out; its events are dead-lettered by Handle.
+// Load rebuilds the map from the whole directory and writes it, changed
+// or not (the files must exist). An entry whose values cannot be written is
+// left out; its events are dead-lettered by Handle.
 func (h *Handler) Load(ctx context.Context, entries []event.Entry) error {
 	routes := routesFor(h.cfg.Host, entries)
-	h.mu.Lock()
-	h.routes = routes
-	h.gen++
-	gen := h.gen
-	h.mu.Unlock()
-	return h.commit(ctx, gen, true)
+	return h.commits.Exclusive(ctx, func(ctx context.Context, w *postmap.Writer) error {
+		h.mu.Lock()
+		h.routes = routes
+		h.gen++
+		gen := h.gen
+		src := render(routes)
+		h.mu.Unlock()
+		if err := w.Install(ctx, postmap.Table{Name: TransportMap, Src: src}); err != nil {
+			return fault.Retryable(err)
+		}
+		h.mu.Lock()
+		h.live, h.written, h.loaded = src, gen, true
+		h.mu.Unlock()
+		return nil
+	})
 }
 
-// Handle applies one directory change to the map.
+// Handle applies one directory change to the map. It returns once the live
+// map holds the change: at once when the change leaves the map's content as
+// it is on disk, else after the write it joins.
 func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 	var r route
 	var ok bool
@@ -185,19 +210,25 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 	}
 	h.mu.Lock()
 	old, had := h.routes[ev.UUID]
-	changed := had != ok || old != r
-	if ok {
-		h.routes[ev.UUID] = r
-	} else {
-		delete(h.routes, ev.UUID)
-	}
-	if changed {
+	if had != ok || old != r {
+		if ok {
+			h.routes[ev.UUID] = r
+		} else {
+			delete(h.routes, ev.UUID)
+		}
 		h.gen++
 	}
-	gen := h.gen
+	var b *postmap.Batch
+	var err error
+	if !h.loaded || h.written < h.gen {
+		b, err = h.commits.Join()
+	}
 	h.mu.Unlock()
-	if err := h.commit(ctx, gen, false); err != nil {
-		return fault.Retryable(err)
+	if b != nil {
+		err = b.Wait(ctx)
+	}
+	if err != nil {
+		return fault.Retryable(fmt.Errorf("transport map: %w", err))
 	}
 	if rerr != nil {
 		return fault.Permanent(fmt.Errorf("transport for entry %s (uuid %s): %w; left out of the map", ev.DN, ev.UUID, rerr))
@@ -205,35 +236,26 @@ func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
 	return nil
 }
 
-// commit returns once the live map reflects generation gen: either another
-// caller's write already did, or this one writes the current model. force
-// writes even an unchanged map (Load: the files must exist).
-func (h *Handler) commit(ctx context.Context, gen uint64, force bool) error {
-	h.write.Lock()
-	defer h.write.Unlock()
-	if h.loaded && h.written >= gen && !force {
-		return nil
-	}
-	if h.cfg.Coalesce > 0 && h.loaded {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(h.cfg.Coalesce):
-		}
-	}
+// collect is the first half of a write (postmap.Collect): the map as the
+// routes are now, unless the live map already holds it.
+func (h *Handler) collect() ([]postmap.Table, func(error) error) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	src := render(h.routes)
-	g := h.gen
-	h.mu.Unlock()
-	if h.loaded && !force && string(src) == string(h.live) {
-		h.written = g
+	gen := h.gen
+	if h.loaded && string(src) == string(h.live) {
+		h.written = gen
+		return nil, nil
+	}
+	return []postmap.Table{{Name: TransportMap, Src: src}}, func(err error) error {
+		if err != nil {
+			return err
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.live, h.written, h.loaded = src, gen, true
 		return nil
 	}
-	if err := installMap(h.cfg, TransportMap, src); err != nil {
-		return err
-	}
-	h.live, h.written, h.loaded = src, g, true
-	return nil
 }
 
 // render writes the table source sorted by address. Two entries with one

@@ -78,6 +78,7 @@ func newMapHost(t *testing.T, pf *testenv.Postfix, fqdn string) *mapHost {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { h.Close() })
 	return &mapHost{pf: pf, dir: dir, h: h}
 }
 
@@ -234,6 +235,7 @@ func TestPostmapFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { h.Close() })
 	ctx := context.Background()
 	if err := h.Load(ctx, []event.Entry{{UUID: "1", Attrs: attrs("a@example.org", "mx2.example.org")}}); err != nil {
 		t.Fatal(err)
@@ -245,6 +247,7 @@ func TestPostmapFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { hb.Close() })
 	err = hb.Load(ctx, []event.Entry{{UUID: "1", Attrs: attrs("a@example.org", "mx3.example.org")}})
 	if err == nil {
 		t.Fatal("Load with a failing postmap succeeded")
