@@ -184,6 +184,23 @@ type Entry struct {
 	CSN   string `json:"csn,omitempty"`
 }
 
+// A change id (Event.CSN, Entry.CSN) names one change of an entry: a replay
+// of the change carries the same id, another change of the entry another
+// one. It begins with the time of the change as LDAP generalized time, up to
+// the first '#': OpenLDAP's entryCSN is such an id as the directory writes it
+// ("20261125154404.854073Z#000000#000#000000"), and the listener makes the
+// ids of 389-DS changes, which have no CSN, so (listener.Flavor). The time is
+// what tells a mail home created after a change from one that predates it.
+
+// ChangeTime is the time a change id begins with; ok is false for an id
+// that carries none. The precision is the directory's: microseconds in an
+// entryCSN, whole seconds in a 389-DS modifyTimestamp.
+func ChangeTime(csn string) (t time.Time, ok bool) {
+	ts, _, _ := strings.Cut(csn, "#")
+	t, err := time.Parse("20060102150405.999999Z", ts)
+	return t, err == nil
+}
+
 // MsgID is the JetStream de-duplication id of an event: the same change
 // published twice (a replay after a crash) carries the same id.
 func (e Event) MsgID() string {

@@ -1,6 +1,9 @@
 package event
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestKindOfAndAttrs(t *testing.T) {
 	for _, c := range []struct {
@@ -43,5 +46,29 @@ func TestKindOfAndAttrs(t *testing.T) {
 	ev := Event{UUID: "u1", Op: OpModify, Kind: KindUser, CSN: "c1"}
 	if ev.MsgID() != "u1:modify:c1" || ev.Subject() != "mailsync.user.u1" {
 		t.Errorf("MsgID %q Subject %q", ev.MsgID(), ev.Subject())
+	}
+}
+
+// TestChangeTime reads the time of every change id the listener makes: an
+// OpenLDAP entryCSN (microseconds) and a 389-DS id built on the entry's
+// modifyTimestamp (whole seconds); ids without a time give none.
+func TestChangeTime(t *testing.T) {
+	for _, c := range []struct {
+		csn  string
+		want time.Time
+		ok   bool
+	}{
+		{"20261125154404.854073Z#000000#000#000000", time.Date(2026, 11, 25, 15, 44, 4, 854073000, time.UTC), true},
+		{"20261125154404Z#cn42", time.Date(2026, 11, 25, 15, 44, 4, 0, time.UTC), true},
+		{"20261125154404Z#r17.00000000deadbeef", time.Date(2026, 11, 25, 15, 44, 4, 0, time.UTC), true},
+		{"cn42", time.Time{}, false},
+		{"", time.Time{}, false},
+		{"#cn42", time.Time{}, false},
+		{"2026112515440Z#x", time.Time{}, false},
+	} {
+		got, ok := ChangeTime(c.csn)
+		if ok != c.ok || !got.Equal(c.want) {
+			t.Errorf("ChangeTime(%q) = %v %v, want %v %v", c.csn, got, ok, c.want, c.ok)
+		}
 	}
 }

@@ -30,12 +30,13 @@ const (
 	//   - the UUID in the sync state control is the entry's nsUniqueId in
 	//     UUID form (UUIDFromNsUniqueID), not its entryUUID; it is as stable
 	//     across renames and moves.
-	//   - there is no entryCSN. In persist mode each entry carries a cookie
-	//     ending in the retro changelog's change number, which is the
-	//     change's id. Entries sent while refreshing carry no cookie; their id
-	//     is the change number the session started from, the
-	//     modifyTimestamp and a digest of DN and followed attributes — the
-	//     same for a replay of the same state, different for any other.
+	//   - there is no entryCSN. An id begins with the entry's modifyTimestamp,
+	//     the change's time (event.ChangeTime). In persist mode each entry
+	//     carries a cookie ending in the retro changelog's change number,
+	//     which is the rest of the id. Entries sent while refreshing carry no
+	//     cookie; the rest of their id is the change number the session
+	//     started from and a digest of DN and followed attributes — the same
+	//     for a replay of the same state, different for any other.
 	//   - resuming from a cookie, the plugin reports deleted entries but not
 	//     those that stopped matching the filter (objectClass removed) or
 	//     left the base while the listener was away. So before every resumed
@@ -81,14 +82,20 @@ func (f Flavor) csn(dn, stamp string, a event.Attrs, cookie, start []byte) strin
 	if !f.is389() {
 		return stamp
 	}
+	// The modifyTimestamp comes first: it is the change's time
+	// (event.ChangeTime), which tells a home made after the change.
+	at := ""
+	if stamp != "" {
+		at = stamp + "#"
+	}
 	if n, ok := changeNumber(cookie); ok {
-		return "cn" + strconv.FormatUint(n, 10)
+		return at + "cn" + strconv.FormatUint(n, 10)
 	}
 	from, _ := changeNumber(start)
 	h := fnv.New64a()
 	h.Write([]byte(dn))
 	fmt.Fprintf(h, "\x00%016x", attrSum(a))
-	return fmt.Sprintf("r%d.%s.%016x", from, stamp, h.Sum64())
+	return fmt.Sprintf("%sr%d.%016x", at, from, h.Sum64())
 }
 
 // changeNumber reads the retro changelog change number that ends a 389-DS

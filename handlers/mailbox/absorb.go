@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,8 +26,9 @@ import (
 // two homes and a rerun moves the rest), and the emptied home goes to the
 // trash; then the rename proceeds.
 
-// bornAfterSlack is the slack allowed between the directory's clock (the entry
-// CSN) and the filesystem's.
+// bornAfterSlack is the slack allowed between the directory's clock (the
+// change time, event.ChangeTime) and the filesystem's. A directory that dates
+// changes to the second (389-DS) adds up to a second to it.
 const bornAfterSlack = 2 * time.Second
 
 // raceHome reports whether home was created by Dovecot after the change ev
@@ -37,7 +37,7 @@ func raceHome(home string, ev event.Event) bool {
 	if _, ok := readMarker(home); ok {
 		return false
 	}
-	changed, ok := csnTime(ev.CSN)
+	changed, ok := event.ChangeTime(ev.CSN)
 	if !ok {
 		return false
 	}
@@ -56,14 +56,6 @@ func (h *Handler) bornDuring(in *intent, home string) bool {
 	}
 	born, ok := birthTime(home)
 	return ok && !born.Before(in.At.Add(-bornAfterSlack))
-}
-
-// csnTime reads the time of an OpenLDAP entryCSN
-// ("20261125154404.854073Z#000000#000#000000").
-func csnTime(csn string) (time.Time, bool) {
-	ts, _, _ := strings.Cut(csn, "#")
-	t, err := time.Parse("20060102150405.999999Z", ts)
-	return t, err == nil
 }
 
 // birthTime is a file's creation time (statx btime), or its ctime where the

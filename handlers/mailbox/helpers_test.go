@@ -18,6 +18,7 @@ import (
 	"mailsync/dovecotadm"
 	"mailsync/handlers/mailbox"
 	"mailsync/internal/testenv"
+	"mailsync/listener"
 	"mailsync/runner"
 )
 
@@ -47,13 +48,22 @@ var cells = []policy{{true, false}, {true, true}, {false, false}, {false, true}}
 func newEnv(t testing.TB, pol policy, opts testenv.DovecotOptions, pipeline bool) *env {
 	t.Helper()
 	ldap := testenv.StartSlapd(t)
+	e := newEnvOn(t, ldap, listener.FlavorOpenLDAP, pol, opts, pipeline)
+	e.ldap = ldap
+	return e
+}
+
+// newEnvOn is newEnv over any directory server: Dovecot looks users up in
+// dir, and the listener (of flavor) follows it. e.ldap is nil.
+func newEnvOn(t testing.TB, dir testenv.LDAPServer, flavor listener.Flavor, pol policy, opts testenv.DovecotOptions, pipeline bool) *env {
+	t.Helper()
 	opts.FQDN = host
-	dc := testenv.StartDovecot(t, ldap, opts)
+	dc := testenv.StartDovecot(t, dir, opts)
 	adm, err := dovecotadm.New(dc.DoveadmURL, dc.APIKey, dovecotadm.WithTimeout(10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{ldap: ldap, dc: dc, adm: adm}
+	e := &env{dc: dc, adm: adm}
 	e.cfg = mailbox.Config{
 		Host: host, MailHome: dc.MailHome, IndexHome: dc.IndexRoot + "/%Ld/%Ln", SeparateIndex: opts.SeparateIndex,
 		Rename: pol.rename, Delete: pol.delete, Folders: []string{"Spam", "Ham"},
@@ -61,7 +71,7 @@ func newEnv(t testing.TB, pol policy, opts testenv.DovecotOptions, pipeline bool
 	}
 	e.h = e.handler(t, mailbox.Hooks{})
 	if pipeline {
-		e.p = testenv.StartPipeline(t, ldap, host, e.h)
+		e.p = testenv.StartPipelineOn(t, dir, flavor, host, e.h)
 	}
 	return e
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"mailsync/internal/testenv"
+	"mailsync/listener"
 )
 
 // TestNewAddressUsedBeforeRename: between the directory change and the
@@ -18,13 +19,30 @@ import (
 func TestNewAddressUsedBeforeRename(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, policy{rename: true}, testenv.DovecotOptions{}, true)
-	dn := e.ldap.AddUser(t, "rita", "rita@example.org", nil)
+	newAddressUsedBeforeRename(t, e, e.ldap, 0)
+}
+
+// TestNewAddressUsedBeforeRename389DS is the same on 389-DS, whose changes
+// have no CSN: the time the takeover compares comes from the change id the
+// listener makes of the entry's modifyTimestamp, which has whole seconds,
+// so a leftover must be a second older to count as one.
+func TestNewAddressUsedBeforeRename389DS(t *testing.T) {
+	t.Parallel()
+	ds := testenv.StartDS389(t).Tree(t, "race")
+	e := newEnvOn(t, ds, listener.Flavor389DS, policy{rename: true}, testenv.DovecotOptions{}, true)
+	newAddressUsedBeforeRename(t, e, ds, time.Second)
+}
+
+// newAddressUsedBeforeRename runs the race against directory d, whose
+// change times have precision coarse (0: finer than the clock slack).
+func newAddressUsedBeforeRename(t *testing.T, e *env, d testenv.LDAPServer, coarse time.Duration) {
+	dn := d.AddUser(t, "rita", "rita@example.org", nil)
 	e.created(t, "rita@example.org")
 	e.fill(t, "rita@example.org")
 	e.p.Settled(t)
 
 	e.p.StopRunner()
-	e.ldap.Modify(t, dn, map[string][]string{"mailPrimaryAddress": {"rita.new@example.org"}})
+	d.Modify(t, dn, map[string][]string{"mailPrimaryAddress": {"rita.new@example.org"}})
 	e.dc.MailboxSummary(t, "rita.new@example.org") // a login at the new address
 	e.dc.Deliver(t, "rita.new@example.org", "arrived in between")
 	if !dirExists(e.dc.Home("rita.new@example.org")) {
@@ -46,7 +64,7 @@ func TestNewAddressUsedBeforeRename(t *testing.T) {
 	}
 
 	// A home at the target that predates the change is not taken over.
-	dn2 := e.ldap.AddUser(t, "sam", "sam@example.org", nil)
+	dn2 := d.AddUser(t, "sam", "sam@example.org", nil)
 	e.created(t, "sam@example.org")
 	e.dc.Deliver(t, "sam@example.org", "sam's mail")
 	leftover := e.dc.Home("old.owner@example.org")
@@ -57,8 +75,8 @@ func TestNewAddressUsedBeforeRename(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.p.Settled(t)
-	time.Sleep(2500 * time.Millisecond) // older than the clock slack mailsync allows
-	e.ldap.Modify(t, dn2, map[string][]string{"mailPrimaryAddress": {"old.owner@example.org"}})
+	time.Sleep(2500*time.Millisecond + coarse) // older than the clock slack mailsync allows
+	d.Modify(t, dn2, map[string][]string{"mailPrimaryAddress": {"old.owner@example.org"}})
 	e.p.Settled(t)
 	if d := deadFor(t, e.p, dn2); d.Reason == "" {
 		t.Fatalf("renaming onto a leftover home was not refused")

@@ -112,10 +112,10 @@ type Dovecot struct {
 
 type dovecotPorts struct{ IMAP, LMTP, HTTP, TCP, Auth int }
 
-// StartDovecot starts Dovecot against ldap and waits until IMAP, LMTP and the
-// doveadm API answer. It is stopped in t.Cleanup; Dir is removed unless the
-// test failed.
-func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
+// StartDovecot starts Dovecot against the directory ldap (slapd or 389-DS)
+// and waits until IMAP, LMTP and the doveadm API answer. It is stopped in
+// t.Cleanup; Dir is removed unless the test failed.
+func StartDovecot(t testing.TB, ldap LDAPServer, opts DovecotOptions) *Dovecot {
 	t.Helper()
 	bin := Require(t, "dovecot", dovecotPkgs)
 	for _, f := range []string{"/usr/lib/dovecot/imap", "/usr/lib/dovecot/lmtp", "/usr/lib/dovecot/modules/auth/libauthdb_ldap.so"} {
@@ -208,7 +208,7 @@ func StartDovecot(t testing.TB, ldap *Slapd, opts DovecotOptions) *Dovecot {
 		t.Fatal(err)
 	}
 	writeFile(t, filepath.Join(dir, "dovecot-ldap.conf.ext"), 0o600, render(t, dovecotLDAPConf, map[string]any{
-		"URL": ldap.URL, "BaseDN": ldap.BaseDN, "AdminDN": ldap.AdminDN, "AdminPW": ldap.AdminPW,
+		"URL": ldap.Endpoint().URL, "BaseDN": ldap.Endpoint().BaseDN, "AdminDN": ldap.Endpoint().AdminDN, "AdminPW": ldap.Endpoint().AdminPW,
 		"FQDN": escapeLDAPFilter(opts.FQDN), "Shared": opts.SharedFolders, "UID": uid, "GID": gid,
 	}))
 

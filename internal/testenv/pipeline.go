@@ -14,13 +14,15 @@ import (
 )
 
 // Pipeline is the whole of mailsync in the test process: a listener
-// following a slapd into an embedded JetStream, and a runner feeding the
+// following a directory into an embedded JetStream, and a runner feeding the
 // given handlers, as `mailsync run` wires them.
 type Pipeline struct {
-	LDAP *Slapd
-	NATS *NATS
-	Bus  *stream.Bus
-	Host string
+	// Dir is the directory followed, with the listener's Flavor for it.
+	Dir    LDAPServer
+	Flavor listener.Flavor
+	NATS   *NATS
+	Bus    *stream.Bus
+	Host   string
 
 	t        testing.TB
 	log      zerolog.Logger
@@ -34,8 +36,15 @@ type Pipeline struct {
 // StartPipeline starts a listener and a runner for host over ldap.
 func StartPipeline(t testing.TB, ldap *Slapd, host string, handlers ...runner.Handler) *Pipeline {
 	t.Helper()
+	return StartPipelineOn(t, ldap, listener.FlavorOpenLDAP, host, handlers...)
+}
+
+// StartPipelineOn starts a listener of flavor over dir (slapd or 389-DS)
+// and a runner for host.
+func StartPipelineOn(t testing.TB, dir LDAPServer, flavor listener.Flavor, host string, handlers ...runner.Handler) *Pipeline {
+	t.Helper()
 	n := StartNATS(t)
-	p := &Pipeline{LDAP: ldap, NATS: n, Bus: n.Bus(t), Host: host, t: t, handlers: handlers,
+	p := &Pipeline{Dir: dir, Flavor: flavor, NATS: n, Bus: n.Bus(t), Host: host, t: t, handlers: handlers,
 		log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
 	p.StartListener()
 	p.StartRunner()
@@ -46,8 +55,9 @@ func StartPipeline(t testing.TB, ldap *Slapd, host string, handlers ...runner.Ha
 // StartListener starts the listener (again).
 func (p *Pipeline) StartListener() {
 	ctx, cancel := context.WithCancel(context.Background())
-	p.Listener = listener.New(listener.Config{URL: p.LDAP.URL, BindDN: p.LDAP.AdminDN, BindPassword: p.LDAP.AdminPW,
-		BaseDN: p.LDAP.BaseDN, MaxBackoff: time.Second}, p.Bus, p.log, listener.Hooks{})
+	ep := p.Dir.Endpoint()
+	p.Listener = listener.New(listener.Config{URL: ep.URL, BindDN: ep.AdminDN, BindPassword: ep.AdminPW,
+		BaseDN: ep.BaseDN, MaxBackoff: time.Second, Flavor: p.Flavor}, p.Bus, p.log, listener.Hooks{})
 	done := make(chan error, 1)
 	l := p.Listener
 	go func() { done <- l.Run(ctx) }()
@@ -99,7 +109,7 @@ func (p *Pipeline) Stop() {
 // write and its event.)
 func (p *Pipeline) Settled(t testing.TB) {
 	t.Helper()
-	Eventually(t, 30*time.Second, func() error { return published(t, p.LDAP, p.Bus) })
+	Eventually(t, 30*time.Second, func() error { return published(t, p.Dir, p.Bus) })
 	Eventually(t, 30*time.Second, func() error {
 		return p.pending()
 	})
@@ -108,7 +118,7 @@ func (p *Pipeline) Settled(t testing.TB) {
 // published reports whether the entries bucket holds every entry of the
 // directory as it is now, and nothing else: the listener has published
 // every change made so far.
-func published(t testing.TB, ldap *Slapd, bus *stream.Bus) error {
+func published(t testing.TB, ldap LDAPServer, bus *stream.Bus) error {
 	dir := ldap.Entries(t)
 	kv, err := stream.LoadEntries(context.Background(), bus.Entries)
 	if err != nil {
