@@ -37,10 +37,6 @@ const (
 // Roles lists every role, in the order credentials are generated.
 var Roles = []Role{RoleListener, RoleWorker, RoleAdmin}
 
-// handlerNames are the handlers a worker may run; its consumers are named
-// for them and its host (runner.ConsumerName).
-var handlerNames = []string{"mailbox", "aliases", "homeserver"}
-
 // consumerName mirrors runner.ConsumerName (which imports this package).
 func consumerName(handler, host string) string {
 	r := strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_")
@@ -48,9 +44,10 @@ func consumerName(handler, host string) string {
 }
 
 // Permissions are the subjects role may publish and subscribe to. For a
-// worker, host scopes the consumers it may use to its own (empty: any
-// host's, for credentials shared by several hosts).
-func Permissions(role Role, host string) *server.Permissions {
+// worker, host scopes the consumers it may use to its own, those of the
+// handlers named (runner.ConsumerName: <handler>-<host>); empty host: any
+// host's, for credentials shared by several hosts.
+func Permissions(role Role, host string, handlers []string) *server.Permissions {
 	var pub []string
 	switch role {
 	case RoleListener:
@@ -63,7 +60,7 @@ func Permissions(role Role, host string) *server.Permissions {
 		// (replay), confirms held deletes; writes no entry state.
 		pub = []string{"mailsync.>", "$KV." + StateBucket + ".>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", DeadPrefix + ".>"}
 	default:
-		pub = workerPublish(host)
+		pub = workerPublish(host, handlers)
 	}
 	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: pub},
@@ -74,7 +71,7 @@ func Permissions(role Role, host string) *server.Permissions {
 // workerPublish is all a worker publishes: JetStream API requests that read
 // the streams and buckets, those of its own durable consumers, their acks,
 // and its dead letters. No event subject, no $KV write, no stream change.
-func workerPublish(host string) []string {
+func workerPublish(host string, handlers []string) []string {
 	kvs := []string{"KV_" + EntriesBucket, "KV_" + StateBucket}
 	var pub []string
 	// Reading: stream and bucket info, direct and stored message gets, the
@@ -92,7 +89,7 @@ func workerPublish(host string) []string {
 	consumers := []string{"*"}
 	if host != "" {
 		consumers = consumers[:0]
-		for _, h := range handlerNames {
+		for _, h := range handlers {
 			consumers = append(consumers, consumerName(h, host))
 		}
 	}
@@ -143,7 +140,7 @@ func (c *Credentials) Users() []*server.NkeyUser {
 	var us []*server.NkeyUser
 	for _, r := range Roles {
 		pub, _ := c.keys[r].PublicKey()
-		us = append(us, &server.NkeyUser{Nkey: pub, Permissions: Permissions(r, "")})
+		us = append(us, &server.NkeyUser{Nkey: pub, Permissions: Permissions(r, "", nil)})
 	}
 	return us
 }
@@ -157,9 +154,10 @@ func AdminSeed(dir string) string { return filepath.Join(dir, string(RoleAdmin)+
 // User is one NATS user of an external server's configuration.
 type User struct {
 	Role Role
-	// Host scopes a worker to its own consumers.
-	Host string
-	Nkey string
+	// Host scopes a worker to its own consumers, those of Handlers.
+	Host     string
+	Handlers []string
+	Nkey     string
 }
 
 // ServerConfig renders the authorization block of a nats-server
@@ -176,7 +174,7 @@ func ServerConfig(users []User) string {
 	}
 	b.WriteString("authorization {\n  users = [\n")
 	for _, u := range users {
-		p := Permissions(u.Role, u.Host)
+		p := Permissions(u.Role, u.Host, u.Handlers)
 		fmt.Fprintf(&b, "    # %s", u.Role)
 		if u.Host != "" {
 			fmt.Fprintf(&b, " of %s", u.Host)

@@ -22,6 +22,11 @@ import (
 
 // startAuthServer starts the embedded server with the roles' users, as the
 // daemon does; users may replace them.
+
+// testHandlers are the handlers a worker's consumers are named for
+// (package registry has the list).
+var testHandlers = []string{"mailbox", "aliases", "homeserver"}
+
 func startAuthServer(t *testing.T, users []*server.NkeyUser) (*server.Server, *stream.Credentials) {
 	t.Helper()
 	creds, err := stream.LoadCredentials(filepath.Join(t.TempDir(), "auth"))
@@ -225,8 +230,8 @@ func TestWorkerScopedToItsHost(t *testing.T) {
 	lpub, _ := creds.Key(stream.RoleListener).PublicKey()
 	wpub, _ := creds.Key(stream.RoleWorker).PublicKey()
 	ns, _ := startAuthServer(t, []*server.NkeyUser{
-		{Nkey: lpub, Permissions: stream.Permissions(stream.RoleListener, "")},
-		{Nkey: wpub, Permissions: stream.Permissions(stream.RoleWorker, "mx1.example.org")},
+		{Nkey: lpub, Permissions: stream.Permissions(stream.RoleListener, "", nil)},
+		{Nkey: wpub, Permissions: stream.Permissions(stream.RoleWorker, "mx1.example.org", testHandlers)},
 	})
 	lnc, err := connect(t, ns, creds.NkeyAuth(stream.RoleListener))
 	if err != nil {
@@ -282,7 +287,7 @@ func TestExternalServerFromDocs(t *testing.T) {
 		if r == stream.RoleWorker {
 			host = "mx1.example.org"
 		}
-		users = append(users, stream.User{Role: r, Host: host, Nkey: pub})
+		users = append(users, stream.User{Role: r, Host: host, Handlers: testHandlers, Nkey: pub})
 	}
 	os.WriteFile(filepath.Join(dir, "mailsync-auth.conf"), []byte(stream.ServerConfig(users)), 0o600)
 	confFile := filepath.Join(dir, "nats-server.conf")
@@ -293,7 +298,7 @@ func TestExternalServerFromDocs(t *testing.T) {
 	}
 	for _, u := range opts.Nkeys {
 		for _, w := range users {
-			if w.Nkey == u.Nkey && !reflect.DeepEqual(u.Permissions.Publish.Allow, stream.Permissions(w.Role, w.Host).Publish.Allow) {
+			if w.Nkey == u.Nkey && !reflect.DeepEqual(u.Permissions.Publish.Allow, stream.Permissions(w.Role, w.Host, w.Handlers).Publish.Allow) {
 				t.Errorf("%s: the rendered config's permissions differ from stream.Permissions", w.Role)
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"mailsync/config"
 	"mailsync/event"
 	"mailsync/handlers/mailbox"
+	"mailsync/handlers/registry"
 )
 
 // atticCmd lists and restores the homes a reused address moved out of the
@@ -90,6 +91,6 @@ func loadMailboxSettings(e *env) (*config.Config, mailbox.Settings, error) {
 	if err != nil {
 		return nil, mailbox.Settings{}, err
 	}
-	s, err := mailboxSettings(cfg)
+	s, err := registry.MailboxSettings(cfg)
 	return cfg, s, err
 }

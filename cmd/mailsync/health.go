@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"mailsync/config"
+	"mailsync/handlers/mailbox"
 	"mailsync/listener"
 	"mailsync/metrics"
 	"mailsync/stream"
@@ -37,7 +38,7 @@ func addHealthChecks(m *metrics.Metrics, cfg *config.Config, bus *stream.Bus, ls
 			return errors.New("not connected")
 		})
 	}
-	if cfg.Dovecot.DoveadmURL != "" && cfg.Wants("mailbox") {
+	if cfg.Dovecot.DoveadmURL != "" && cfg.Wants(mailbox.Name) {
 		client, err := doveadmHTTP(cfg)
 		if err != nil {
 			client = &http.Client{}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"mailsync/handlers/registry"
 )
 
 func main() {
@@ -33,7 +35,8 @@ func exitCode(err error, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "mailsync:", err)
 	var u usageError
-	if errors.As(err, &u) {
+	var se *registry.SettingError
+	if errors.As(err, &u) || errors.As(err, &se) {
 		return 2
 	}
 	return 1

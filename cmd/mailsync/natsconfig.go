@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"mailsync/handlers/registry"
 	"mailsync/stream"
 )
 
@@ -32,7 +33,7 @@ func (c natsConfigCmd) Run(e *env) error {
 			return err
 		}
 		pub, _ := kp.PublicKey()
-		users = append(users, stream.User{Role: role, Host: host, Nkey: pub})
+		users = append(users, stream.User{Role: role, Host: host, Handlers: registry.Known{}.Names(), Nkey: pub})
 		return nil
 	}
 	if err := add(stream.RoleListener, "", "listener.nk"); err != nil {

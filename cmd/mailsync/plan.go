@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -10,11 +9,8 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
-	"mailsync/config"
 	"mailsync/event"
-	"mailsync/handlers/aliases"
-	"mailsync/handlers/homeserver"
-	"mailsync/handlers/mailbox"
+	"mailsync/handlers/registry"
 	"mailsync/identity"
 	"mailsync/listener"
 	"mailsync/stream"
@@ -26,10 +22,11 @@ type planCmd struct {
 
 // Run shows what the handlers of this host would do with the changes of an
 // LDIF file, doing nothing: each change becomes the event the listener would
-// publish (old from the entries bucket, looked up by DN), the mailbox
-// handler's decision is shown with its paths, and the map handlers' pure
-// models are run on the entries before and after to list the keys that
-// change. Changes apply in order, each on top of the ones before.
+// publish (its rule, listener.Change, with old from the entries bucket,
+// looked up by DN), and each handler says what it would do with it
+// (registry.Handler.Plan: the mailbox handler's own plan with its paths,
+// the map handlers' keys that change). Changes apply in order, each on top
+// of the ones before.
 func (c planCmd) Run(e *env) error {
 	cfg, err := loadConfig(e.cfg)
 	if err != nil {
@@ -54,17 +51,18 @@ func (c planCmd) Run(e *env) error {
 			return err
 		}
 		d := newPlanDir(known)
-		var spool *mailbox.Spool
-		if cfg.Wants("mailbox") {
-			s, err := mailboxSettings(cfg)
+		type planner struct {
+			name string
+			plan registry.Planner
+		}
+		var planners []planner
+		for _, h := range registry.Enabled(cfg) {
+			p, err := h.Plan(cfg, d.entries)
 			if err != nil {
 				return err
 			}
-			if spool, err = mailbox.ReadSpool(s.Layout); err != nil {
-				return err
-			}
+			planners = append(planners, planner{h.Name, p})
 		}
-		before := expectedMaps(cfg, d.list())
 		for i, ch := range changes {
 			fmt.Fprintf(e.stdout, "change %d (line %d): %s %s\n", i+1, ch.line, ch.Type, ch.DN)
 			ev, note := d.event(ch, i+1)
@@ -76,34 +74,17 @@ func (c planCmd) Run(e *env) error {
 			}
 			fmt.Fprintf(e.stdout, "  event: %s\n", describeEvent(*ev))
 			d.apply(*ev)
-			if cfg.Wants("mailbox") {
-				fmt.Fprintf(e.stdout, "  mailbox: %s\n", planMailbox(cfg, spool, d, *ev))
-			}
-			after := expectedMaps(cfg, d.list())
-			for _, h := range []struct {
-				name   string
-				tables []string
-			}{
-				{"aliases", []string{aliases.AliasMap, aliases.MailboxMap, aliases.DomainMap}},
-				{"homeserver", []string{homeserver.TransportMap}},
-			} {
-				if !cfg.Wants(h.name) {
-					continue
-				}
-				var lines []string
-				for _, t := range h.tables {
-					lines = append(lines, diffMap(t, before[t], after[t])...)
-				}
+			for _, p := range planners {
+				summary, lines := p.plan(*ev, d.entries)
 				if len(lines) == 0 {
-					fmt.Fprintf(e.stdout, "  %s: no map changes\n", h.name)
+					fmt.Fprintf(e.stdout, "  %s: %s\n", p.name, summary)
 					continue
 				}
-				fmt.Fprintf(e.stdout, "  %s:\n", h.name)
+				fmt.Fprintf(e.stdout, "  %s:\n", p.name)
 				for _, l := range lines {
 					fmt.Fprintf(e.stdout, "    %s\n", l)
 				}
 			}
-			before = after
 		}
 		fmt.Fprintln(e.stdout, "nothing was changed (plan only)")
 		return nil
@@ -123,14 +104,6 @@ func newPlanDir(known map[string]event.Entry) *planDir {
 		d.byDN[identity.NormDN(e.DN)] = u
 	}
 	return d
-}
-
-func (d *planDir) list() []event.Entry {
-	out := make([]event.Entry, 0, len(d.entries))
-	for _, e := range d.entries {
-		out = append(out, e)
-	}
-	return out
 }
 
 func (d *planDir) apply(ev event.Event) {
@@ -314,73 +287,4 @@ func describeEvent(ev event.Event) string {
 		s += "; " + strings.Join(changed, "; ")
 	}
 	return s
-}
-
-// planMailbox says what the mailbox handler would do: its own plan
-// (mailbox.PlanFor) from the state before the change, taken as applied on
-// this host, to the state after it, against the homes on disk now.
-func planMailbox(cfg *config.Config, spool *mailbox.Spool, d *planDir, ev event.Event) string {
-	if ev.Kind != event.KindUser && ev.Kind != event.KindFolder {
-		return "nothing (not a user or shared folder)"
-	}
-	s, err := mailboxSettings(cfg)
-	if err != nil {
-		return "unusable: " + err.Error()
-	}
-	var cur, applied *mailbox.State
-	if ev.Op != event.OpDelete {
-		if st, ok := mailbox.StateOf(event.Entry{UUID: ev.UUID, DN: ev.DN, Kind: ev.Kind, Attrs: ev.New, CSN: ev.CSN}); ok {
-			cur = &st
-		}
-	}
-	if ev.Op != event.OpAdd {
-		dn := ev.DN
-		if ev.OldDN != "" {
-			dn = ev.OldDN
-		}
-		if st, ok := mailbox.StateOf(event.Entry{UUID: ev.UUID, DN: dn, Kind: ev.Kind, Attrs: ev.Old}); ok {
-			applied = &st
-		}
-	}
-	in, err := spool.Input(cfg.Host, ev.UUID, cur, applied, func(u string) (*mailbox.State, bool, error) {
-		e, ok := d.entries[u]
-		if !ok {
-			return nil, true, nil
-		}
-		st, ok := mailbox.StateOf(e)
-		if !ok {
-			return nil, true, nil
-		}
-		return &st, true, nil
-	})
-	if err != nil {
-		return "cannot read the spool: " + err.Error()
-	}
-	p := mailbox.PlanFor(in, s)
-	if p.Done() {
-		return "nothing to do on " + cfg.Host
-	}
-	return p.String()
-}
-
-// diffMap lists the keys of table that change from before to after.
-func diffMap(table string, before, after []byte) []string {
-	b, _ := parseMap(bytes.NewReader(before))
-	a, _ := parseMap(bytes.NewReader(after))
-	var out []string
-	for _, k := range sortedNames(b) {
-		v, ok := a[k]
-		switch {
-		case !ok:
-			out = append(out, fmt.Sprintf("%s: - %s (was %s)", table, k, b[k]))
-		case v != b[k]:
-			out = append(out, fmt.Sprintf("%s: ~ %s %s -> %s", table, k, b[k], v))
-		}
-	}
-	for _, k := range sortedNames(a) {
-		if _, ok := b[k]; !ok {
-			out = append(out, fmt.Sprintf("%s: + %s %s", table, k, a[k]))
-		}
-	}
-	return out
 }

@@ -40,3 +40,21 @@ func TestConfigValidation(t *testing.T) {
 		t.Errorf("map handlers alone: %v", err)
 	}
 }
+
+// TestEveryHandlerIsComplete: each handler has a unique name and all its
+// parts, so the daemon and every verb can run it.
+func TestEveryHandlerIsComplete(t *testing.T) {
+	seen := map[string]bool{}
+	for _, h := range All() {
+		if h.Name == "" || seen[h.Name] {
+			t.Errorf("handler name %q empty or used twice", h.Name)
+		}
+		seen[h.Name] = true
+		if h.Build == nil || h.Check == nil || h.Plan == nil || h.Resync == nil {
+			t.Errorf("%s: build %v, check %v, plan %v, resync %v: want all", h.Name, h.Build != nil, h.Check != nil, h.Plan != nil, h.Resync != nil)
+		}
+		if got, ok := Lookup(h.Name); !ok || got.Name != h.Name {
+			t.Errorf("Lookup(%q) = %v, %v", h.Name, got.Name, ok)
+		}
+	}
+}
