@@ -153,6 +153,23 @@ func Split(attr, value string) (local, domain string, err error) {
 	return local, domain, nil
 }
 
+// PublicFolder validates a shared folder's cn ("<name>@<maildomain>") as
+// the name of a Dovecot public namespace and the path of its maildir
+// (reference §2): an address by Split, and only a-z, 0-9 and . _ + - in
+// either part, since Dovecot expands % and $ in a namespace's location and
+// splits it at ':'. It returns the lowercased parts.
+func PublicFolder(attr, value string) (local, domain string, err error) {
+	if local, domain, err = Split(attr, value); err != nil {
+		return "", "", err
+	}
+	for _, r := range local + domain {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || strings.ContainsRune("._+-@", r)) {
+			return "", "", refuse(attr, value, "only a-z, 0-9 and . _ + - can name a public namespace (Dovecot expands or splits at %q)", r)
+		}
+	}
+	return local, domain, nil
+}
+
 // Domain validates a mail domain (a mail domain entry's cn) as stored and
 // returns it lowercased.
 func Domain(attr, value string) (string, error) {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"mailsync/config"
 	"mailsync/fault"
 )
 
@@ -26,6 +27,19 @@ type DovecotHost struct {
 	Target DovecotTarget
 	// Binaries; empty: found in PATH (dovecot, doveconf, doveadm).
 	Dovecot, Doveconf, Doveadm string
+}
+
+// HostFor is the local Dovecot as the config describes it: the fragments
+// describe the same mail_home, index_home and public home the mailbox
+// handler computes paths from.
+func HostFor(cfg *config.Config) *DovecotHost {
+	return &DovecotHost{Target: DovecotTarget{
+		ConfDir:    cfg.Dovecot.ConfDir,
+		MailHome:   cfg.Dovecot.MailHome,
+		IndexHome:  cfg.Dovecot.IndexHome,
+		UnitDropIn: cfg.Dovecot.UnitDropIn,
+		PublicHome: cfg.Dovecot.PublicHome,
+	}}
 }
 
 func (h *DovecotHost) bin(set, name string) string {
@@ -240,12 +254,24 @@ func (h *DovecotHost) Reload(ctx context.Context) (bool, error) {
 // reloads a running Dovecot only when the folders changed, so it can be
 // installed after every change of the set.
 func (h *DovecotHost) PublicProduct(folders []string) (*Product, error) {
-	f, err := RenderDovecotPublic(h.Target.ConfDir, h.Target.PublicHome, folders)
+	files, err := renderDovecotPublic(h.Target.ConfDir, h.Target.PublicHome, folders)
 	if err != nil {
 		return nil, err
 	}
-	return &Product{Name: "dovecot-public", Dir: h.Target.ConfDir, Files: []File{f}, Validate: h.validate,
+	return &Product{Name: "dovecot-public", Dir: h.Target.ConfDir, Files: files, Validate: h.validate,
 		Reload: func(ctx context.Context) error { _, err := h.Reload(ctx); return err }}, nil
+}
+
+// InstallPublic installs the public namespaces of folders (PublicProduct)
+// and reloads a running Dovecot when they changed: what the mailbox
+// handler calls when the set of public folders homed here changes.
+func (h *DovecotHost) InstallPublic(ctx context.Context, folders []string) error {
+	p, err := h.PublicProduct(folders)
+	if err != nil {
+		return err
+	}
+	_, err = Install(ctx, p)
+	return err
 }
 
 // overlay copies the configuration directory to a temp dir and puts files

@@ -16,6 +16,16 @@ import (
 // mail/dovecot/internal/sharedfolders and renders the same namespaces).
 const DovecotPublicFile = "99-mailsync-public.conf"
 
+// DovecotPublicACLUser is the user doveadm sets the public folders' ACLs
+// as (UCS runs `doveadm acl set -u Administrator`): a public namespace is
+// every user's, so any user reaches the folders, but a folder is none.
+// RenderDovecotPublic gives Dovecot a doveadm-only userdb holding just
+// this user, in DovecotPublicUserdb; IMAP, LMTP and logins never see it.
+const DovecotPublicACLUser = "mailsync-public-acl"
+
+// DovecotPublicUserdb is that userdb's passwd-file, in the conf dir.
+const DovecotPublicUserdb = "mailsync-public.passwd"
+
 // RenderDovecotPublic renders one Dovecot "public" namespace for each
 // shared folder without an address this host serves: folders are their
 // cn, "<name>@<maildomain>". A folder's mail lives in the maildir
@@ -30,21 +40,27 @@ const DovecotPublicFile = "99-mailsync-public.conf"
 // splits locations at ':'), is refused with an error naming it, and
 // nothing is rendered.
 func RenderDovecotPublic(confDir, publicHome string, folders []string) (File, error) {
+	files, err := renderDovecotPublic(confDir, publicHome, folders)
+	if err != nil {
+		return File{}, err
+	}
+	return files[0], nil
+}
+
+// renderDovecotPublic is the fragment and the ACL user's passwd-file,
+// whose home is a dot directory of the public home (no folder's name).
+func renderDovecotPublic(confDir, publicHome string, folders []string) ([]File, error) {
 	root := filepath.Clean(publicHome)
 	if !filepath.IsAbs(publicHome) || root == "/" || !confSafe(root, "/ABCDEFGHIJKLMNOPQRSTUVWXYZ") {
-		return File{}, fault.Permanentf("dovecot.public_home %q: want an absolute directory below / of [A-Za-z0-9._+-/]", publicHome)
+		return nil, fault.Permanentf("dovecot.public_home %q: want an absolute directory below / of [A-Za-z0-9._+-/]", publicHome)
 	}
 	seen := map[string]bool{}
 	var names []string
 	var errs []error
 	for _, f := range folders {
-		local, domain, err := address.Split("cn", f)
-		switch {
-		case err != nil:
+		local, domain, err := address.PublicFolder("cn", f)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("shared folder %q: %w", f, err))
-			continue
-		case !confSafe(local, "") || !confSafe(domain, ""):
-			errs = append(errs, fmt.Errorf("shared folder %q: only a-z, 0-9 and . _ + - can name a public namespace", f))
 			continue
 		}
 		n := local + "@" + domain
@@ -54,11 +70,14 @@ func RenderDovecotPublic(confDir, publicHome string, folders []string) (File, er
 		}
 	}
 	if len(errs) > 0 {
-		return File{}, fault.Permanent(errors.Join(errs...))
+		return nil, fault.Permanent(errors.Join(errs...))
 	}
 	sort.Strings(names)
 	var b strings.Builder
 	b.WriteString(renderedHeader("the shared folders without an address homed here, and mailsync's dovecot.public_home"))
+	userdb := filepath.Join(confDir, DovecotPublicUserdb)
+	fmt.Fprintf(&b, "# doveadm sets the public folders' ACLs as %s.\nprotocol doveadm {\n  userdb {\n    driver = passwd-file\n    args = %s\n  }\n}\n",
+		DovecotPublicACLUser, userdb)
 	for i, n := range names {
 		local, domain, _ := strings.Cut(n, "@")
 		fmt.Fprintf(&b, "namespace mailsync_public_%d {\n", i+1)
@@ -67,7 +86,9 @@ func RenderDovecotPublic(confDir, publicHome string, folders []string) (File, er
 		fmt.Fprintf(&b, "  location = maildir:%s:INDEXPVT=~/Maildir/public/%s/%s\n", filepath.Join(root, domain, local), domain, local)
 		b.WriteString("  subscriptions = no\n  list = children\n}\n")
 	}
-	return File{Path: filepath.Join(confDir, "conf.d", DovecotPublicFile), Data: []byte(b.String()), Mode: 0o644}, nil
+	user := fmt.Sprintf("%s:::::%s::\n", DovecotPublicACLUser, filepath.Join(root, ".mailsync-acl-user"))
+	return []File{{Path: filepath.Join(confDir, "conf.d", DovecotPublicFile), Data: []byte(b.String()), Mode: 0o644},
+		{Path: userdb, Data: []byte(user), Mode: 0o644}}, nil
 }
 
 // confSafe reports whether s holds only characters that mean nothing to

@@ -2,6 +2,7 @@ package mailconf_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,8 +64,9 @@ namespace mailsync_public_2 {
 
 // A rendered public namespace is what Dovecot serves: a folder's mail at
 // <public home>/<domain>/<name>/.INBOX is "<name>@<domain>/INBOX" over
-// IMAP for a user its ACL (set through doveadm, as the mailbox handler
-// does) lets read, and for no one else.
+// IMAP for a user its ACL (set through doveadm as the rendered ACL user,
+// as the mailbox handler does) lets read, and for no one else. The ACL
+// user is doveadm's only: it cannot log in over IMAP.
 func TestDovecotServesPublicNamespace(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	ldap.AddUser(t, "erin", "erin@example.org", nil)
@@ -106,8 +108,8 @@ func TestDovecotServesPublicNamespace(t *testing.T) {
 		}
 		return changed
 	}
-	if changed := install("team@example.org"); len(changed) != 1 {
-		t.Fatalf("installed %v, want the public fragment", changed)
+	if changed := install("team@example.org"); len(changed) != 2 {
+		t.Fatalf("installed %v, want the public fragment and the ACL user's userdb", changed)
 	}
 	if changed := install("team@example.org"); len(changed) != 0 {
 		t.Errorf("the same folders again wrote %v", changed)
@@ -128,7 +130,7 @@ func TestDovecotServesPublicNamespace(t *testing.T) {
 	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 0 {
 		t.Fatalf("erin reads %q without a right", got)
 	}
-	if err := adm.SetACL(ctx, "erin@example.org", "team@example.org/INBOX", "user=erin@example.org", []string{"lookup", "read"}); err != nil {
+	if err := adm.SetACL(ctx, mailconf.DovecotPublicACLUser, "team@example.org/INBOX", "user=erin@example.org", []string{"lookup", "read"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 1 || got[0] != "in the public folder" {
@@ -137,13 +139,16 @@ func TestDovecotServesPublicNamespace(t *testing.T) {
 	if got := d.SubjectsIn(t, "finn@example.org", "team@example.org/INBOX"); len(got) != 0 {
 		t.Errorf("finn, not granted, reads %q", got)
 	}
-	if err := adm.SetACL(ctx, "erin@example.org", "team@example.org/INBOX", "user=erin@example.org", nil); err != nil {
+	if err := adm.CreateMailbox(ctx, mailconf.DovecotPublicACLUser+"x", "INBOX"); !errors.Is(err, dovecotadm.ErrUnknownUser) {
+		t.Errorf("a user next to the ACL user: %v, want unknown (the userdb holds one user)", err)
+	}
+	if err := adm.SetACL(ctx, mailconf.DovecotPublicACLUser, "team@example.org/INBOX", "user=erin@example.org", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := d.SubjectsIn(t, "erin@example.org", "team@example.org/INBOX"); len(got) != 0 {
 		t.Errorf("erin reads %q after her right was removed", got)
 	}
-	if err := adm.SetACL(ctx, "erin@example.org", "team@example.org/INBOX", "user=erin@example.org", []string{"lookup", "read"}); err != nil {
+	if err := adm.SetACL(ctx, mailconf.DovecotPublicACLUser, "team@example.org/INBOX", "user=erin@example.org", []string{"lookup", "read"}); err != nil {
 		t.Fatal(err)
 	}
 	if changed := install(); len(changed) != 1 {

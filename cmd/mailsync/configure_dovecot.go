@@ -7,18 +7,8 @@ import (
 	"mailsync/mailconf"
 )
 
-// dovecotHost is the local Dovecot as the config describes it: the
-// fragments describe the same mail_home and index_home the mailbox
-// handler computes paths from.
-func dovecotHost(cfg *config.Config) *mailconf.DovecotHost {
-	return &mailconf.DovecotHost{Target: mailconf.DovecotTarget{
-		ConfDir:    cfg.Dovecot.ConfDir,
-		MailHome:   cfg.Dovecot.MailHome,
-		IndexHome:  cfg.Dovecot.IndexHome,
-		UnitDropIn: cfg.Dovecot.UnitDropIn,
-		PublicHome: cfg.Dovecot.PublicHome,
-	}}
-}
+// dovecotHost is the local Dovecot as the config describes it.
+func dovecotHost(cfg *config.Config) *mailconf.DovecotHost { return mailconf.HostFor(cfg) }
 
 // renderDovecot renders Dovecot's conf.d fragments (manual 14.7.11–14.7.12).
 func renderDovecot(ctx context.Context, cfg *config.Config) (*mailconf.Product, error) {

@@ -101,12 +101,12 @@ func (h *Handler) lastApplied(uuid string, trigger *event.Event) (*State, error)
 // Settings are the handler's plan settings.
 func (h *Handler) Settings() Settings {
 	return Settings{Host: h.cfg.Host, Rename: h.cfg.Rename, Delete: h.cfg.Delete,
-		MoveOnHomeChange: h.cfg.MoveOnHomeChange, Layout: h.home}
+		MoveOnHomeChange: h.cfg.MoveOnHomeChange, Layout: h.home, Public: h.pub}
 }
 
 // input gathers what Plan decides from.
 func (h *Handler) input(ctx context.Context, uuid string, cur, applied *State) (Input, error) {
-	return gather(h.home, h.cfg.Host, h.homes.of(uuid), uuid, cur, applied, func(other string) (*State, bool, error) {
+	return gather(h.home, h.pub, h.cfg.Host, h.homes.of(uuid), uuid, cur, applied, func(other string) (*State, bool, error) {
 		st, err := h.current(ctx, other, nil)
 		if err != nil {
 			return nil, false, err
@@ -129,18 +129,14 @@ type OtherFunc func(uuid string) (current *State, settled bool, err error)
 
 // gather is Plan's input for uuid: its homes, and what is at its current
 // address's home, with its owner's standing when that is another entry.
-func gather(l Layout, host string, homes []Home, uuid string, cur, applied *State, other OtherFunc) (Input, error) {
+func gather(l, pub Layout, host string, homes []Home, uuid string, cur, applied *State, other OtherFunc) (Input, error) {
 	in := Input{UUID: uuid, Current: cur, Applied: applied, Homes: homes}
 	if cur == nil || cur.Address == "" || !identity.Responsible(cur.HomeServer, host) {
 		return in, nil
 	}
-	local, domain, err := ValidateAddress(cur.Address)
+	p, err := keyPath(l, pub, cur.Address)
 	if err != nil {
 		return in, nil // Plan refuses it
-	}
-	p, err := l.Path(local, domain)
-	if err != nil {
-		return in, nil
 	}
 	ok, err := exists(p)
 	if err != nil {
@@ -169,16 +165,26 @@ func gather(l Layout, host string, homes []Home, uuid string, cur, applied *Stat
 // and `check`: the index the handler keeps, read once.
 type Spool struct {
 	layout   Layout
+	pub      Layout
 	idx      *homeIndex
 	unmarked []string
 }
 
-// ReadSpool indexes the homes of the layout's spool.
-func ReadSpool(l Layout) (*Spool, error) {
+// ReadSpool indexes the homes of the layout's spool, and those of the
+// public folders under the public layout if one is given.
+func ReadSpool(l Layout, public ...Layout) (*Spool, error) {
 	s := &Spool{layout: l, idx: newHomeIndex()}
 	paths, err := ListHomes(l)
 	if err != nil {
 		return nil, err
+	}
+	if len(public) > 0 && public[0].Root != "" {
+		s.pub = public[0]
+		more, err := ListHomes(s.pub)
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, more...)
 	}
 	for _, p := range paths {
 		s.idx.update(p)
@@ -204,7 +210,7 @@ func (s *Spool) Unmarked() []string { return s.unmarked }
 
 // Input is Plan's input for uuid, as the handler gathers it.
 func (s *Spool) Input(host, uuid string, cur, applied *State, other OtherFunc) (Input, error) {
-	return gather(s.layout, host, s.idx.of(uuid), uuid, cur, applied, other)
+	return gather(s.layout, s.pub, host, s.idx.of(uuid), uuid, cur, applied, other)
 }
 
 // converge brings the host to the entry's newest state. nested is set when
@@ -301,21 +307,23 @@ func dnOf(cur, applied *State) string {
 // execute runs a plan's steps in order; each is idempotent, so a crash
 // at any point leaves work the next convergence (or Load) completes.
 func (h *Handler) execute(ctx context.Context, ev event.Event, p Plan) error {
+	var folders []string // the default ones
+	if p.Folder {
+		folders = []string{"INBOX"}
+	}
 	for _, s := range p.Steps {
 		var err error
 		switch s.Kind {
 		case StepAttic:
 			err = h.toAttic(ctx, ev, s)
 		case StepCreate:
-			if p.Folder {
-				err = h.createWith(ctx, ev, s.Address, []string{"INBOX"})
-			} else {
-				err = h.create(ctx, ev, s.Address)
-			}
+			err = h.createKind(ctx, ev, s.Address, folders)
 		case StepACL:
 			err = h.setACL(ctx, ev, s)
+		case StepPublish:
+			err = h.publish(ctx, ev, s.Address)
 		case StepMove:
-			err = h.move(ctx, ev, s.From, s.Address)
+			err = h.move(ctx, ev, s.From, s.Address, folders)
 		case StepTrash:
 			err = h.trash(ctx, ev, s.Address)
 		case StepKeep:
@@ -390,6 +398,12 @@ func (h *Handler) keep(ctx context.Context, ev event.Event, addr string) error {
 	if _, _, err := h.paths(ev, addr); err != nil {
 		return err
 	}
+	if n := publicName(addr); n != "" {
+		// No user to log out: its namespace went (StepPublish before).
+		h.log.Info().Str("dn", ev.DN).Str("uuid", ev.UUID).Str("folder", n).
+			Msg("public folder kept on disk (mail/dovecot/mailbox/delete is off)")
+		return nil
+	}
 	if err := h.adm.Kick(ctx, addr); err != nil {
 		return fmt.Errorf("give up address %s of %s: %w", addr, where(ev), err)
 	}
@@ -419,8 +433,10 @@ func (h *Handler) toAttic(ctx context.Context, ev event.Event, s Step) error {
 		return err
 	}
 	// A session at the address may show the old mail: end it first.
-	if err := h.adm.Kick(ctx, s.Address); err != nil {
-		return fmt.Errorf("move the home at %s aside for %s: %w", s.Address, where(ev), err)
+	if publicName(s.Address) == "" {
+		if err := h.adm.Kick(ctx, s.Address); err != nil {
+			return fmt.Errorf("move the home at %s aside for %s: %w", s.Address, where(ev), err)
+		}
 	}
 	h.fsMu.Lock()
 	defer h.fsMu.Unlock()
@@ -428,7 +444,7 @@ func (h *Handler) toAttic(ctx context.Context, ev event.Event, s Step) error {
 	if !ok || m.UUID != s.Home.Owner.UUID {
 		return nil // gone already, or no longer that entry's: the plan runs again
 	}
-	dst := filepath.Join(h.home.Root, AtticDir, m.UUID, time.Now().UTC().Format("20060102T150405.000000000Z"))
+	dst := filepath.Join(h.layoutOf(home).Root, AtticDir, m.UUID, time.Now().UTC().Format("20060102T150405.000000000Z"))
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return fault.Retryable(fmt.Errorf("attic for %s: %w", home, err))
 	}

@@ -24,12 +24,12 @@ import (
 //   - its univentionMailACL is applied to the folder's INBOX through
 //     doveadm (StepACL), entries that disappear are removed.
 //
-// As built: a folder with a mailPrimaryAddress is the private mailbox of
-// that address, which Dovecot's shared namespace shows as
-// shared/<address>/; the public namespace of folders without an address
-// is not managed yet (such a folder wants no mailbox here, and one that
-// loses its address keeps its mailbox whatever the delete policy, since UCS
-// would move the mail into the public namespace).
+// A folder with a mailPrimaryAddress is the private mailbox of that
+// address, which Dovecot's shared namespace shows as shared/<address>/. One
+// without is a public folder (public.go): its mailbox is keyed
+// "public/<cn>", a name no address can have, lives under the public home
+// and is served by a public namespace of its own. Adding or removing the
+// address moves the mail between the two (the rename rule above).
 
 // folderState is the desired state of a shared folder entry.
 func folderState(e event.Entry) State {
@@ -37,6 +37,17 @@ func folderState(e event.Entry) State {
 		CSN: e.CSN, Refused: refused(e.Attrs)}
 	if st.HomeServer != "" {
 		st.Address = e.Attrs.FirstLower(event.AttrPrimaryAddress)
+	}
+	if st.HomeServer != "" && st.Address == "" {
+		cn := e.Attrs.First(event.AttrCN)
+		local, domain, err := address.PublicFolder(event.AttrCN, cn)
+		st.Address = publicKey(local + "@" + domain)
+		if err != nil {
+			st.Address = publicKey(strings.ToLower(cn))
+			if st.Refused == nil {
+				st.Refused = err
+			}
+		}
 	}
 	acl, err := folderACL(e.Attrs[event.AttrACL])
 	if err != nil && st.Refused == nil {
@@ -118,8 +129,14 @@ func (h *Handler) setACL(ctx context.Context, ev event.Event, s Step) error {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
+	set := func(id string, rights []string) error {
+		if publicName(s.Address) != "" {
+			return h.setPublicACL(ctx, s.Address, doveadmID(id), rights)
+		}
+		return h.adm.SetACL(ctx, s.Address, "INBOX", doveadmID(id), rights)
+	}
 	for _, id := range ids {
-		if err := h.adm.SetACL(ctx, s.Address, "INBOX", doveadmID(id), folderRights[want[id]]); err != nil {
+		if err := set(id, folderRights[want[id]]); err != nil {
 			return fmt.Errorf("shared folder %s: %w", where(ev), err)
 		}
 	}
@@ -127,7 +144,7 @@ func (h *Handler) setACL(ctx context.Context, ev event.Event, s Step) error {
 		if _, ok := want[id]; ok {
 			continue
 		}
-		if err := h.adm.SetACL(ctx, s.Address, "INBOX", doveadmID(id), nil); err != nil {
+		if err := set(id, nil); err != nil {
 			return fmt.Errorf("shared folder %s: %w", where(ev), err)
 		}
 	}

@@ -1,7 +1,6 @@
 package mailbox_test
 
 import (
-	"context"
 	"testing"
 
 	"mailsync/internal/testenv"
@@ -25,17 +24,7 @@ func TestSharedFolders(t *testing.T) {
 			l.AddUser(t, "alice", "alice@example.org", nil)
 			l.AddUser(t, "bob", "bob@example.org", nil)
 			folder := func(name, home string, acl ...string) string {
-				dn := "cn=" + name + "," + l.BaseDN
-				attrs := map[string][]string{"objectClass": {"univentionMailSharedFolder"}, "cn": {name},
-					"mailPrimaryAddress": {name + "@example.org"}}
-				if home != "" {
-					attrs["univentionMailHomeServer"] = []string{home}
-				}
-				if len(acl) > 0 {
-					attrs["univentionMailACL"] = acl
-				}
-				l.Add(t, dn, attrs)
-				return dn
+				return addFolder(t, l, name+"@example.org", name+"@example.org", home, acl...)
 			}
 			team := folder("team", host, "alice@example.org read")
 			gone := folder("gone", host)
@@ -70,14 +59,12 @@ func TestSharedFolders(t *testing.T) {
 			e.dc.Deliver(t, "crew@example.org", "to the new name")
 			e.canRead(t, "bob@example.org", "crew@example.org", 2)
 
-			// The address removed: UCS makes it public; mailsync keeps it
-			// (delete=yes too) and does not manage the public namespace.
+			// The address removed: the folder becomes public, its mail
+			// moved into the public namespace (TestPublicFolders).
 			seq = e.lastSeq(t)
 			l.Modify(t, team, map[string][]string{"mailPrimaryAddress": {}})
 			e.settledAfter(t, seq, 1)
-			if n := mailFiles(t, e.dc.Home("crew@example.org")); n != 2 {
-				t.Errorf("folder without its address: %d messages kept, want 2", n)
-			}
+			e.selects(t, "bob@example.org", "team@example.org/INBOX", 2)
 
 			// Deleted, or homed on another host now: the folder goes only
 			// with delete=yes (its mail does not move with it).
@@ -97,22 +84,28 @@ func TestSharedFolders(t *testing.T) {
 	}
 }
 
+// addFolder adds a shared folder entry: cn (UDM's "<name>@<maildomain>"),
+// addr ("": none, a public folder), home server ("": none) and ACL.
+func addFolder(t *testing.T, l *testenv.Slapd, cn, addr, home string, acl ...string) string {
+	t.Helper()
+	dn := "cn=" + cn + "," + l.BaseDN
+	attrs := map[string][]string{"objectClass": {"univentionMailSharedFolder"}, "cn": {cn}}
+	if addr != "" {
+		attrs["mailPrimaryAddress"] = []string{addr}
+	}
+	if home != "" {
+		attrs["univentionMailHomeServer"] = []string{home}
+	}
+	if len(acl) > 0 {
+		attrs["univentionMailACL"] = acl
+	}
+	l.Add(t, dn, attrs)
+	return dn
+}
+
 // canRead checks what user sees of folder's INBOX over IMAP: n messages,
 // or with n < 0 that SELECT is refused.
 func (e *env) canRead(t *testing.T, user, folder string, n int) {
 	t.Helper()
-	c, err := e.dc.IMAPReader().Dial(context.Background(), user, "secret")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	data, err := c.Select("shared/"+folder+"/INBOX", nil).Wait()
-	switch {
-	case n < 0 && err == nil:
-		t.Errorf("%s can SELECT shared/%s/INBOX without a right", user, folder)
-	case n >= 0 && err != nil:
-		t.Errorf("%s cannot SELECT shared/%s/INBOX: %v\n%s", user, folder, err, e.dc.Log())
-	case n >= 0 && int(data.NumMessages) != n:
-		t.Errorf("%s sees %d messages in shared/%s/INBOX, want %d", user, data.NumMessages, folder, n)
-	}
+	e.selects(t, user, "shared/"+folder+"/INBOX", n)
 }

@@ -19,6 +19,7 @@ import (
 	"mailsync/handlers/mailbox"
 	"mailsync/internal/testenv"
 	"mailsync/listener"
+	"mailsync/mailconf"
 	"mailsync/runner"
 )
 
@@ -68,6 +69,13 @@ func newEnvOn(t testing.TB, dir testenv.LDAPServer, flavor listener.Flavor, pol 
 		Host: host, MailHome: dc.MailHome, IndexHome: dc.IndexRoot + "/%Ld/%Ln", SeparateIndex: opts.SeparateIndex,
 		Rename: pol.rename, Delete: pol.delete, Folders: []string{"Spam", "Ham"},
 		StateDir: t.TempDir(), UID: -1, GID: -1,
+		PublicHome: dc.PublicHome, ACLUser: mailconf.DovecotPublicACLUser,
+	}
+	if opts.SharedFolders {
+		// Public folders are served through the namespaces the handler
+		// installs into this Dovecot's configuration, as mailsync run does.
+		e.cfg.Public = &mailconf.DovecotHost{Target: mailconf.DovecotTarget{ConfDir: dc.ConfDir, MailHome: dc.MailHome,
+			IndexHome: dc.IndexRoot + "/%Ld/%Ln", PublicHome: dc.PublicHome}}
 	}
 	e.h = e.handler(t, mailbox.Hooks{})
 	if pipeline {

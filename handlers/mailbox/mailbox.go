@@ -13,9 +13,10 @@
 //     within one filesystem; across filesystems it is copy, fsync, verify
 //     (names, owners, sizes, bytes), swap into place, and only then delete.
 //   - Nothing outside the spool is touched: every path comes from the
-//     mail_home template with a validated address and is confined to the
-//     template's root (no "..", "/", NUL, control characters, leading dot,
-//     or symlink leading out). Those, and a rename target that exists
+//     mail_home template with a validated address (or, for a shared folder
+//     without an address, from the public home and its cn, public.go) and
+//     is confined to the template's root (no "..", "/", NUL, control
+//     characters, leading dot, or symlink leading out). Those, and a rename target that exists
 //     already, are permanent errors naming the DN; nothing is moved or merged.
 //   - Dovecot unreachable is a retryable error: the runner retries with
 //     backoff and the entry's later events wait, so the work completes when
@@ -95,6 +96,15 @@ type Config struct {
 	// mail copied there by Mover before the delete policy applies.
 	MoveOnHomeChange bool
 	Mover            Mover
+	// PublicHome is the root of the public folders' maildirs,
+	// <PublicHome>/<domain>/<name> (config dovecot.public_home); "" leaves
+	// public folders refused. Public installs the public namespaces
+	// Dovecot serves them through (nil: not installed, tests of the plan).
+	PublicHome string
+	Public     PublicNamespaces
+	// ACLUser is the user doveadm sets public folders' ACLs as
+	// (mailconf.DovecotPublicACLUser).
+	ACLUser string
 }
 
 // Hooks let tests stop the handler at a step, as a crash would.
@@ -127,6 +137,8 @@ type Handler struct {
 	hooks   Hooks
 	home    Layout
 	index   Layout
+	pub     Layout // zero without Config.PublicHome
+	public  *publicSet
 	folders []string
 	intents string
 
@@ -180,6 +192,23 @@ func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, er
 	if err := h.homes.scan(h.home); err != nil {
 		return nil, fmt.Errorf("index the homes of %s: %w", h.home.Root, err)
 	}
+	if cfg.PublicHome != "" {
+		if h.pub, err = PublicLayout(cfg.PublicHome); err != nil {
+			return nil, fmt.Errorf("public home: %w", err)
+		}
+		for _, l := range []Layout{h.home, h.index} {
+			if l.Root != "" && (within(l.Root, h.pub.Root) || within(h.pub.Root, l.Root)) {
+				return nil, fmt.Errorf("public home %s and spool %s overlap", h.pub.Root, l.Root)
+			}
+		}
+		// The public home is made with the first public folder.
+		if err := h.homes.scan(h.pub); err != nil {
+			return nil, fmt.Errorf("index the public folders of %s: %w", h.pub.Root, err)
+		}
+	}
+	if h.public, err = loadPublicSet(filepath.Join(cfg.StateDir, "mailbox-public.json")); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
 
@@ -207,6 +236,12 @@ func (h *Handler) Load(ctx context.Context, _ []event.Entry) error {
 			h.log.Warn().Err(err).Str("uuid", uuid).Msg("interrupted mailbox operation not completed yet")
 		}
 	}
+	// Dovecot serves the public folders recorded (a crash between the
+	// record and the install, or a configuration put back by hand); a
+	// failure waits for the next change of the set.
+	if err := h.installPublic(ctx, h.public.names()); err != nil {
+		h.log.Warn().Err(err).Msg("public folders not served yet")
+	}
 	return nil
 }
 
@@ -227,8 +262,16 @@ func validUUID(u string) bool {
 func where(ev event.Event) string { return fmt.Sprintf("entry %s (uuid %s)", ev.DN, ev.UUID) }
 
 // paths validates addr and returns its home and (with a separate index)
-// index dir. Errors are permanent and name the entry.
+// index dir. Errors are permanent and name the entry. A public folder's
+// key gives its home under the public home and no index dir (its
+// namespace keeps the indexes in the maildir).
 func (h *Handler) paths(ev event.Event, addr string) (home, index string, err error) {
+	if n := publicName(addr); n != "" {
+		if home, err = publicPath(h.pub, n); err != nil {
+			return "", "", fault.Permanentf("public folder of %s: %w", where(ev), err)
+		}
+		return home, "", nil
+	}
 	local, domain, err := ValidateAddress(addr)
 	if err != nil {
 		return "", "", fault.Permanentf("mailbox of %s: %w", where(ev), err)
@@ -244,9 +287,20 @@ func (h *Handler) paths(ev event.Event, addr string) (home, index string, err er
 	return home, index, nil
 }
 
+// layoutOf is the layout whose root holds p: the spool, the index root or
+// the public home.
+func (h *Handler) layoutOf(p string) Layout {
+	for _, l := range []Layout{h.index, h.pub} {
+		if l.Root != "" && within(l.Root, p) {
+			return l
+		}
+	}
+	return h.home
+}
+
 // confine checks the paths right before they are used.
 func (h *Handler) confine(ev event.Event, home, index string) error {
-	if err := h.home.Confine(home); err != nil {
+	if err := h.layoutOf(home).Confine(home); err != nil {
 		if fault.IsRetryable(err) {
 			return err
 		}
@@ -317,6 +371,25 @@ func (h *Handler) create(ctx context.Context, ev event.Event, addr string) error
 	return h.createWith(ctx, ev, addr, h.folders)
 }
 
+// createKind makes the mailbox of addr with folders (nil: the default
+// ones), or a public folder's maildir for a public key.
+func (h *Handler) createKind(ctx context.Context, ev event.Event, addr string, folders []string) error {
+	if publicName(addr) != "" {
+		home, _, err := h.paths(ev, addr)
+		if err != nil {
+			return err
+		}
+		if err := h.confine(ev, home, ""); err != nil {
+			return err
+		}
+		return h.createPublic(ev, addr, home)
+	}
+	if folders == nil {
+		folders = h.folders
+	}
+	return h.createWith(ctx, ev, addr, folders)
+}
+
 // createWith makes the mailbox of addr with the folders given.
 func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, folders []string) error {
 	home, index, err := h.paths(ev, addr)
@@ -353,14 +426,17 @@ func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, f
 // intent is the record of a multi-step operation, written before its first
 // step and removed after its last.
 type intent struct {
-	V    int       `json:"v"`
-	Op   string    `json:"op"` // "move" or "delete"
-	UUID string    `json:"uuid"`
-	DN   string    `json:"dn"`
-	Old  string    `json:"old"`           // address whose home moves or goes
-	New  string    `json:"new,omitempty"` // move: the new address
-	Ops  []pathOp  `json:"paths"`
-	At   time.Time `json:"at"`
+	V    int    `json:"v"`
+	Op   string `json:"op"` // "move" or "delete"
+	UUID string `json:"uuid"`
+	DN   string `json:"dn"`
+	Old  string `json:"old"`           // address whose home moves or goes
+	New  string `json:"new,omitempty"` // move: the new address
+	// Folders are made in the moved mailbox (none for a public folder);
+	// unset: the handler's default folders (records before the field).
+	Folders []string  `json:"folders,omitempty"`
+	Ops     []pathOp  `json:"paths"`
+	At      time.Time `json:"at"`
 }
 
 // pathOp moves (or, for a delete, trashes) one directory.
@@ -439,8 +515,11 @@ func (h *Handler) run(ctx context.Context, in *intent) error {
 			}
 		}
 	}()
-	if err := h.adm.Kick(ctx, in.Old); err != nil {
-		return fmt.Errorf("%s mailbox of entry %s: %w", op, in.DN, err)
+	// A public folder is no Dovecot user: no session of its own to end.
+	if publicName(in.Old) == "" {
+		if err := h.adm.Kick(ctx, in.Old); err != nil {
+			return fmt.Errorf("%s mailbox of entry %s: %w", op, in.DN, err)
+		}
 	}
 	if err := h.at(op + ":kicked"); err != nil {
 		return err
@@ -458,6 +537,13 @@ func (h *Handler) run(ctx context.Context, in *intent) error {
 	}
 	if op == "move" {
 		home := in.Ops[0].To
+		if toPublic := publicName(in.New) != ""; toPublic != (publicName(in.Old) != "") {
+			if ok, _ := exists(home); ok {
+				if err := h.moveShape(home, toPublic); err != nil {
+					return fault.Retryable(fmt.Errorf("move mailbox of entry %s: reshape %s: %w", in.DN, home, err))
+				}
+			}
+		}
 		if ok, _ := exists(home); ok {
 			if err := writeMarker(home, marker{UUID: in.UUID, DN: in.DN, Address: in.New}); err != nil {
 				return fault.Retryable(fmt.Errorf("mark home %s of entry %s: %w", home, in.DN, err))
@@ -475,8 +561,12 @@ func (h *Handler) run(ctx context.Context, in *intent) error {
 	if err := h.at(op + ":flushed"); err != nil {
 		return err
 	}
-	if op == "move" {
-		if err := h.adm.CreateMailbox(ctx, in.New, h.folders...); err != nil {
+	if op == "move" && publicName(in.New) == "" {
+		folders := in.Folders
+		if len(folders) == 0 {
+			folders = h.folders
+		}
+		if err := h.adm.CreateMailbox(ctx, in.New, folders...); err != nil {
 			return fmt.Errorf("move mailbox of entry %s: %w", in.DN, err)
 		}
 		if err := h.at("move:created"); err != nil {
@@ -486,21 +576,14 @@ func (h *Handler) run(ctx context.Context, in *intent) error {
 	return h.dropIntent(in.UUID)
 }
 
-func (h *Handler) layout(p *pathOp) Layout {
-	if p.What == "index" {
-		return h.index
-	}
-	return h.home
-}
-
 // movePath brings one directory from From to To, judging by what is on
 // disk, so a repeated call after a crash at any point finishes the job.
 func (h *Handler) movePath(in *intent, p *pathOp) error {
 	h.fsMu.Lock()
 	defer h.fsMu.Unlock()
-	l := h.layout(p)
+	l := h.layoutOf(p.To)
 	for _, q := range []string{p.From, p.To} {
-		if err := l.Confine(q); err != nil {
+		if err := h.layoutOf(q).Confine(q); err != nil {
 			return fault.Permanentf("move %s of entry %s: %w", p.What, in.DN, err)
 		}
 	}
@@ -639,8 +722,7 @@ func (h *Handler) conflict(in *intent, p *pathOp) error {
 func (h *Handler) trashPath(in *intent, p *pathOp) error {
 	h.fsMu.Lock()
 	defer h.fsMu.Unlock()
-	l := h.layout(p)
-	if err := l.Confine(p.From); err != nil {
+	if err := h.layoutOf(p.From).Confine(p.From); err != nil {
 		return fault.Permanentf("delete %s of entry %s: %w", p.What, in.DN, err)
 	}
 	fail := func(err error) error {
@@ -672,8 +754,9 @@ func (h *Handler) trashPath(in *intent, p *pathOp) error {
 	return nil
 }
 
-// move renames addr old's mailbox to new (rename=yes).
-func (h *Handler) move(ctx context.Context, ev event.Event, oldAddr, newAddr string) error {
+// move renames addr old's mailbox to new (rename=yes), making folders in
+// it (nil: the default ones).
+func (h *Handler) move(ctx context.Context, ev event.Event, oldAddr, newAddr string, folders []string) error {
 	oldHome, oldIndex, err := h.paths(ev, oldAddr)
 	if err != nil {
 		return err
@@ -687,10 +770,21 @@ func (h *Handler) move(ctx context.Context, ev event.Event, oldAddr, newAddr str
 			return err
 		}
 	}
-	in := &intent{V: 1, Op: "move", UUID: ev.UUID, DN: ev.DN, Old: oldAddr, New: newAddr, At: time.Now().UTC(),
-		Ops: []pathOp{{What: "home", Root: h.home.Root, From: oldHome, To: newHome}}}
-	if oldIndex != "" {
+	if publicName(newAddr) != "" {
+		if err := h.makePublicRoot(); err != nil {
+			return fault.Retryable(fmt.Errorf("rename mailbox of %s: %w", where(ev), err))
+		}
+	}
+	in := &intent{V: 1, Op: "move", UUID: ev.UUID, DN: ev.DN, Old: oldAddr, New: newAddr, At: time.Now().UTC(), Folders: folders,
+		Ops: []pathOp{{What: "home", Root: h.layoutOf(newHome).Root, From: oldHome, To: newHome}}}
+	if oldIndex != "" && newIndex != "" {
 		in.Ops = append(in.Ops, pathOp{What: "index", Root: h.index.Root, From: oldIndex, To: newIndex})
+	} else if oldIndex != "" {
+		// Into the public namespace, which keeps its indexes in the
+		// maildir: the separate index is a cache, dropped.
+		if err := h.index.Confine(oldIndex); err == nil {
+			_ = os.RemoveAll(oldIndex)
+		}
 	}
 	h.fsMu.Lock()
 	oldOK, err1 := exists(oldHome)
@@ -708,7 +802,7 @@ func (h *Handler) move(ctx context.Context, ev event.Event, oldAddr, newAddr str
 				_ = os.RemoveAll(oldIndex)
 			}
 		}
-		return h.create(ctx, ev, newAddr)
+		return h.createKind(ctx, ev, newAddr, folders)
 	}
 	if oldOK {
 		// Race homes set aside before a crash give their messages back first.
@@ -759,8 +853,9 @@ func (h *Handler) trash(ctx context.Context, ev event.Event, addr string) error 
 		return nil
 	}
 	stamp := fmt.Sprintf("%s-%d", ev.UUID, time.Now().UnixNano())
+	root := h.layoutOf(home).Root
 	in := &intent{V: 1, Op: "delete", UUID: ev.UUID, DN: ev.DN, Old: addr, At: time.Now().UTC(),
-		Ops: []pathOp{{What: "home", Root: h.home.Root, From: home, To: filepath.Join(h.home.Root, trashDir, stamp)}}}
+		Ops: []pathOp{{What: "home", Root: root, From: home, To: filepath.Join(root, trashDir, stamp)}}}
 	if index != "" {
 		in.Ops = append(in.Ops, pathOp{What: "index", Root: h.index.Root, From: index, To: filepath.Join(h.index.Root, trashDir, stamp)})
 	}

@@ -137,6 +137,9 @@ type Settings struct {
 	Host                             string
 	Rename, Delete, MoveOnHomeChange bool
 	Layout                           Layout
+	// Public is the layout of the public folders' homes (public.go);
+	// zero: public folders are refused.
+	Public Layout
 }
 
 // StepKind is one kind of step of a plan.
@@ -160,6 +163,9 @@ const (
 	StepMoveAway
 	// StepACL gives a shared folder's INBOX its ACL (folder.go).
 	StepACL
+	// StepPublish records the entry's public folder as Address ("": none)
+	// and has Dovecot serve the public folders recorded (public.go).
+	StepPublish
 )
 
 // Step is one step of a plan.
@@ -182,12 +188,18 @@ func (s Step) String() string {
 	case StepAttic:
 		return fmt.Sprintf("move %s, left by entry %s (uuid %s, address %q), into the attic", s.Path, s.Home.Owner.DN, s.Home.Owner.UUID, s.Home.Owner.Address)
 	case StepCreate:
+		if n := publicName(s.Address); n != "" {
+			return fmt.Sprintf("create public folder %s at %s", n, s.Path)
+		}
 		return fmt.Sprintf("create mailbox of %s at %s", s.Address, s.Path)
 	case StepMove:
 		return fmt.Sprintf("move %s -> %s, mail kept", s.FromPath, s.Path)
 	case StepTrash:
 		return fmt.Sprintf("delete %s (to the trash, then removed)", s.Path)
 	case StepKeep:
+		if n := publicName(s.Address); n != "" {
+			return fmt.Sprintf("keep %s on disk (mail/dovecot/mailbox/delete=no); public folder %s is no longer served", s.Path, n)
+		}
 		return fmt.Sprintf("keep %s on disk (mail/dovecot/mailbox/delete=no); %s is logged out and the auth cache flushed", s.Path, s.Address)
 	case StepMoveAway:
 		return fmt.Sprintf("copy the mail of %s (%s) to %s as %s, verify, then apply the delete policy", s.From, s.Path, s.To, s.Address)
@@ -196,7 +208,15 @@ func (s Step) String() string {
 		if acl == "" {
 			acl = "no entries"
 		}
+		if n := publicName(s.Address); n != "" {
+			return fmt.Sprintf("set the ACL of public folder %s/INBOX: %s", n, acl)
+		}
 		return fmt.Sprintf("set the ACL of shared folder %s: %s", s.Address, acl)
+	case StepPublish:
+		if n := publicName(s.Address); n != "" {
+			return fmt.Sprintf("serve public folder %s (Dovecot namespace %s/)", n, n)
+		}
+		return fmt.Sprintf("stop serving public folder %s", publicName(s.From))
 	}
 	return "?"
 }
@@ -228,13 +248,9 @@ func PlanFor(in Input, s Settings) Plan {
 	if c := in.Current; (c != nil && c.Folder) || (c == nil && in.Applied != nil && in.Applied.Folder) {
 		// Reference §2: a folder's address change always renames; its
 		// mail does not follow a home server change.
+		// Adding or removing the address is a change of its mailbox key
+		// (an address or public/<cn>, public.go): a move like a rename.
 		p.Folder, s.Rename, s.MoveOnHomeChange = true, true, false
-		if c != nil && c.Address == "" && c.HomeServer != "" && identity.Responsible(c.HomeServer, s.Host) {
-			// The folder stays here without an address: UCS moves it into
-			// the public namespace, which mailsync does not manage yet
-			// (folder.go). Its mail is kept whatever the delete policy.
-			s.Delete = false
-		}
 	}
 	p.Decision = DecideWith(Transition(in.UUID, in.Applied, in.Current), s.Host, Policy{MoveOnHomeChange: s.MoveOnHomeChange})
 	dn := ""
@@ -252,12 +268,9 @@ func PlanFor(in Input, s Settings) Plan {
 		return p
 	}
 	path := func(addr string) (string, bool) {
-		local, domain, err := ValidateAddress(addr)
+		hp, err := keyPath(s.Layout, s.Public, addr)
 		if err == nil {
-			var hp string
-			if hp, err = s.Layout.Path(local, domain); err == nil {
-				return hp, true
-			}
+			return hp, true
 		}
 		if p.Refused == nil {
 			p.Refused = fmt.Errorf("mailbox of %s: %w", who, err)
@@ -415,6 +428,23 @@ func PlanFor(in Input, s Settings) Plan {
 			} else {
 				p.Kept = append(p.Kept, *h)
 			}
+		}
+	}
+	if p.Folder && p.Refused == nil && p.Wait == "" {
+		// Dovecot stops serving a public folder before its mail moves away
+		// or goes, and serves one once its mail is in place.
+		had, pub := "", ""
+		if a := in.Applied; a != nil && publicName(a.Address) != "" && identity.Responsible(a.HomeServer, s.Host) {
+			had = a.Address
+		}
+		if publicName(want) != "" {
+			pub = want
+		}
+		if had != "" && had != pub {
+			p.Steps = append([]Step{{Kind: StepPublish, From: had}}, p.Steps...)
+		}
+		if pub != "" && (had != pub || len(p.Steps) > 0) {
+			p.Steps = append(p.Steps, Step{Kind: StepPublish, Address: pub, Path: target})
 		}
 	}
 	if p.Folder && want != "" && p.Refused == nil && p.Wait == "" {

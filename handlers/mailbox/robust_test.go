@@ -127,6 +127,45 @@ func TestDovecotDownDuringRename(t *testing.T) {
 
 var errCrash = errors.New("simulated crash")
 
+// crashAndRecover handles ev with a handler that crashes at step (with
+// renames failing EXDEV when cross, forcing the copy), then, as after a
+// restart, a fresh handler's Load and the redelivered event; it says what
+// did not go as it should.
+func (e *env) crashAndRecover(t *testing.T, ev event.Event, step string, cross bool) error {
+	t.Helper()
+	ctx := context.Background()
+	hit := false
+	crashing := e.handler(t, mailbox.Hooks{At: func(s string) error {
+		if s == step {
+			hit = true
+			return errCrash
+		}
+		return nil
+	}})
+	if cross {
+		mailbox.SetRename(crashing, func(from, to string) error {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EXDEV}
+		})
+	}
+	if err := crashing.Handle(ctx, ev); !errors.Is(err, errCrash) || !hit {
+		return fmt.Errorf("first run returned %v, want the simulated crash", err)
+	}
+	if len(crashing.Pending()) != 1 {
+		return errors.New("no intent record after the crash")
+	}
+	fresh := e.handler(t, mailbox.Hooks{})
+	if err := fresh.Load(ctx, nil); err != nil {
+		return fmt.Errorf("load: %v", err)
+	}
+	if err := fresh.Handle(ctx, ev); err != nil { // the unacked event comes again
+		return fmt.Errorf("redelivery: %v", err)
+	}
+	if p := fresh.Pending(); len(p) > 0 {
+		return fmt.Errorf("intents left: %v", p)
+	}
+	return nil
+}
+
 // TestCrashAtEveryStep stops a rename (and a delete) at every step, as a
 // crash would, then starts a fresh handler: Load plus the redelivered
 // event complete the work. Run for rename(2) and for the
@@ -135,9 +174,6 @@ func TestCrashAtEveryStep(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, policy{rename: true, delete: true}, testenv.DovecotOptions{SeparateIndex: true}, false)
 	ctx := context.Background()
-	exdev := func(from, to string) error {
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EXDEV}
-	}
 	type tc struct {
 		step  string
 		cross bool
@@ -177,33 +213,9 @@ func TestCrashAtEveryStep(t *testing.T) {
 			e.ldap.Modify(t, dn, map[string][]string{"mailPrimaryAddress": {newAddr}})
 			ev = event.Event{Op: event.OpModify, Kind: event.KindUser, UUID: uuid, DN: dn, Old: a(oldAddr), New: a(newAddr)}
 		}
-		hit := false
-		crashing := e.handler(t, mailbox.Hooks{At: func(s string) error {
-			if s == c.step {
-				hit = true
-				return errCrash
-			}
-			return nil
-		}})
-		if c.cross {
-			mailbox.SetRename(crashing, exdev)
-		}
-		if err := crashing.Handle(ctx, ev); !errors.Is(err, errCrash) || !hit {
-			t.Errorf("%s: first run returned %v, want the simulated crash", name, err)
+		if err := e.crashAndRecover(t, ev, c.step, c.cross); err != nil {
+			t.Errorf("%s: %v", name, err)
 			continue
-		}
-		if len(crashing.Pending()) != 1 {
-			t.Errorf("%s: no intent record after the crash", name)
-		}
-		fresh := e.handler(t, mailbox.Hooks{})
-		if err := fresh.Load(ctx, nil); err != nil {
-			t.Fatalf("%s: load: %v", name, err)
-		}
-		if err := fresh.Handle(ctx, ev); err != nil { // the unacked event comes again
-			t.Errorf("%s: redelivery: %v", name, err)
-		}
-		if p := fresh.Pending(); len(p) > 0 {
-			t.Errorf("%s: intents left: %v", name, p)
 		}
 		oldHome, newHome := e.dc.Home(oldAddr), e.dc.Home(newAddr)
 		oldIndex := filepath.Join(e.dc.IndexRoot, "example.org", uid)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"mailsync/handlers/homeserver"
 	"mailsync/handlers/mailbox"
 	"mailsync/identity"
+	"mailsync/mailconf"
 	"mailsync/runner"
 )
 
@@ -50,6 +52,12 @@ func buildMailbox(_ context.Context, c *config.Config, d Deps) (runner.Handler, 
 	if err != nil {
 		return nil, &SettingError{"dovecot.doveadm_url", err}
 	}
+	// The public folders' namespaces go into Dovecot's configuration only
+	// where mailsync renders it (configure: [dovecot]).
+	var public mailbox.PublicNamespaces
+	if slices.Contains(c.Configure, "dovecot") {
+		public = mailconf.HostFor(c)
+	}
 	var mover mailbox.Mover
 	if c.Policy.MoveOnHomeChange {
 		if mover, err = newMover(c, adm, hc, d); err != nil {
@@ -70,6 +78,10 @@ func buildMailbox(_ context.Context, c *config.Config, d Deps) (runner.Handler, 
 
 		MoveOnHomeChange: mover != nil,
 		Mover:            mover,
+
+		PublicHome: c.Dovecot.PublicHome,
+		Public:     public,
+		ACLUser:    mailconf.DovecotPublicACLUser,
 	}, adm, d.Log, d.MailboxHooks)
 	if err != nil {
 		return nil, &SettingError{"mailbox handler (dovecot.mail_home, dovecot.index_home, state_dir)", err}
@@ -116,8 +128,12 @@ func MailboxSettings(c *config.Config) (mailbox.Settings, error) {
 	if err != nil {
 		return mailbox.Settings{}, &SettingError{"dovecot.mail_home", err}
 	}
+	pub, err := mailbox.PublicLayout(c.Dovecot.PublicHome)
+	if err != nil {
+		return mailbox.Settings{}, &SettingError{"dovecot.public_home", err}
+	}
 	return mailbox.Settings{Host: c.Host, Rename: c.Policy.Rename, Delete: c.Policy.Delete,
-		MoveOnHomeChange: c.Policy.MoveOnHomeChange, Layout: l}, nil
+		MoveOnHomeChange: c.Policy.MoveOnHomeChange, Layout: l, Public: pub}, nil
 }
 
 // entryPlan is the mailbox handler's plan for one entry (or an owner
@@ -152,7 +168,7 @@ func mailboxPlans(c *config.Config, entries []event.Entry) (mailbox.Settings, *m
 	if err != nil {
 		return s, nil, nil, err
 	}
-	spool, err := mailbox.ReadSpool(s.Layout)
+	spool, err := mailbox.ReadSpool(s.Layout, s.Public)
 	if err != nil {
 		return s, nil, nil, err
 	}
@@ -252,7 +268,7 @@ func planMailbox(c *config.Config, _ map[string]event.Entry) (Planner, error) {
 	if err != nil {
 		return nil, err
 	}
-	spool, err := mailbox.ReadSpool(s.Layout)
+	spool, err := mailbox.ReadSpool(s.Layout, s.Public)
 	if err != nil {
 		return nil, err
 	}

@@ -82,6 +82,10 @@ type Dovecot struct {
 	MasterPass string
 	Spool      string // mail_home = Spool/%Ld/%Ln, maildir at <home>/Maildir
 	IndexRoot  string // index root when SeparateIndex (else unused but created)
+	// PublicHome is the root of the public folders' maildirs (mailsync's
+	// dovecot.public_home), owned by mail; its namespaces are the
+	// dovecot-public fragment mailsync installs into ConfDir/conf.d.
+	PublicHome string
 	FQDN       string
 	MailHome   string // the mail_home template, e.g. "/tmp/dovecot-1/spool/%Ld/%Ln"
 	UID, GID   int    // owner of mail files
@@ -155,6 +159,7 @@ func StartDovecot(t testing.TB, ldap LDAPServer, opts DovecotOptions) *Dovecot {
 		MasterPass: randomHex(t, 12),
 		Spool:      filepath.Join(dir, "spool"),
 		IndexRoot:  filepath.Join(dir, "index"),
+		PublicHome: filepath.Join(dir, "public"),
 		FQDN:       opts.FQDN,
 		UID:        uid,
 		GID:        gid,
@@ -174,7 +179,7 @@ func StartDovecot(t testing.TB, ldap LDAPServer, opts DovecotOptions) *Dovecot {
 		}
 		os.RemoveAll(dir)
 	})
-	owned := []string{d.Spool, d.IndexRoot}
+	owned := []string{d.Spool, d.IndexRoot, d.PublicHome}
 	if opts.SharedFolders {
 		// The mail processes write the shared-mailbox dict.
 		owned = append(owned, filepath.Join(dir, "acl"))
