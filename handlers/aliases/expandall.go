@@ -3,7 +3,6 @@ package aliases
 import (
 	"slices"
 	"strings"
-	"unsafe"
 )
 
 // expandAll computes the expansion of every current group of a full build,
@@ -134,27 +133,26 @@ func (g *groupGraph) subs(u int32) []int32 { return g.subIDs[g.subAt[u]:g.subAt[
 // records the member DNs not in the index, as for expandSCC.
 func (m *model) numberGroups(es []entry, current []bool) *groupGraph {
 	g := &groupGraph{}
-	num := map[*entry]int32{}
 	for i := range es {
 		if current[i] && es[i].isGroupish {
-			num[&es[i]] = int32(len(g.groups))
+			es[i].bulk = int32(len(g.groups))
 			g.groups = append(g.groups, &es[i])
 		}
 	}
 	g.ownAt = make([]int32, 1, len(g.groups)+1)
 	g.subAt = make([]int32, 1, len(g.groups)+1)
 	// Member addresses are numbered by entry first, in order of appearance,
-	// and ranked below; no map of addresses is needed.
-	idOf := make([]int32, len(es)) // index in es -> address id + 1; 0: none yet
-	var addrs []string             // by address id
-	sub := func(c *entry) { g.subIDs = append(g.subIDs, num[c]) }
+	// and ranked below; no map of addresses is needed. Every member the
+	// DN index resolves is one of es (the full build indexes nothing else),
+	// so its number starts at 0.
+	var addrs []string // by address id
+	sub := func(c *entry) { g.subIDs = append(g.subIDs, c.bulk) }
 	own := func(c *entry) {
-		at := indexIn(es, c)
-		if idOf[at] == 0 {
+		if c.bulk == 0 {
 			addrs = append(addrs, c.memberAddr)
-			idOf[at] = int32(len(addrs))
+			c.bulk = int32(len(addrs))
 		}
-		g.ownIDs = append(g.ownIDs, idOf[at]-1)
+		g.ownIDs = append(g.ownIDs, c.bulk-1)
 	}
 	for _, e := range g.groups {
 		m.eachMember(e, sub, own)
@@ -197,15 +195,4 @@ func (m *model) numberGroups(es []entry, current []bool) *groupGraph {
 		at += len(a)
 	}
 	return g
-}
-
-// indexIn returns the index in es of e, which points into es: the index
-// of a member without a map from entries to indexes.
-func indexIn(es []entry, e *entry) int {
-	i := int((uintptr(unsafe.Pointer(e)) - uintptr(unsafe.Pointer(&es[0]))) / unsafe.Sizeof(es[0]))
-	if i < 0 || i >= len(es) || &es[i] != e {
-		// A full build's model indexes only entries of es.
-		panic("aliases: member entry outside the full build's entries")
-	}
-	return i
 }

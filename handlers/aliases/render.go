@@ -116,6 +116,12 @@ func (r *rendered) take() postmap.Delta {
 	return d
 }
 
+// render writes the three table sources, keys sorted, one line each.
+func (m *model) render() (alias, mailbox, domains []byte) {
+	m.settle()
+	return m.aliasT.source(), m.mailboxT.source(), m.domainT.source()
+}
+
 // aliasLine renders one alias key's line, or "" when the key has no entry.
 func (m *model) aliasLine(k string) string {
 	vals := m.aliasLineValues(k)

@@ -1,0 +1,241 @@
+package aliases
+
+// The full build: the model of a whole directory at once, the work spread
+// over the CPUs, the mailbox and domain tables ready before the groups are
+// expanded.
+
+import (
+	"runtime"
+	"slices"
+	"sync"
+
+	"mailsync/event"
+)
+
+// buildModel builds the model of a whole directory at once: no ancestor
+// walks per entry, every contribution computed once, each table rendered
+// straight into its source in one pass over its sorted keys. Parsing and
+// contributing are spread over the CPUs, and each index map is written by
+// one goroutine, the maps side by side.
+func buildModel(hostFQDN string, limit int, entries []event.Entry) *model {
+	m, indexLater := buildModelEarly(hostFQDN, limit, entries, nil)
+	indexLater()
+	return m
+}
+
+// buildModelEarly is buildModel in stages, for Load to run postmap
+// alongside the rest of the build. It calls early, when not nil, with the
+// mailbox and domain table sources as soon as they are final, before the
+// group expansions, and returns once the alias table is rendered, with
+// indexLater, which completes what only later changes and the reports use;
+// the model is not to be used otherwise until indexLater has returned.
+func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte)) (m *model, indexLater func()) {
+	m = newModel(hostFQDN, limit)
+	// Sized for the directory up front: growing maps of 100k keys is a
+	// good part of a full build otherwise.
+	n := len(entries)
+	m.byUUID = make(map[string]*entry, n)
+	m.byDN = make(map[string][]*entry, n)
+	m.parents = make(map[string][]string, n)
+	m.contrib = make(map[string]*contribution, n)
+	m.aliasOwners = make(owners, n+n/2)
+	m.mailboxOwners = make(owners, n)
+	m.bulk = true
+	es := make([]entry, n)        // one allocation for every entry
+	cs := make([]contribution, n) // and for every contribution
+	// Entries other than groups contribute without expansions: the
+	// mailbox and domain tables are final before any group is expanded.
+	inParallel(n, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if e := entries[i]; e.UUID != "" {
+				es[i].init(e.UUID, e.DN, e.Kind, e.Attrs)
+				if !es[i].isGroupish {
+					m.contributeInto(&cs[i], &es[i])
+				}
+			}
+		}
+	})
+	current := m.insertAll(es)
+
+	var wg sync.WaitGroup
+	var aliasKeys []string // sorted, so far those of the entries other than groups
+	wg.Go(func() {
+		m.setContributions(es, cs, current, false)
+		aliasKeys = sortedOwnerKeys(m.aliasOwners)
+	})
+	var mailboxes, domains []string
+	for i := range cs {
+		if current[i] {
+			mailboxes = append(mailboxes, cs[i].mailbox...)
+			domains = append(domains, cs[i].domains...)
+		}
+	}
+	m.mailboxT.fillIdentity(sortedUnique(mailboxes))
+	m.domainT.fillIdentity(sortedUnique(domains))
+	if early != nil {
+		early(m.mailboxT.source(), m.domainT.source())
+	}
+	m.expandAll(es, current)
+	wg.Wait()
+	for i := range es {
+		if current[i] && es[i].isGroupish {
+			m.contributeInto(&cs[i], &es[i])
+		}
+	}
+	m.setContributions(es, cs, current, true)
+	var groupKeys []string
+	for i := range es {
+		if current[i] && es[i].isGroupish {
+			for _, a := range cs[i].alias {
+				groupKeys = append(groupKeys, a.key)
+			}
+		}
+	}
+	aliasKeys = mergeInto(make([]string, 0, len(aliasKeys)+len(groupKeys)), aliasKeys, sortedUnique(groupKeys))
+	m.aliasT.fill(aliasKeys, func(i int) []string { return m.aliasLineValues(aliasKeys[i]) })
+	return m, func() { m.indexLater(es, cs, current) }
+}
+
+// sortedUnique sorts s and drops repeats.
+func sortedUnique(s []string) []string {
+	if len(s) < 4096 {
+		slices.Sort(s)
+		return slices.Compact(s)
+	}
+	a, b := s[:len(s)/2], s[len(s)/2:]
+	var wg sync.WaitGroup
+	wg.Go(func() { slices.Sort(a) })
+	slices.Sort(b)
+	wg.Wait()
+	return mergeInto(make([]string, 0, len(s)), slices.Compact(a), slices.Compact(b))
+}
+
+// insertAll indexes the entries of a full build, and reports which are
+// current: not without UUID, nor replaced by a later entry of the same
+// UUID. The UUID index is built alongside the DN and member indexes.
+func (m *model) insertAll(es []entry) []bool {
+	current := make([]bool, len(es))
+	var replaced []int
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var last map[string]int // UUID -> index, made at the first duplicate
+		for i := range es {
+			uuid := es[i].uuid
+			if uuid == "" {
+				continue
+			}
+			if old := m.byUUID[uuid]; old != nil {
+				if last == nil {
+					last = make(map[string]int, i)
+					for j := range i {
+						if current[j] {
+							last[es[j].uuid] = j
+						}
+					}
+				}
+				current[last[uuid]] = false
+				replaced = append(replaced, last[uuid])
+			}
+			m.byUUID[uuid] = &es[i]
+			if last != nil {
+				last[uuid] = i
+			}
+			current[i] = true
+		}
+	})
+	for i := range es {
+		if es[i].uuid != "" {
+			m.indexDN(&es[i])
+		}
+	}
+	wg.Wait()
+	// A replaced entry leaves the DN index as insert would have it leave it.
+	for _, i := range replaced {
+		m.unindexDN(&es[i])
+	}
+	return current
+}
+
+// indexLater completes the model of a full build with what only later
+// changes and the reports use: the reverse membership index and the
+// contributions by UUID, with the sets of entries reporting invalid
+// addresses and expansions over the limit.
+func (m *model) indexLater(es []entry, cs []contribution, current []bool) {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range es {
+			if current[i] {
+				m.indexMembers(es[i].uuid, es[i].members)
+			}
+		}
+	})
+	for i := range es {
+		e, c := &es[i], &cs[i]
+		if !current[i] || c.empty() {
+			continue
+		}
+		m.contrib[e.uuid] = c
+		if len(c.invalid) > 0 {
+			m.invalid[e.uuid] = struct{}{}
+		}
+		if e.isGroupish && m.limit > 0 && len(m.exp[e.uuid]) > m.limit && len(c.alias) > 0 {
+			m.overLimit[e.uuid] = struct{}{}
+		}
+	}
+	wg.Wait()
+	m.bulk = false
+	m.entrySlab, m.uuidSlab, m.contribSlab, m.contribSlab2 = nil, nil, nil, nil
+}
+
+// setContributions records the contributions of the current entries, of
+// groups or of the others, for a full build in the owner indexes the
+// tables are rendered from: each index is written by its own goroutine.
+func (m *model) setContributions(es []entry, cs []contribution, current []bool, groups bool) {
+	each := func(f func(e *entry, c *contribution)) {
+		for i := range es {
+			if current[i] && es[i].isGroupish == groups && !cs[i].empty() {
+				f(&es[i], &cs[i])
+			}
+		}
+	}
+	_, _, aliasSlab, mailboxSlab := m.slabs()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		each(func(e *entry, c *contribution) {
+			for _, k := range c.mailbox {
+				m.mailboxOwners.add(k, c, mailboxSlab)
+			}
+			for _, k := range c.domains {
+				m.domainOwners.add(k, c, nil)
+			}
+		})
+	})
+	each(func(e *entry, c *contribution) {
+		for _, a := range c.alias {
+			if m.aliasOwners.add(a.key, c, aliasSlab) > 1 {
+				m.collisions[a.key] = struct{}{}
+			}
+		}
+	})
+	wg.Wait()
+}
+
+// inParallel calls f over [0, n) cut into one range per CPU.
+func inParallel(n int, f func(lo, hi int)) {
+	parts := min(runtime.GOMAXPROCS(0), max(n/1024, 1))
+	var wg sync.WaitGroup
+	for p := range parts {
+		lo, hi := n*p/parts, n*(p+1)/parts
+		if p == parts-1 {
+			f(lo, hi)
+			break
+		}
+		wg.Go(func() { f(lo, hi) })
+	}
+	wg.Wait()
+}
+
+// fillIdentity fills a table mapping each key to itself.
+func (r *rendered) fillIdentity(keys []string) {
+	r.fill(keys, func(i int) []string { return keys[i : i+1] })
+}
