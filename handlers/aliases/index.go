@@ -75,10 +75,52 @@ func validHome(kind event.Kind, a event.Attrs) bool {
 // it replaced.
 func (m *model) insert(e *entry) *entry {
 	old := m.byUUID[e.uuid]
-	m.remove(old)
 	m.byUUID[e.uuid] = e
-	m.indexEntry(e)
+	if old == nil || old.ndn != e.ndn {
+		m.remove(old)
+		m.indexEntry(e)
+		return old
+	}
+	// The same DN: e takes old's place in the DN index, and only the
+	// members gained or lost change the membership index, so a change to a
+	// large group costs what it changes.
+	for i, x := range m.byDN[e.ndn] {
+		if x == old {
+			m.byDN[e.ndn][i] = e
+			break
+		}
+	}
+	gone, added := memberDiff(old.members, e.members)
+	m.unindexMembers(old.uuid, gone)
+	m.indexMembers(e.uuid, added)
 	return old
+}
+
+// memberDiff returns the members of old not in new and those of new not in
+// old (repeats possible): at once when new only appends to old.
+func memberDiff(old, new []string) (gone, added []string) {
+	if len(new) >= len(old) && slices.Equal(new[:len(old)], old) {
+		return nil, new[len(old):]
+	}
+	in := func(s []string) set {
+		out := make(set, len(s))
+		for _, v := range s {
+			out[v] = struct{}{}
+		}
+		return out
+	}
+	was, is := in(old), in(new)
+	for _, v := range old {
+		if _, ok := is[v]; !ok {
+			gone = append(gone, v)
+		}
+	}
+	for _, v := range new {
+		if _, ok := was[v]; !ok {
+			added = append(added, v)
+		}
+	}
+	return gone, added
 }
 
 // indexEntry adds e to the DN index (entries sharing a DN kept in UUID
