@@ -16,6 +16,10 @@ type liveSource struct {
 	lines   map[string]span
 	size    int64 // bytes of the file
 	garbage int64 // bytes of blanked lines, newlines included
+	// src is the source as written, until lines are made from it (index,
+	// at the first update); a caller never changes a source it handed to
+	// the Writer.
+	src []byte
 }
 
 // span is one line of the file, without its newline.
@@ -24,11 +28,17 @@ type span struct {
 	n   int32
 }
 
-// indexSource finds the line of every key in a source of one line per key,
-// as mailsync writes them ("key value", no comments, no continuations).
-// The keys are copied: the index must not hold the source itself.
-func indexSource(src []byte) *liveSource {
-	l := &liveSource{lines: make(map[string]span, bytes.Count(src, []byte{'\n'})), size: int64(len(src))}
+// index finds, once, the line of every key in a source written whole, of
+// one line per key as mailsync writes them ("key value", no comments, no
+// continuations). The keys are copied: the index must not hold the source.
+func (l *liveSource) index() {
+	if l.lines != nil {
+		return
+	}
+	src := l.src
+	l.src = nil
+	l.lines = make(map[string]span, bytes.Count(src, []byte{'\n'}))
+	l.size = int64(len(src))
 	for off := 0; off < len(src); {
 		end := bytes.IndexByte(src[off:], '\n')
 		if end < 0 {
@@ -40,7 +50,6 @@ func indexSource(src []byte) *liveSource {
 		}
 		off += end + 1
 	}
-	return l
 }
 
 func (w *Writer) setLive(name string, l *liveSource) {
@@ -70,6 +79,9 @@ func (w *Writer) updatable(t Table) *liveSource {
 	w.mu.Lock()
 	l := w.live[t.Name]
 	w.mu.Unlock()
+	if l != nil {
+		l.index()
+	}
 	if l == nil || !w.incremental(d.Size(), len(l.lines)) {
 		return nil
 	}

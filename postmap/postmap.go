@@ -146,18 +146,15 @@ func (w *Writer) Prepare(ctx context.Context, t Table) (*Prepared, error) {
 	}
 	started := time.Now()
 	t.source()
-	var index *liveSource
-	indexed := make(chan struct{})
-	go func() {
-		defer close(indexed)
-		if w.Type == "hash" || w.Type == "lmdb" {
-			index = indexSource(t.Src)
-		}
-	}()
 	tmp, err := w.prepare(ctx, t)
-	<-indexed
 	if err != nil {
 		return nil, err
+	}
+	var index *liveSource
+	if w.Type == "hash" || w.Type == "lmdb" {
+		// Indexed when first updated in place: a table written whole
+		// (a start) is not delayed by it.
+		index = &liveSource{src: t.Src, size: int64(len(t.Src))}
 	}
 	return &Prepared{name: t.Name, tmp: tmp, suffix: suffix, started: started, index: index}, nil
 }

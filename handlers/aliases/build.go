@@ -18,19 +18,20 @@ import (
 // contributing are spread over the CPUs, and each index map is written by
 // one goroutine, the maps side by side.
 func buildModel(hostFQDN string, limit int, entries []event.Entry) *model {
-	m, indexLater := buildModelEarly(hostFQDN, limit, entries, nil)
-	indexLater()
+	m := buildModelEarly(hostFQDN, limit, entries, nil)
+	m.complete()
 	return m
 }
 
 // buildModelEarly is buildModel in stages, for Load to run postmap
 // alongside the rest of the build. It calls early, when not nil, with the
 // mailbox and domain table sources as soon as they are final, before the
-// group expansions, and returns once the alias table is rendered, with
-// indexLater, which completes what only later changes and the reports use;
-// the model is not to be used otherwise until indexLater has returned.
-func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte)) (m *model, indexLater func()) {
-	m = newModel(hostFQDN, limit)
+// group expansions, and returns once the alias table is rendered and the
+// reports are known. What only later changes use, the reverse membership
+// index and the contributions by UUID, is left to complete, which the
+// first change calls: a start is not delayed by it.
+func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte)) *model {
+	m := newModel(hostFQDN, limit)
 	// Sized for the directory up front: growing maps of 100k keys is a
 	// good part of a full build otherwise.
 	n := len(entries)
@@ -93,7 +94,9 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 	}
 	aliasKeys = mergeInto(make([]string, 0, len(aliasKeys)+len(groupKeys)), aliasKeys, sortedUnique(groupKeys))
 	m.aliasT.fill(aliasKeys, func(i int) []string { return m.aliasLineValues(aliasKeys[i]) })
-	return m, func() { m.indexLater(es, cs, current) }
+	m.noteProblems(es, cs, current)
+	m.later = func() { m.indexLater(es, cs, current) }
+	return m
 }
 
 // sortedUnique sorts s and drops repeats.
@@ -156,10 +159,36 @@ func (m *model) insertAll(es []entry) []bool {
 	return current
 }
 
+// noteProblems records, for the reports of a full build, the entries with
+// invalid addresses and the groups expanding past the limit, with the
+// contributions of the former (the reports quote them).
+func (m *model) noteProblems(es []entry, cs []contribution, current []bool) {
+	for i := range es {
+		e, c := &es[i], &cs[i]
+		if !current[i] || c.empty() {
+			continue
+		}
+		if len(c.invalid) > 0 {
+			m.invalid[e.uuid] = struct{}{}
+			m.contrib[e.uuid] = c
+		}
+		if e.isGroupish && m.limit > 0 && len(m.exp[e.uuid]) > m.limit && len(c.alias) > 0 {
+			m.overLimit[e.uuid] = struct{}{}
+		}
+	}
+}
+
+// complete makes what a full build left for later (see buildModelEarly),
+// once; every change calls it first.
+func (m *model) complete() {
+	if f := m.later; f != nil {
+		m.later = nil
+		f()
+	}
+}
+
 // indexLater completes the model of a full build with what only later
-// changes and the reports use: the reverse membership index and the
-// contributions by UUID, with the sets of entries reporting invalid
-// addresses and expansions over the limit.
+// changes use: the reverse membership index and the contributions by UUID.
 func (m *model) indexLater(es []entry, cs []contribution, current []bool) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -170,16 +199,8 @@ func (m *model) indexLater(es []entry, cs []contribution, current []bool) {
 		}
 	})
 	for i := range es {
-		e, c := &es[i], &cs[i]
-		if !current[i] || c.empty() {
-			continue
-		}
-		m.contrib[e.uuid] = c
-		if len(c.invalid) > 0 {
-			m.invalid[e.uuid] = struct{}{}
-		}
-		if e.isGroupish && m.limit > 0 && len(m.exp[e.uuid]) > m.limit && len(c.alias) > 0 {
-			m.overLimit[e.uuid] = struct{}{}
+		if current[i] && !cs[i].empty() {
+			m.contrib[es[i].uuid] = &cs[i]
 		}
 	}
 	wg.Wait()

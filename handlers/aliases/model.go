@@ -38,6 +38,9 @@ type model struct {
 	dirtyAlias, dirtyMailbox, dirtyDomain set
 	bulk                                  bool // buildModel renders everything at the end
 
+	// later, when not nil, completes a full build (see complete).
+	later func()
+
 	// Changes staged since the last refresh (see stage.go).
 	staleIDs set
 	staleDNs set

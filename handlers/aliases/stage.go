@@ -8,6 +8,7 @@ package aliases
 
 // stage inserts or replaces e in the index and notes it for refresh.
 func (m *model) stage(e *entry) {
+	m.complete()
 	old := m.insert(e)
 	m.note(e.uuid, e.ndn)
 	if old != nil && old.ndn != e.ndn {
@@ -17,6 +18,7 @@ func (m *model) stage(e *entry) {
 
 // stageDel removes the entry with uuid from the index and notes it.
 func (m *model) stageDel(uuid string) {
+	m.complete()
 	old := m.byUUID[uuid]
 	if old == nil {
 		return
@@ -41,6 +43,7 @@ func (m *model) note(uuid, ndn string) {
 // membership index as it is now (so the set is closed under ancestors in
 // the current state, whatever order the changes came in).
 func (m *model) refresh() {
+	m.complete()
 	if len(m.staleIDs) == 0 && len(m.staleDNs) == 0 {
 		return
 	}

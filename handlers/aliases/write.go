@@ -24,20 +24,14 @@ func (h *Handler) loadLocked(ctx context.Context, w *postmap.Writer, entries []e
 	var dom, mbx *postmap.Prepared
 	var domErr, mbxErr error
 	var wg sync.WaitGroup
-	m, indexLater := buildModelEarly(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries, func(mailbox, domains []byte) {
+	// What only later changes use, the model's indexes and the per-key
+	// lines of the tables, is made by the first change (model.complete,
+	// rendered.index), as postmap.Writer indexes a source it updates.
+	h.m = buildModelEarly(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries, func(mailbox, domains []byte) {
 		wg.Go(func() { dom, domErr = w.Prepare(ctx, postmap.Table{Name: DomainMap, Src: domains}) })
 		wg.Go(func() { mbx, mbxErr = w.Prepare(ctx, postmap.Table{Name: MailboxMap, Src: mailbox}) })
 	})
-	h.m = m
-	// What only later changes use, the indexes of the model and the
-	// per-key lines, is made while postmap builds the alias database.
-	wg.Go(func() {
-		indexLater()
-		for _, r := range []*rendered{m.domainT, m.mailboxT, m.aliasT} {
-			r.index()
-		}
-	})
-	alias, err := w.Prepare(ctx, postmap.Table{Name: AliasMap, Src: m.aliasT.source()})
+	alias, err := w.Prepare(ctx, postmap.Table{Name: AliasMap, Src: h.m.aliasT.source()})
 	wg.Wait()
 	if err = errors.Join(domErr, mbxErr, err); err == nil {
 		// Domains and mailboxes first, as in collect.
@@ -51,10 +45,7 @@ func (h *Handler) loadLocked(ctx context.Context, w *postmap.Writer, entries []e
 			err = writeMainCFLocal(h.cfg.MainCFLocal, h.m.maxOverLimit())
 		}
 	}
-	h.m.settle() // nothing to render: the tables were filled whole
-	for _, r := range []*rendered{h.m.domainT, h.m.mailboxT, h.m.aliasT} {
-		r.take()
-	}
+	// Nothing to render or take: the tables were filled whole.
 	if err != nil {
 		h.force = true // the next write must not trust what is on disk
 		clear(h.synced)
