@@ -94,8 +94,7 @@ func BenchmarkStart100k(b *testing.B) {
 	if strings.Contains(handlers, "mailbox") {
 		dc = testenv.StartDovecot(b, ldap, testenv.DovecotOptions{FQDN: mailHost})
 	}
-	port := testenv.FreePort(b)
-	cfg, dir := verbConfig(b, ldap, dc, port, handlers, "metrics:\n  listen: \"off\"\n")
+	cfg, dir := verbConfig(b, ldap, dc, strings.Split(handlers, ", "), "metrics:\n  listen: \"off\"\n")
 	bin := testenv.BuildMailsync(b)
 	for i := 0; i < b.N; i++ {
 		var took, rss []float64
@@ -209,7 +208,7 @@ func BenchmarkModifyToLookup100k(b *testing.B) {
 	ldif := testenv.GenerateLDIF(b, base, testenv.DirectoryShape{Users: users, Groups: groups, Members: 20, Nested: 10})
 	ldap := testenv.StartSlapdWith(b, testenv.SlapdOptions{Preload: ldif})
 	port := testenv.FreePort(b)
-	cfg, dir := verbConfig(b, ldap, nil, port, "aliases, homeserver", "metrics:\n  listen: \"off\"\n")
+	cfg, dir := verbConfig(b, ldap, nil, []string{"aliases", "homeserver"}, "metrics:\n  listen: \"off\"\n")
 	startDaemon(b, cfg, port)
 	testenv.Eventually(b, 10*time.Minute, func() error {
 		if out, _, code := verb(b, cfg, "status"); code != 0 || !caughtUp(out) {

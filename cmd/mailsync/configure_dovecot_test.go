@@ -20,17 +20,9 @@ func TestConfigureDovecot(t *testing.T) {
 	dc := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{FQDN: mailHost})
 	dropIn := filepath.Join(t.TempDir(), "dovecot.service.d", "mailsync-limits.conf")
 	writeCfg := func(policy string) string {
-		cfg, _ := verbConfig(t, ldap, dc, testenv.FreePort(t), "mailbox",
-			"configure: [dovecot]\npolicy:\n"+policy)
-		body, err := os.ReadFile(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body = []byte(strings.Replace(string(body), "dovecot:\n",
-			"dovecot:\n  conf_dir: "+dc.ConfDir+"\n  unit_dropin: "+dropIn+"\n  index_home: "+dc.IndexRoot+"/%Ld/%Ln\n", 1))
-		if err := os.WriteFile(cfg, body, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		cfg, _ := verbConfig(t, ldap, dc, []string{"mailbox"},
+			"configure: [dovecot]\npolicy:\n"+policy+
+				"dovecot:\n  conf_dir: "+dc.ConfDir+"\n  unit_dropin: "+dropIn+"\n  index_home: "+dc.IndexRoot+"/%Ld/%Ln\n")
 		return cfg
 	}
 	cfg := writeCfg(`  mail/dovecot/limits/default_client_limit: "1000"

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -26,18 +25,11 @@ func TestConfigurePostfix(t *testing.T) {
 	ldap.AddUser(t, "alice", "alice@example.org", nil)
 	dc := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{FQDN: mailHost})
 	pf := testenv.NewPostfixServer(t, dc, testenv.PostfixServerOptions{})
-	cfg, dir := verbConfig(t, ldap, dc, testenv.FreePort(t), "homeserver", "configure: [postfix]\nucr_file: ucr.txt\n")
-	body, err := os.ReadFile(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := regexp.MustCompile(`(?m)^postfix:\n  map_dir: .*\n  config_dir: .*\n`).ReplaceAllString(string(body), fmt.Sprintf(
-		"postfix:\n  map_dir: %s\n  config_dir: %s\n  queue_dir: %s\n  data_dir: %s\n  tls_cert: %s\n  tls_key: %s\n  listen: {smtp: %q, submission: %q, smtps: %q}\n",
-		pf.MapDir, pf.ConfigDir, pf.QueueDir, pf.DataDir, pf.CA.ServerCert, pf.CA.ServerKey, pf.SMTP, pf.Submission, pf.SMTPS))
-	s = strings.Replace(s, "dovecot:\n", fmt.Sprintf("dovecot:\n  lmtp_addr: inet:%s\n  auth_addr: inet:%s\n", dc.LMTPAddr, dc.AuthAddr), 1)
-	if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg, dir := verbConfig(t, ldap, dc, []string{"homeserver"}, fmt.Sprintf("configure: [postfix]\nucr_file: ucr.txt\n"+
+		"postfix:\n  map_dir: %s\n  config_dir: %s\n  queue_dir: %s\n  data_dir: %s\n  tls_cert: %s\n  tls_key: %s\n  listen: {smtp: %q, submission: %q, smtps: %q}\n"+
+		"dovecot:\n  lmtp_addr: inet:%s\n  auth_addr: inet:%s\n",
+		pf.MapDir, pf.ConfigDir, pf.QueueDir, pf.DataDir, pf.CA.ServerCert, pf.CA.ServerKey, pf.SMTP, pf.Submission, pf.SMTPS,
+		dc.LMTPAddr, dc.AuthAddr))
 	ucr := func(lines ...string) {
 		if err := os.WriteFile(filepath.Join(dir, "ucr.txt"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 			t.Fatal(err)

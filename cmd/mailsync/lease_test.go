@@ -21,7 +21,7 @@ import (
 func TestRestartTakesOwnLease(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	ldap.AddUser(t, "alice", "alice@example.org", nil)
-	cfg := writeConfig(t, ldap, testenv.FreePort(t), "metrics:\n  listen: \"off\"\n")
+	cfg := writeConfig(t, ldap, "metrics:\n  listen: \"off\"\n")
 	bin := testenv.BuildRelease(t)
 
 	start := func() (*exec.Cmd, *testenv.LogBuffer) {

@@ -21,42 +21,19 @@ import (
 	"mailsync/stream"
 )
 
-func writeConfig(t *testing.T, ldap *testenv.Slapd, natsPort int, extra string) string {
+// writeConfig writes a config following ldap with the aliases handler,
+// extra (YAML) merged over it.
+func writeConfig(t *testing.T, ldap *testenv.Slapd, extra string) string {
 	t.Helper()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte(ldap.AdminPW+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf(`host: mail.example.org
-state_dir: %s/state
-handlers: [aliases]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-nats:
-  port: %d
-postfix:
-  map_dir: %s/maps
-  config_dir: %s
-log:
-  level: debug
-  format: json
-%s`, dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, natsPort, dir, testenv.StartPostfix(t).ConfigDir, extra)
-	p := filepath.Join(dir, "mailsync.yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testenv.NewMailsyncConfig(t, "").Handlers("aliases").Slapd(ldap).Postfix(testenv.StartPostfix(t), "").
+		Merge(extra).Write("")
 }
 
 func TestRunFollowsDirectoryAndStopsCleanly(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	ldap.AddUser(t, "alice", "alice@example.org", nil)
-	port := testenv.FreePort(t)
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cfg := writeConfig(t, ldap, port, "metrics:\n  listen: "+metricsAddr+"\n")
+	cfg := writeConfig(t, ldap, "metrics:\n  listen: "+metricsAddr+"\n")
 
 	// systemd's notify socket, as the unit's Type=notify provides it.
 	sock := filepath.Join(t.TempDir(), "notify.sock")
@@ -197,8 +174,7 @@ func TestConfigErrorExitsTwo(t *testing.T) {
 func TestStatusAndDeadLetterVerbs(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	bad := ldap.AddUser(t, "odd", "odd@example.org", nil)
-	port := testenv.FreePort(t)
-	cfg := writeConfig(t, ldap, port, "metrics:\n  listen: \"off\"\n")
+	cfg := writeConfig(t, ldap, "metrics:\n  listen: \"off\"\n")
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr testenv.LogBuffer
 	done := make(chan error, 1)
@@ -305,17 +281,11 @@ func TestExternalNATSWithTLSAndCredentials(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	ldap.AddUser(t, "nora", "nora@example.org", nil)
 
-	natsSection := func(cfg, body string) {
-		data, _ := os.ReadFile(cfg)
-		s := regexp.MustCompile(`(?m)^nats:\n  port: \d+\n`).ReplaceAllString(string(data), "nats:\n"+body)
-		os.WriteFile(cfg, []byte(s), 0o600)
-	}
 	for _, auth := range []string{
 		"  nkey_seed_file: " + seedFile + "\n",
 		"  user: mailsync\n  password_file: " + filepath.Join(dir, "nats.secret") + "\n",
 	} {
-		cfg := writeConfig(t, ldap, 4222, "metrics:\n  listen: \"off\"\n")
-		natsSection(cfg, "  url: "+url+"\n  ca_file: "+ca.CertFile+"\n"+auth)
+		cfg := writeConfig(t, ldap, "nats:\n  url: "+url+"\n  ca_file: "+ca.CertFile+"\n"+auth)
 		var out testenv.LogBuffer
 		if err := run(context.Background(), []string{"status", "-c", cfg}, &out, &out); err != nil {
 			t.Fatalf("status over TLS with %q: %v\n%s", auth, err, out.String())
@@ -329,8 +299,7 @@ func TestExternalNATSWithTLSAndCredentials(t *testing.T) {
 		"no CA":          "  url: " + url + "\n  nkey_seed_file: " + seedFile + "\n",
 		"no credentials": "  url: " + url + "\n  ca_file: " + ca.CertFile + "\n",
 	} {
-		cfg := writeConfig(t, ldap, 4222, "metrics:\n  listen: \"off\"\n")
-		natsSection(cfg, body)
+		cfg := writeConfig(t, ldap, "nats:\n"+body)
 		var out testenv.LogBuffer
 		if err := run(context.Background(), []string{"status", "-c", cfg}, &out, &out); err == nil {
 			t.Errorf("status with %s succeeded", name)

@@ -18,7 +18,7 @@ import (
 func TestMetricsOffLoopbackRefused(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	port := testenv.FreePort(t)
-	cfg := writeConfig(t, ldap, testenv.FreePort(t), fmt.Sprintf("metrics:\n  listen: 0.0.0.0:%d\n", port))
+	cfg := writeConfig(t, ldap, fmt.Sprintf("metrics:\n  listen: 0.0.0.0:%d\n", port))
 	var stderr bytes.Buffer
 	err := run(context.Background(), []string{"run", "-c", cfg}, &bytes.Buffer{}, &stderr)
 	if code := exitCode(err, &stderr); code != 2 {
@@ -32,7 +32,7 @@ func TestMetricsOffLoopbackRefused(t *testing.T) {
 		t.Errorf("something listens on the refused metrics port")
 	}
 
-	cfg = writeConfig(t, ldap, testenv.FreePort(t), fmt.Sprintf("metrics:\n  listen: 0.0.0.0:%d\n  allow_remote: true\n", port))
+	cfg = writeConfig(t, ldap, fmt.Sprintf("metrics:\n  listen: 0.0.0.0:%d\n  allow_remote: true\n", port))
 	ctx, cancel := context.WithCancel(context.Background())
 	var log testenv.LogBuffer
 	done := make(chan error, 1)

@@ -57,7 +57,7 @@ func listeningTCP(t *testing.T, pid int) []string {
 func TestEmbeddedNATSNoNetwork(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	ldap.AddUser(t, "alice", "alice@example.org", nil)
-	cfg := writeConfig(t, ldap, 4222, "metrics:\n  listen: \"off\"\n")
+	cfg := writeConfig(t, ldap, "metrics:\n  listen: \"off\"\n")
 	bin := testenv.BuildRelease(t)
 	var out testenv.LogBuffer
 	cmd := exec.Command(bin, "run", "-c", cfg)
@@ -140,19 +140,12 @@ func TestEmbeddedNATSListenNeedsTLSAndKeys(t *testing.T) {
 	ca := testenv.NewCA(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 
-	cfg := writeConfig(t, ldap, 0, "metrics:\n  listen: \"off\"\n")
-	setNATS := func(cfg, body string) {
-		data, _ := os.ReadFile(cfg)
-		s := strings.Replace(string(data), "nats:\n  port: 0\n", "nats:\n"+body, 1)
-		os.WriteFile(cfg, []byte(s), 0o600)
-	}
-	setNATS(cfg, "  listen: "+addr+"\n")
+	cfg := writeConfig(t, ldap, "nats:\n  listen: "+addr+"\n")
 	if _, e, code := verb(t, cfg, "run"); code != 2 || !strings.Contains(e, "nats.tls_cert_file") {
 		t.Fatalf("nats.listen without TLS: exit %d, %s", code, e)
 	}
 
-	cfg = writeConfig(t, ldap, 0, "metrics:\n  listen: \"off\"\n")
-	setNATS(cfg, "  listen: "+addr+"\n  tls_cert_file: "+ca.ServerCert+"\n  tls_key_file: "+ca.ServerKey+"\n")
+	cfg = writeConfig(t, ldap, "nats:\n  listen: "+addr+"\n  tls_cert_file: "+ca.ServerCert+"\n  tls_key_file: "+ca.ServerKey+"\n")
 	startDaemon(t, cfg, 0)
 	if err := testenv.WaitTCP(addr, 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -178,10 +171,8 @@ func TestEmbeddedNATSListenNeedsTLSAndKeys(t *testing.T) {
 	}
 
 	// mx2: a worker-only mail host against this host's embedded server.
-	cfg2 := writeConfig(t, ldap, 0, "metrics:\n  listen: \"off\"\nlistener:\n  enabled: false\n")
-	data, _ := os.ReadFile(cfg2)
-	os.WriteFile(cfg2, []byte(strings.Replace(string(data), "host: mail.example.org", "host: mx2.example.org", 1)), 0o600)
-	setNATS(cfg2, "  url: tls://"+addr+"\n  ca_file: "+ca.CertFile+"\n  nkey_seed_file: "+workerSeed+"\n")
+	cfg2 := writeConfig(t, ldap, "host: mx2.example.org\nlistener:\n  enabled: false\n"+
+		"nats:\n  url: tls://"+addr+"\n  ca_file: "+ca.CertFile+"\n  nkey_seed_file: "+workerSeed+"\n")
 	startDaemon(t, cfg2, -1)
 	ldap.AddUser(t, "bob", "bob@example.org", nil)
 	c2, _ := loadConfig(cfg2)

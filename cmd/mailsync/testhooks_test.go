@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,29 +31,11 @@ func TestReleaseHasNoTestHooks(t *testing.T) {
 	}
 
 	ldap := testenv.StartSlapd(t)
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte(ldap.AdminPW+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "api.key"), []byte("k\n"), 0o600)
-	cfg := filepath.Join(dir, "mailsync.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`host: mail.example.org
-state_dir: %s/state
-handlers: [mailbox]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-nats:
-  port: %d
-dovecot:
-  doveadm_url: http://127.0.0.1:%d/doveadm/v1
-  api_key_file: api.key
-  mail_home: %s/mail/%%Ld/%%Ln
-metrics:
-  listen: "off"
-log:
-  format: json
-`, dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, testenv.FreePort(t), testenv.FreePort(t), dir)), 0o600)
+	c := testenv.NewMailsyncConfig(t, "").Handlers("mailbox").Slapd(ldap)
+	cfg := c.Set("dovecot.doveadm_url", fmt.Sprintf("http://127.0.0.1:%d/doveadm/v1", testenv.FreePort(t))).
+		Set("dovecot.api_key_file", c.Secret("api.key", "k")).
+		Set("dovecot.mail_home", c.Dir()+"/mail/%Ld/%Ln").
+		Write("")
 
 	armed := func(bin string) bool {
 		t.Helper()

@@ -20,45 +20,28 @@ import (
 const mailHost = "mail.example.org"
 
 // verbConfig writes a config for the verb tests: handlers as given, the
-// mailbox handler on dc (nil: a doveadm URL nobody answers, for plan).
-func verbConfig(t testing.TB, ldap *testenv.Slapd, dc *testenv.Dovecot, natsPort int, handlers, extra string) (cfg, dir string) {
+// mailbox handler on dc (nil: a doveadm URL nobody answers, for plan),
+// extra (YAML) merged over it.
+func verbConfig(t testing.TB, ldap *testenv.Slapd, dc *testenv.Dovecot, handlers []string, extra string) (cfg, dir string) {
 	t.Helper()
-	dir = t.TempDir()
-	os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte(ldap.AdminPW+"\n"), 0o600)
-	doveadm, key, home := "http://127.0.0.1:1/doveadm/v1", "none", filepath.Join(dir, "spool")+"/%Ld/%Ln"
-	owner := ""
+	c := verbBuilder(t, ldap, dc, handlers).Merge(extra)
+	return c.Write(""), c.Dir()
+}
+
+// verbBuilder is verbConfig's config before it is written, for a test
+// that writes variants of it.
+func verbBuilder(t testing.TB, ldap *testenv.Slapd, dc *testenv.Dovecot, handlers []string) *testenv.MailsyncConfig {
+	t.Helper()
+	c := testenv.NewMailsyncConfig(t, "").Set("host", mailHost).Handlers(handlers...).Slapd(ldap).
+		Postfix(testenv.StartPostfix(t), "").Set("log.level", "warn")
 	if dc != nil {
-		doveadm, key, home = dc.DoveadmURL, dc.APIKey, dc.MailHome
-		owner = fmt.Sprintf("  owner: \"%d:%d\"\n", dc.UID, dc.GID)
+		c.Dovecot(dc)
+	} else {
+		c.Set("dovecot.doveadm_url", "http://127.0.0.1:1/doveadm/v1").
+			Set("dovecot.api_key_file", c.Secret("api.key", "none")).
+			Set("dovecot.mail_home", filepath.Join(c.Dir(), "spool")+"/%Ld/%Ln")
 	}
-	os.WriteFile(filepath.Join(dir, "api.key"), []byte(key+"\n"), 0o600)
-	body := fmt.Sprintf(`host: %s
-state_dir: %s/state
-handlers: [%s]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-nats:
-  port: %d
-dovecot:
-  doveadm_url: %s
-  api_key_file: api.key
-  mail_home: %s
-%spostfix:
-  map_dir: %s/maps
-  config_dir: %s
-log:
-  level: warn
-  format: json
-%s`, mailHost, dir, handlers, ldap.URL, ldap.BaseDN, ldap.AdminDN, natsPort, doveadm, home, owner,
-		dir, testenv.StartPostfix(t).ConfigDir, extra)
-	cfg = filepath.Join(dir, "mailsync.yaml")
-	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return cfg, dir
+	return c
 }
 
 // startDaemon runs `mailsync run` in the test process until stop is called.
@@ -130,7 +113,7 @@ func TestCheckFindsPlantedDisagreementsAndResyncRepairs(t *testing.T) {
 	ldap.AddUser(t, "bob", "bob@example.org", map[string][]string{"univentionMailHomeServer": {"other.example.org"}})
 	ldap.AddGroup(t, "staff", "staff@example.org", []string{alice, carol}, nil)
 	port := testenv.FreePort(t)
-	cfg, dir := verbConfig(t, ldap, dc, port, "mailbox, aliases, homeserver", "metrics:\n  listen: \"off\"\n")
+	cfg, dir := verbConfig(t, ldap, dc, []string{"mailbox", "aliases", "homeserver"}, "metrics:\n  listen: \"off\"\n")
 	stop := startDaemon(t, cfg, port)
 
 	waitCheck(t, cfg, 30*time.Second)
@@ -260,7 +243,7 @@ func bigDirectory(t testing.TB, users int) (*testenv.Slapd, string, string, int)
 	}
 	ldap.AddUser(t, "remote", "remote@example.org", map[string][]string{"univentionMailHomeServer": {"other.example.org"}})
 	port := testenv.FreePort(t)
-	cfg, dir := verbConfig(t, ldap, nil, port, "aliases, homeserver", "metrics:\n  listen: \"off\"\n")
+	cfg, dir := verbConfig(t, ldap, nil, []string{"aliases", "homeserver"}, "metrics:\n  listen: \"off\"\n")
 	return ldap, cfg, dir, port
 }
 
@@ -301,7 +284,7 @@ func TestReplayReappliesEvents(t *testing.T) {
 	ldap.AddUser(t, "bob", "bob@example.org", nil)
 	port := testenv.FreePort(t)
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cfg, dir := verbConfig(t, ldap, nil, port, "aliases", "metrics:\n  listen: "+metricsAddr+"\n")
+	cfg, dir := verbConfig(t, ldap, nil, []string{"aliases"}, "metrics:\n  listen: "+metricsAddr+"\n")
 	stop := startDaemon(t, cfg, port)
 	mailboxMap := filepath.Join(dir, "maps", "virtual_mailbox")
 	applied := func() int {
@@ -403,13 +386,12 @@ func TestPlanShowsWhatAChangeWouldDo(t *testing.T) {
 	dave := ldap.AddUser(t, "dave", "dave@example.org", nil)
 	ldap.AddGroup(t, "staff", "staff@example.org", []string{alice, dave}, nil)
 	port := testenv.FreePort(t)
-	cfg, dir := verbConfig(t, ldap, nil, port, "aliases, homeserver", "metrics:\n  listen: \"off\"\n")
+	vc := verbBuilder(t, ldap, nil, []string{"aliases", "homeserver"})
+	cfg, dir := vc.Write(""), vc.Dir()
 	startDaemon(t, cfg, port)
 	waitCheck(t, cfg, 30*time.Second)
 	// plan runs with the mailbox handler too: it only reads the spool.
-	planCfg := filepath.Join(dir, "plan.yaml")
-	data, _ := os.ReadFile(cfg)
-	os.WriteFile(planCfg, bytes.Replace(data, []byte("handlers: [aliases, homeserver]"), []byte("handlers: [mailbox, aliases, homeserver]"), 1), 0o600)
+	planCfg := vc.Handlers("mailbox", "aliases", "homeserver").Write("plan.yaml")
 	spool := filepath.Join(dir, "spool", "example.org")
 	os.MkdirAll(filepath.Join(spool, "alice", "Maildir"), 0o700)
 	mapsBefore := snapshotMaps(t, filepath.Join(dir, "maps"))
@@ -497,7 +479,8 @@ func TestCheckTellsKeptFromDrift(t *testing.T) {
 	ldap.AddUser(t, "alice", "alice@example.org", nil)
 	bob := ldap.AddUser(t, "bob", "bob@example.org", nil)
 	port := testenv.FreePort(t)
-	cfg, dir := verbConfig(t, ldap, dc, port, "mailbox", "metrics:\n  listen: \"off\"\n")
+	vc := verbBuilder(t, ldap, dc, []string{"mailbox"})
+	cfg := vc.Write("")
 	stop := startDaemon(t, cfg, port)
 	waitCheck(t, cfg, 30*time.Second)
 	ldap.Delete(t, bob)
@@ -517,9 +500,7 @@ func TestCheckTellsKeptFromDrift(t *testing.T) {
 		t.Fatalf("bob's home went although delete=no: %v", err)
 	}
 	// The same spool under delete=yes: the home is drift.
-	data, _ := os.ReadFile(cfg)
-	yes := filepath.Join(dir, "delete-yes.yaml")
-	os.WriteFile(yes, append(data, []byte("policy:\n  mail/dovecot/mailbox/delete: \"yes\"\n")...), 0o600)
+	yes := vc.Policy("mail/dovecot/mailbox/delete", "yes").Write("delete-yes.yaml")
 	out, _, code := verb(t, yes, "check")
 	if code != 1 || !regexp.MustCompile(`(?m)^undeleted mailbox\s+`+regexp.QuoteMeta(bobHome)+`\s`).MatchString(out) {
 		t.Errorf("check under delete=yes: exit %d, want 1 naming %s:\n%s", code, bobHome, out)

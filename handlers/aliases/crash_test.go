@@ -159,33 +159,8 @@ type daemon struct {
 
 func (d *daemon) writeConfig(s *testenv.Slapd, pf *testenv.Postfix) {
 	t := d.t
-	if err := os.WriteFile(filepath.Join(d.dir, "ldap.secret"), []byte(s.AdminPW+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf(`host: %s
-state_dir: %s/state
-handlers: [aliases]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-nats:
-  port: %d
-postfix:
-  map_dir: %s
-  config_dir: %s
-  postmap: %s
-metrics:
-  listen: "off"
-log:
-  level: info
-  format: json
-`, hostFQDN, d.dir, s.URL, s.BaseDN, s.AdminDN, testenv.FreePort(t), d.maps, pf.ConfigDir, pf.Postmap)
-	d.cfg = filepath.Join(d.dir, "mailsync.yaml")
-	if err := os.WriteFile(d.cfg, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	d.cfg = testenv.NewMailsyncConfig(t, d.dir).Set("host", hostFQDN).Handlers("aliases").
+		Slapd(s).Postfix(pf, d.maps).Set("log.level", "info").Write("")
 	t.Cleanup(func() {
 		if d.cmd != nil {
 			d.kill()

@@ -208,39 +208,13 @@ func newChurnRig(t *testing.T, bin string, s churnShape) *churnRig {
 	ldap := testenv.StartSlapd(t)
 	dc := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{FQDN: host})
 	r := &churnRig{t: t, shape: s, ldap: ldap, dc: dc, pf: testenv.StartPostfix(t), bin: bin, dir: t.TempDir()}
-	os.WriteFile(filepath.Join(r.dir, "ldap.secret"), []byte(ldap.AdminPW+"\n"), 0o600)
-	os.WriteFile(filepath.Join(r.dir, "api.key"), []byte(dc.APIKey+"\n"), 0o600)
-	r.cfg = filepath.Join(r.dir, "mailsync.yaml")
-	os.WriteFile(r.cfg, []byte(fmt.Sprintf(`host: %s
-state_dir: %s/state
-handlers: [mailbox, aliases, homeserver]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-nats:
-  port: %d
-dovecot:
-  doveadm_url: %s
-  api_key_file: api.key
-  mail_home: %s
-  owner: "%d:%d"
-postfix:
-  map_dir: %s/maps
-  config_dir: %s
-metrics:
-  listen: "off"
-listener:
-  # The run's 50 deletes are ordinary ones, but the refresh after a kill
-  # sees every delete made while the listener was down at once; the guard
-  # has tests of its own.
-  mass_delete_min: 100000
-log:
-  level: debug
-  format: json
-`, host, r.dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, testenv.FreePort(t), dc.DoveadmURL, dc.MailHome, dc.UID, dc.GID,
-		r.dir, r.pf.ConfigDir)), 0o600)
+	r.cfg = testenv.NewMailsyncConfig(t, r.dir).Set("host", host).Handlers("mailbox", "aliases", "homeserver").
+		Slapd(ldap).Dovecot(dc).Postfix(r.pf, "").
+		// The run's 50 deletes are ordinary ones, but the refresh after a
+		// kill sees every delete made while the listener was down at once;
+		// the guard has tests of its own.
+		Set("listener.mass_delete_min", 100000).
+		Write("")
 	var err error
 	if r.log, err = os.Create(filepath.Join(r.dir, "mailsync.log")); err != nil {
 		t.Fatal(err)

@@ -3,10 +3,7 @@ package mailbox_test
 import (
 	"bytes"
 	"errors"
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -18,23 +15,7 @@ import (
 // directory; it returns stdout+stderr and the exit code.
 func (e *env) mailsyncVerb(t testing.TB, bin string, args ...string) (string, int) {
 	t.Helper()
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte(e.ldap.AdminPW+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "api.key"), []byte(e.dc.APIKey+"\n"), 0o600)
-	cfg := filepath.Join(dir, "mailsync.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`host: %s
-state_dir: %s/state
-handlers: [mailbox]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-dovecot:
-  doveadm_url: %s
-  api_key_file: api.key
-  mail_home: %s
-`, host, dir, e.ldap.URL, e.ldap.BaseDN, e.ldap.AdminDN, e.dc.DoveadmURL, e.dc.MailHome)), 0o600)
+	cfg := testenv.NewMailsyncConfig(t, "").Set("host", host).Handlers("mailbox").Slapd(e.ldap).Dovecot(e.dc).Write("")
 	var out bytes.Buffer
 	cmd := exec.Command(bin, append(args, "-c", cfg)...)
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -27,30 +27,10 @@ func TestSIGKILLDuringRename(t *testing.T) {
 
 	dir := t.TempDir()
 	bin := testenv.BuildMailsync(t)
-	os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte(ldap.AdminPW+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "api.key"), []byte(dc.APIKey+"\n"), 0o600)
-	cfg := filepath.Join(dir, "mailsync.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`host: %s
-state_dir: %s/state
-handlers: [mailbox]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-nats:
-  port: %d
-dovecot:
-  doveadm_url: %s
-  api_key_file: api.key
-  mail_home: %s
-  index_home: %s/%%Ld/%%Ln
-policy:
-  mail/dovecot/location/separate_index: "yes"
-log:
-  level: debug
-  format: json
-`, host, dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, testenv.FreePort(t), dc.DoveadmURL, dc.MailHome, dc.IndexRoot)), 0o600)
+	cfg := testenv.NewMailsyncConfig(t, dir).Set("host", host).Handlers("mailbox").Slapd(ldap).Dovecot(dc).
+		Set("dovecot.index_home", dc.IndexRoot+"/%Ld/%Ln").
+		Policy("mail/dovecot/location/separate_index", "yes").
+		Write("")
 
 	steps := []string{"move:intent", "move:kicked", "move:home-renamed", "move:index-renamed", "move:marked", "move:flushed", "move:created"}
 	dns := map[string]string{}

@@ -118,41 +118,14 @@ func TestClusterBurstWithKills(t *testing.T) {
 	for i, host := range []string{"mx1.example.org", "mx2.example.org"} {
 		dc := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{FQDN: host})
 		dir := t.TempDir()
-		os.WriteFile(filepath.Join(dir, "ldap.secret"), []byte(ldap.AdminPW+"\n"), 0o600)
-		os.WriteFile(filepath.Join(dir, "api.key"), []byte(dc.APIKey+"\n"), 0o600)
-		os.WriteFile(filepath.Join(dir, "master.secret"), []byte(dc.MasterPass+"\n"), 0o600)
 		natsBlock := replaceAll(t, testenv.DocsBlock(t, "nats:\n  url: tls://n1.example.org:4222,tls://n2.example.org:4222,tls://n3.example.org:4222"),
 			"tls://n1.example.org:4222,tls://n2.example.org:4222,tls://n3.example.org:4222", tlsURLs,
 			"/etc/mailsync/nats-ca.pem", ca.CertFile,
 			"/etc/mailsync/nats/listener.nk", filepath.Join(keyDir, "listener.nk"),
 			"/etc/mailsync/nats/admin.nk", filepath.Join(keyDir, "admin.nk"))
-		cfg := filepath.Join(dir, "mailsync.yaml")
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`host: %s
-state_dir: %s/state
-handlers: [mailbox, aliases]
-ldap:
-  url: %s
-  base_dn: %s
-  bind_dn: %s
-  bind_password_file: ldap.secret
-%sdovecot:
-  doveadm_url: %s
-  api_key_file: api.key
-  imap_addr: %s
-  master_user: %s
-  master_password_file: master.secret
-  mail_home: %s
-  owner: "%d:%d"
-postfix:
-  map_dir: %s/maps
-  config_dir: %s
-metrics:
-  listen: "off"
-log:
-  level: info
-  format: json
-`, host, dir, ldap.URL, ldap.BaseDN, ldap.AdminDN, natsBlock, dc.DoveadmURL, dc.IMAPAddr, dc.MasterUser, dc.MailHome,
-			dc.UID, dc.GID, dir, testenv.StartPostfix(t).ConfigDir)), 0o600)
+		cfg := testenv.NewMailsyncConfig(t, dir).Set("host", host).Handlers("mailbox", "aliases").
+			Slapd(ldap).Dovecot(dc).Postfix(testenv.StartPostfix(t), "").Merge(natsBlock).
+			Set("log.level", "info").Write("")
 		logf, err := os.Create(filepath.Join(dir, "mailsync.log"))
 		if err != nil {
 			t.Fatal(err)
