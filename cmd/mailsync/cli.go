@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -61,7 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	helped := false
 	parser, err := kong.New(&c, kong.Name("mailsync"),
 		kong.Description("Keeps Dovecot mailboxes and Postfix maps in step with an LDAP directory."),
-		kong.Writers(stdout, stderr), kong.Exit(func(int) { helped = true }))
+		kong.Writers(stdout, stderr), kong.Exit(func(int) { helped = true }),
+		kong.Vars{"handlers": strings.Join(registry.Known{}.Names(), ", ")})
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 )
 
 type resyncCmd struct {
-	Handler string `help:"Only this handler: mailbox, aliases or homeserver (default: every handler the config enables)." placeholder:"H"`
+	Handler string `help:"Only this handler: ${handlers} (default: every handler the config enables)." placeholder:"H"`
 	Workers int    `help:"Mailboxes created at once." default:"4"`
 }
 

@@ -4,7 +4,7 @@
 //
 // Guarantees:
 //   - The decision is UCS's cascade (Decide, reference §1.3), per host, with
-//     the one responsibility rule of package homeserver, on the transition
+//     the one responsibility rule of package identity, on the transition
 //     from the state last applied on this host to the entry's newest one.
 //   - No mail is lost by a crash: every multi-step operation (a move, a
 //     delete) first writes an intent record to the state dir and fsyncs it;
