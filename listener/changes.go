@@ -109,7 +109,7 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 		return l.queueDelete(ctx, uuid)
 	}
 	entry := event.Entry{UUID: uuid, DN: m.DN, Kind: kind, Attrs: attrs}
-	entry.CSN = l.cfg.Flavor.csn(m.DN, m.Attr(l.cfg.Flavor.stampAttr()), attrs, m.Cookie, rf.cookie)
+	entry.CSN = l.cfg.Flavor.ChangeID(Sent{Entry: m, DN: m.DN, Attrs: attrs, Cookie: m.Cookie, Start: rf.cookie})
 	old, had := l.known[uuid]
 	now := compact(entry)
 	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {

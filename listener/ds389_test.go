@@ -77,8 +77,8 @@ type directoryServer struct {
 }
 
 var directoryServers = []directoryServer{
-	{"slapd", listener.FlavorOpenLDAP, func(t *testing.T) testenv.LDAPServer { return testenv.StartSlapd(t) }},
-	{"389ds", listener.Flavor389DS, ds389},
+	{"slapd", listener.OpenLDAP{}, func(t *testing.T) testenv.LDAPServer { return testenv.StartSlapd(t) }},
+	{"389ds", listener.DS389{}, ds389},
 }
 
 // forEachServer runs test once per directory server.

@@ -1,24 +1,40 @@
 package listener
 
 import (
+	"fmt"
+
 	"github.com/go-ldap/ldap/v3"
 
 	"mailsync/event"
 )
 
+// searchEntry is a plain search's result as an Entry.
+type searchEntry struct{ e *ldap.Entry }
+
+func (s searchEntry) Attr(name string) string { return s.e.GetAttributeValue(name) }
+
 // EntryFrom is what the listener stores for an LDAP search result entry
-// with identity uuid: the followed attributes and the entry's kind. ok is
-// false for an entry mailsync does not follow. Readers of the directory
+// read with f.Attributes() and the followed attributes: the entry's
+// identity, kind, followed attributes and change id, as f gives them. ok
+// is false for an entry mailsync does not follow; err says a followed
+// entry has no identity (its UUID is then ""). Readers of the directory
 // outside the sync (`mailsync check`, `resync`, tests) use it to see
-// entries exactly as the listener does.
-// The attributes' value lists are shared with e.
-func EntryFrom(e *ldap.Entry, uuid string) (event.Entry, bool) {
+// entries exactly as the listener does. The attributes' value lists are
+// shared with e.
+func EntryFrom(f Flavor, e *ldap.Entry) (entry event.Entry, ok bool, err error) {
 	attrs := followedAttrs(e)
 	kind, ok := event.KindOf(attrs)
 	if !ok {
-		return event.Entry{}, false
+		return event.Entry{}, false, nil
 	}
-	return event.Entry{UUID: uuid, DN: e.DN, Kind: kind, Attrs: attrs, CSN: e.GetAttributeValue("entryCSN")}, true
+	se := searchEntry{e}
+	entry = event.Entry{DN: e.DN, Kind: kind, Attrs: attrs,
+		CSN: f.ChangeID(Sent{Entry: se, DN: e.DN, Attrs: attrs})}
+	entry.UUID, err = f.Identity(se)
+	if err != nil {
+		err = fmt.Errorf("entry %s: %w", e.DN, err)
+	}
+	return entry, true, err
 }
 
 // followedAttrs is event.NewAttrs for an LDAP entry without the map of raw

@@ -1,10 +1,12 @@
 // Package listener turns an LDAP directory's changes into mailsync events on
 // JetStream, using RFC 4533 content synchronisation (syncrepl,
-// refreshAndPersist) against OpenLDAP's syncprov.
+// refreshAndPersist) against OpenLDAP's syncprov or 389-DS's Content
+// Synchronization plugin (Flavor: one file each).
 //
 // Guarantees:
-//   - Identity is the entryUUID: a modrdn (a user moved to another OU) is one
-//     modify event with old_dn, never a delete and an add.
+//   - Identity is the entryUUID (on 389-DS the nsUniqueId): a modrdn (a user
+//     moved to another OU) is one modify event with old_dn, never a delete
+//     and an add.
 //   - Every event carries `old`, the state the listener last published for the
 //     entry, kept in the KV bucket "entries" and mirrored in memory.
 //   - Nothing is lost: an event is acked by JetStream before the entry's KV
@@ -97,7 +99,8 @@ type Config struct {
 	LeaseTTL   time.Duration
 	LeaseRenew time.Duration
 	// Flavor is the directory server's dialect of RFC 4533: OpenLDAP's
-	// syncprov (the zero value) or 389-DS's Content Synchronization plugin.
+	// syncprov (OpenLDAP, the default) or 389-DS's Content Synchronization
+	// plugin (DS389).
 	Flavor Flavor
 }
 
@@ -206,6 +209,9 @@ func New(cfg Config, bus *stream.Bus, log zerolog.Logger, hooks Hooks) *Listener
 	}
 	if cfg.LeaseRenew == 0 {
 		cfg.LeaseRenew = DefaultLeaseRenew
+	}
+	if cfg.Flavor == nil {
+		cfg.Flavor = OpenLDAP{}
 	}
 	return &Listener{cfg: cfg, bus: bus, log: log.With().Str("component", "listener").Logger(), hooks: hooks}
 }
@@ -336,7 +342,7 @@ func (l *Listener) active(ctx context.Context) error {
 	}
 }
 
-func (l *Listener) dial() (*ldap.Conn, error) {
+func (l *Listener) dial(context.Context) (*ldap.Conn, error) {
 	var opts []ldap.DialOpt
 	if l.cfg.TLS != nil {
 		opts = append(opts, ldap.DialWithTLSConfig(l.cfg.TLS))
@@ -410,7 +416,7 @@ func (l *Listener) session(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	resp, err := conn.Search(sctx, syncrepl.Request{BaseDN: l.cfg.BaseDN, Filter: event.Filter,
-		Attributes: append(l.cfg.Flavor.attrs(), event.Followed...),
+		Attributes: append(l.cfg.Flavor.Attributes(), event.Followed...),
 		Mode:       syncrepl.ModeRefreshAndPersist, Cookie: cookie})
 	if err != nil {
 		return fmt.Errorf("sync search on %s: %w", l.cfg.URL, err)

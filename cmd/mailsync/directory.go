@@ -22,6 +22,10 @@ const ldapTimeout = 2 * time.Minute
 // the listener would store them. check and resync work from it, so they
 // need neither the daemon nor its JetStream.
 func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, error) {
+	flavor, err := listener.ParseFlavor(cfg.LDAP.Flavor)
+	if err != nil {
+		return nil, fmt.Errorf("ldap.flavor: %w", err)
+	}
 	tlsCfg, err := ldapTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -57,9 +61,10 @@ func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, erro
 			return nil, fmt.Errorf("bind to %s as %s: %w", cfg.LDAP.URL, cfg.LDAP.BindDN, err)
 		}
 	}
-	// On 389-DS the listener's identity is the nsUniqueId (listener.Flavor);
-	// the ownership markers of homes compare it.
-	attrs := append([]string{"entryUUID", "nsUniqueId", "entryCSN"}, event.Followed...)
+	// The identity and change id are the listener's (listener.Flavor): on
+	// 389-DS the identity is the nsUniqueId; the ownership markers of homes
+	// compare it.
+	attrs := append(flavor.Attributes(), event.Followed...)
 	req := ldap.NewSearchRequest(cfg.LDAP.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false,
 		event.Filter, attrs, nil)
 	res, err := conn.SearchWithPaging(req, 1000)
@@ -71,20 +76,15 @@ func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, erro
 	}
 	out := make([]event.Entry, 0, len(res.Entries))
 	for _, e := range res.Entries {
-		// The identity the listener gives the entry: on 389-DS the
-		// nsUniqueId in UUID form, as its sync plugin sends it.
-		uuid := e.GetAttributeValue("entryUUID")
-		if cfg.LDAP.Flavor == string(listener.Flavor389DS) || uuid == "" {
-			if id, err := listener.UUIDFromNsUniqueID(e.GetAttributeValue("nsUniqueId")); err == nil {
-				uuid = id
-			}
+		entry, ok, err := listener.EntryFrom(flavor, e)
+		if !ok {
+			continue
 		}
-		if uuid == "" {
-			uuid = "dn:" + e.DN
+		if err != nil {
+			// Not readable (an ACL hides it): the DN stands in.
+			entry.UUID = "dn:" + e.DN
 		}
-		if entry, ok := listener.EntryFrom(e, uuid); ok {
-			out = append(out, entry)
-		}
+		out = append(out, entry)
 	}
 	return out, nil
 }

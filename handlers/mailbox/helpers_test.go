@@ -49,7 +49,7 @@ var cells = []policy{{true, false}, {true, true}, {false, false}, {false, true}}
 func newEnv(t testing.TB, pol policy, opts testenv.DovecotOptions, pipeline bool) *env {
 	t.Helper()
 	ldap := testenv.StartSlapd(t)
-	e := newEnvOn(t, ldap, listener.FlavorOpenLDAP, pol, opts, pipeline)
+	e := newEnvOn(t, ldap, listener.OpenLDAP{}, pol, opts, pipeline)
 	e.ldap = ldap
 	return e
 }

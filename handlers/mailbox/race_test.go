@@ -29,7 +29,7 @@ func TestNewAddressUsedBeforeRename(t *testing.T) {
 func TestNewAddressUsedBeforeRename389DS(t *testing.T) {
 	t.Parallel()
 	ds := testenv.StartDS389(t).Tree(t, "race")
-	e := newEnvOn(t, ds, listener.Flavor389DS, policy{rename: true}, testenv.DovecotOptions{}, true)
+	e := newEnvOn(t, ds, listener.DS389{}, policy{rename: true}, testenv.DovecotOptions{}, true)
 	newAddressUsedBeforeRename(t, e, ds, time.Second)
 }
 

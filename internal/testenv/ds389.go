@@ -514,23 +514,7 @@ func (d *DS389) AddGroup(t testing.TB, cn, mail string, members []string, extra 
 // listener.UUIDFromNsUniqueID), as the listener stores it.
 func (d *DS389) Entries(t testing.TB) []event.Entry {
 	t.Helper()
-	attrs := append([]string{"nsUniqueId"}, event.Followed...)
-	res, err := d.Conn(t).SearchWithPaging(ldap.NewSearchRequest(d.BaseDN, ldap.ScopeWholeSubtree,
-		ldap.NeverDerefAliases, 0, 0, false, event.Filter, attrs, nil), 1000)
-	if err != nil {
-		t.Fatalf("search entries: %v", err)
-	}
-	out := make([]event.Entry, 0, len(res.Entries))
-	for _, e := range res.Entries {
-		uuid, err := listener.UUIDFromNsUniqueID(e.GetAttributeValue("nsUniqueId"))
-		if err != nil {
-			t.Fatalf("entry %s: %v", e.DN, err)
-		}
-		if entry, ok := listener.EntryFrom(e, uuid); ok {
-			out = append(out, entry)
-		}
-	}
-	return out
+	return entries(t, d.Conn(t), d.BaseDN, listener.DS389{})
 }
 
 func copyDir(src, dst string) error {

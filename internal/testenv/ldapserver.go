@@ -8,6 +8,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"mailsync/event"
+	"mailsync/listener"
 )
 
 // LDAPServer is what a listener test needs of a directory: where it is and
@@ -46,6 +47,29 @@ var (
 	_ LDAPServer = (*Slapd)(nil)
 	_ LDAPServer = (*DS389)(nil)
 )
+
+// entries reads every entry mailsync follows below base, with the identity
+// and change id flavor gives it, as the listener stores it.
+func entries(t testing.TB, c *ldap.Conn, base string, flavor listener.Flavor) []event.Entry {
+	t.Helper()
+	attrs := append(flavor.Attributes(), event.Followed...)
+	res, err := c.SearchWithPaging(ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree,
+		ldap.NeverDerefAliases, 0, 0, false, event.Filter, attrs, nil), 1000)
+	if err != nil {
+		t.Fatalf("search entries: %v", err)
+	}
+	out := make([]event.Entry, 0, len(res.Entries))
+	for _, e := range res.Entries {
+		entry, ok, err := listener.EntryFrom(flavor, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			out = append(out, entry)
+		}
+	}
+	return out
+}
 
 func addEntry(c *ldap.Conn, dn string, attrs map[string][]string) error {
 	req := ldap.NewAddRequest(dn, nil)

@@ -36,7 +36,7 @@ type Pipeline struct {
 // StartPipeline starts a listener and a runner for host over ldap.
 func StartPipeline(t testing.TB, ldap *Slapd, host string, handlers ...runner.Handler) *Pipeline {
 	t.Helper()
-	return StartPipelineOn(t, ldap, listener.FlavorOpenLDAP, host, handlers...)
+	return StartPipelineOn(t, ldap, listener.OpenLDAP{}, host, handlers...)
 }
 
 // StartPipelineOn starts a listener of flavor over dir (slapd or 389-DS)

@@ -381,19 +381,7 @@ func (s *Slapd) AddGroup(t testing.TB, cn, mail string, members []string, extra 
 // Entries returns every entry mailsync follows, as the listener stores it.
 func (s *Slapd) Entries(t testing.TB) []event.Entry {
 	t.Helper()
-	attrs := append([]string{"entryUUID", "entryCSN"}, event.Followed...)
-	res, err := s.Conn(t).SearchWithPaging(ldap.NewSearchRequest(s.BaseDN, ldap.ScopeWholeSubtree,
-		ldap.NeverDerefAliases, 0, 0, false, event.Filter, attrs, nil), 1000)
-	if err != nil {
-		t.Fatalf("search entries: %v", err)
-	}
-	out := make([]event.Entry, 0, len(res.Entries))
-	for _, e := range res.Entries {
-		if entry, ok := listener.EntryFrom(e, e.GetAttributeValue("entryUUID")); ok {
-			out = append(out, entry)
-		}
-	}
-	return out
+	return entries(t, s.Conn(t), s.BaseDN, listener.OpenLDAP{})
 }
 
 func sortedKeys(m map[string][]string) []string {
