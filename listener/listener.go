@@ -31,7 +31,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +41,8 @@ import (
 
 	"mailsync/config"
 	"mailsync/event"
+	"mailsync/fault"
+	"mailsync/ldapconn"
 	"mailsync/listener/syncrepl"
 	"mailsync/stream"
 )
@@ -333,7 +334,14 @@ func (l *Listener) active(ctx context.Context) error {
 			bo.Reset()
 		}
 		d := bo.NextBackOff()
-		l.log.Warn().Err(err).Dur("retry_in", d).Str("url", l.cfg.URL).Msg("directory sync interrupted")
+		lvl := l.log.Warn()
+		if fault.IsPermanent(err) {
+			// Trying again sends the same (a refused bind, a certificate
+			// that does not verify): it works once the directory or the
+			// config is fixed, so the listener goes on trying.
+			lvl = l.log.Error()
+		}
+		lvl.Err(err).Dur("retry_in", d).Str("url", l.cfg.URL).Msg("directory sync interrupted")
 		select {
 		case <-ctx.Done():
 			return nil
@@ -342,60 +350,15 @@ func (l *Listener) active(ctx context.Context) error {
 	}
 }
 
-func (l *Listener) dial(context.Context) (*ldap.Conn, error) {
-	var opts []ldap.DialOpt
-	if l.cfg.TLS != nil {
-		opts = append(opts, ldap.DialWithTLSConfig(l.cfg.TLS))
-	}
-	conn, err := ldap.DialURL(l.cfg.URL, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", l.cfg.URL, err)
-	}
-	if l.cfg.StartTLS {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if l.cfg.TLS != nil {
-			tc = l.cfg.TLS.Clone()
-		}
-		if tc.ServerName == "" {
-			if u, err := url.Parse(l.cfg.URL); err == nil {
-				tc.ServerName = u.Hostname()
-			}
-		}
-		if err := conn.StartTLS(tc); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("starttls to %s: %w", l.cfg.URL, err)
-		}
-	}
-	if l.cfg.BindDN != "" {
-		if err := conn.Bind(l.cfg.BindDN, l.cfg.BindPassword); err != nil {
-			conn.Close()
-			// the password never appears in the error
-			return nil, fmt.Errorf("bind as %s: %w", l.cfg.BindDN, err)
-		}
-	}
-	return conn, nil
+// target is the directory as ldapconn dials it.
+func (l *Listener) target() ldapconn.Target {
+	return ldapconn.Target{URL: l.cfg.URL, StartTLS: l.cfg.StartTLS, TLS: l.cfg.TLS,
+		BindDN: l.cfg.BindDN, BindPassword: l.cfg.BindPassword}
 }
 
-// dialSync opens the connection the sync search runs on.
-func (l *Listener) dialSync(ctx context.Context) (*syncrepl.Conn, error) {
-	conn, err := syncrepl.Dial(ctx, l.cfg.URL, l.cfg.TLS)
-	if err != nil {
-		return nil, err
-	}
-	if l.cfg.StartTLS {
-		if err := conn.StartTLS(ctx, l.cfg.TLS); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("starttls to %s: %w", l.cfg.URL, err)
-		}
-	}
-	if l.cfg.BindDN != "" {
-		// the password never appears in the error
-		if err := conn.Bind(ctx, l.cfg.BindDN, l.cfg.BindPassword); err != nil {
-			conn.Close()
-			return nil, err
-		}
-	}
-	return conn, nil
+// dial opens a go-ldap connection, for searches besides the sync.
+func (l *Listener) dial(ctx context.Context) (*ldap.Conn, error) {
+	return ldapconn.Dial(ctx, l.target())
 }
 
 // session runs one syncrepl search until it fails or ctx ends.
@@ -408,7 +371,7 @@ func (l *Listener) session(ctx context.Context) error {
 	if err := l.cfg.Flavor.beforeSync(ctx, l.dial, l.cfg, rf); err != nil {
 		return err
 	}
-	conn, err := l.dialSync(ctx)
+	conn, err := syncrepl.Dial(ctx, l.target())
 	if err != nil {
 		return err
 	}

@@ -2,15 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"net/url"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
 
 	"mailsync/config"
 	"mailsync/event"
+	"mailsync/ldapconn"
 	"mailsync/listener"
 )
 
@@ -30,37 +29,16 @@ func readDirectory(ctx context.Context, cfg *config.Config) ([]event.Entry, erro
 	if err != nil {
 		return nil, err
 	}
-	var opts []ldap.DialOpt
-	if tlsCfg != nil {
-		opts = append(opts, ldap.DialWithTLSConfig(tlsCfg))
-	}
-	conn, err := ldap.DialURL(cfg.LDAP.URL, opts...)
+	conn, err := ldapconn.Dial(ctx, ldapconn.Target{URL: cfg.LDAP.URL, StartTLS: cfg.LDAP.StartTLS, TLS: tlsCfg,
+		BindDN: cfg.LDAP.BindDN, BindPassword: cfg.LDAP.BindPassword, Timeout: ldapTimeout})
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", cfg.LDAP.URL, err)
+		return nil, err
 	}
 	defer conn.Close()
 	// go-ldap takes no context: closing the connection ends a search.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	conn.SetTimeout(ldapTimeout)
-	if cfg.LDAP.StartTLS {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if tlsCfg != nil {
-			tc = tlsCfg.Clone()
-		}
-		if u, err := url.Parse(cfg.LDAP.URL); err == nil && tc.ServerName == "" {
-			tc.ServerName = u.Hostname()
-		}
-		if err := conn.StartTLS(tc); err != nil {
-			return nil, fmt.Errorf("starttls to %s: %w", cfg.LDAP.URL, err)
-		}
-	}
-	if cfg.LDAP.BindDN != "" {
-		if err := conn.Bind(cfg.LDAP.BindDN, cfg.LDAP.BindPassword); err != nil {
-			// the password never appears in the error
-			return nil, fmt.Errorf("bind to %s as %s: %w", cfg.LDAP.URL, cfg.LDAP.BindDN, err)
-		}
-	}
 	// The identity and change id are the listener's (listener.Flavor): on
 	// 389-DS the identity is the nsUniqueId; the ownership markers of homes
 	// compare it.

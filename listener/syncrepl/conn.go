@@ -1,6 +1,7 @@
 // Package syncrepl is the client side of one RFC 4533 content
-// synchronisation search: connect, StartTLS, simple bind, then a sync
-// search whose results are decoded as they stream in.
+// synchronisation search, on a connection package ldapconn opened (and
+// upgraded with StartTLS and bound): the sync search's results are decoded
+// as they stream in.
 //
 // It exists for speed. The listener reads every entry of the directory
 // through this search on each full refresh, and go-ldap decodes each
@@ -19,17 +20,17 @@ package syncrepl
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"sync"
 	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
+
+	"mailsync/ldapconn"
 )
 
 // Mode is the sync request mode.
@@ -40,16 +41,14 @@ const (
 	ModeRefreshAndPersist Mode = Mode(ldap.SyncRequestModeRefreshAndPersist)
 )
 
-// dialTimeout bounds connecting and each request before the search; the
-// search itself has no deadline (persist mode is idle for hours).
-const dialTimeout = 30 * time.Second
+// writeTimeout bounds sending the search; the search itself has no
+// deadline (persist mode is idle for hours).
+const writeTimeout = 30 * time.Second
 
 // Conn is a connection to a directory server.
 type Conn struct {
 	nc     net.Conn
 	r      *bufio.Reader
-	isTLS  bool
-	host   string
 	nextID int64
 	buf    []byte
 
@@ -57,59 +56,22 @@ type Conn struct {
 	closeErr  error
 }
 
-// Dial connects to an ldap://, ldaps:// or ldapi:// URL. tlsCfg is used for
-// ldaps (nil: system roots, the URL's host name).
-func Dial(ctx context.Context, rawURL string, tlsCfg *tls.Config) (*Conn, error) {
-	u, err := url.Parse(rawURL)
+// Dial opens a connection to t's directory: connected, upgraded with
+// StartTLS and bound as t says (ldapconn.Open), ready for Search.
+func Dial(ctx context.Context, t ldapconn.Target) (*Conn, error) {
+	nc, _, err := ldapconn.Open(ctx, t)
 	if err != nil {
-		return nil, fmt.Errorf("parse directory URL %q: %w", rawURL, err)
+		return nil, err
 	}
-	d := net.Dialer{Timeout: dialTimeout}
-	var nc net.Conn
-	host := u.Hostname()
-	switch u.Scheme {
-	case "ldap", "ldaps":
-		port := u.Port()
-		if port == "" {
-			port = "389"
-			if u.Scheme == "ldaps" {
-				port = "636"
-			}
-		}
-		nc, err = d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
-		if err == nil && u.Scheme == "ldaps" {
-			tc := tlsConfig(tlsCfg, host)
-			tconn := tls.Client(nc, tc)
-			if err = tconn.HandshakeContext(ctx); err != nil {
-				nc.Close()
-			} else {
-				nc = tconn
-			}
-		}
-	case "ldapi":
-		path, perr := url.PathUnescape(u.Host)
-		if perr != nil || path == "" {
-			path = "/var/run/slapd/ldapi"
-		}
-		nc, err = d.DialContext(ctx, "unix", path)
-	default:
-		return nil, fmt.Errorf("directory URL %q: unknown scheme %q", rawURL, u.Scheme)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", rawURL, err)
-	}
-	return &Conn{nc: nc, r: bufio.NewReaderSize(nc, 64<<10), isTLS: u.Scheme == "ldaps", host: host}, nil
+	return NewConn(nc), nil
 }
 
-func tlsConfig(cfg *tls.Config, host string) *tls.Config {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if cfg != nil {
-		tc = cfg.Clone()
-	}
-	if tc.ServerName == "" {
-		tc.ServerName = host
-	}
-	return tc
+// NewConn speaks LDAP on nc, which has answered no request not yet read
+// (ldapconn.Open).
+func NewConn(nc net.Conn) *Conn {
+	// Open used message ids 1 and 2 and read their answers: they are done
+	// with, and ids may be used again (RFC 4511 §4.1.1.1).
+	return &Conn{nc: nc, r: bufio.NewReaderSize(nc, 64<<10)}
 }
 
 // Close ends the connection, telling the server first when it can.
@@ -120,72 +82,6 @@ func (c *Conn) Close() error {
 		c.closeErr = c.nc.Close()
 	})
 	return c.closeErr
-}
-
-// StartTLS upgrades the connection (RFC 4511 §4.14).
-func (c *Conn) StartTLS(ctx context.Context, cfg *tls.Config) error {
-	if c.isTLS {
-		return errors.New("starttls: connection is already TLS")
-	}
-	op := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ldap.ApplicationExtendedRequest, nil, "Extended Request")
-	op.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, "1.3.6.1.4.1.1466.20037", "StartTLS"))
-	if err := c.request(ctx, op, tagExtendedResponse); err != nil {
-		return fmt.Errorf("starttls: %w", err)
-	}
-	tconn := tls.Client(c.nc, tlsConfig(cfg, c.host))
-	if err := tconn.HandshakeContext(ctx); err != nil {
-		return fmt.Errorf("starttls handshake: %w", err)
-	}
-	c.nc, c.isTLS = tconn, true
-	c.r.Reset(tconn)
-	return nil
-}
-
-// Bind is a simple bind (RFC 4511 §4.2).
-func (c *Conn) Bind(ctx context.Context, dn, password string) error {
-	op := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ldap.ApplicationBindRequest, nil, "Bind Request")
-	op.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, 3, "Version"))
-	op.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, dn, "User Name"))
-	op.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, password, "Password"))
-	if err := c.request(ctx, op, tagBindResponse); err != nil {
-		return fmt.Errorf("bind as %s: %w", dn, err)
-	}
-	return nil
-}
-
-// request sends op and reads its response, which must have tag want.
-func (c *Conn) request(ctx context.Context, op *ber.Packet, want byte) error {
-	deadline := time.Now().Add(dialTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	c.nc.SetDeadline(deadline)
-	defer c.nc.SetDeadline(time.Time{})
-	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	id, err := c.send(op, nil)
-	if err != nil {
-		return err
-	}
-	for {
-		mid, tag, body, _, err := c.read()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return err
-		}
-		if mid != id {
-			if mid == 0 {
-				return unsolicited(tag, body)
-			}
-			continue // a late answer to something abandoned
-		}
-		if tag != want {
-			return fmt.Errorf("%w: response tag 0x%02x, want 0x%02x", errMalformed, tag, want)
-		}
-		return result(body)
-	}
 }
 
 // send writes an LDAPMessage with op and controls and returns its id.
@@ -290,7 +186,7 @@ func (c *Conn) Search(ctx context.Context, req Request) (*Stream, error) {
 	}
 	op.AppendChild(attrs)
 	ctl := ldap.NewControlSyncRequest(ldap.ControlSyncRequestMode(req.Mode), req.Cookie, req.ReloadHint)
-	c.nc.SetWriteDeadline(time.Now().Add(dialTimeout))
+	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	id, err := c.send(op, []*ber.Packet{ctl.Encode()})
 	c.nc.SetWriteDeadline(time.Time{})
 	if err != nil {
