@@ -1,7 +1,12 @@
 package mailbox_test
 
 import (
+	"context"
+	"strings"
 	"testing"
+
+	"mailsync/event"
+	"mailsync/fault"
 
 	"mailsync/internal/testenv"
 )
@@ -108,4 +113,23 @@ func addFolder(t *testing.T, l *testenv.Slapd, cn, addr, home string, acl ...str
 func (e *env) canRead(t *testing.T, user, folder string, n int) {
 	t.Helper()
 	e.selects(t, user, "shared/"+folder+"/INBOX", n)
+}
+
+// A shared folder Dovecot does not know (a userdb without folders) is not
+// taken for a change a newer one superseded, which would ack the event with
+// nothing done: the handler returns a retryable error naming the address.
+func TestFolderUnknownToDovecotIsRetried(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, policy{rename: true, delete: false}, testenv.DovecotOptions{SharedFolders: true}, false)
+	const uuid = "33333333-0000-0000-0000-000000000001"
+	dn := "cn=ghost@example.org," + e.ldap.BaseDN // not in the directory Dovecot reads
+	attrs := event.Attrs{event.AttrObjectClass: {"univentionMailSharedFolder"}, event.AttrCN: {"ghost@example.org"},
+		event.AttrPrimaryAddress: {"ghost@example.org"}, event.AttrHomeServer: {host}, event.AttrACL: {"alice@example.org read"}}
+	e.h.UseLatest(func(context.Context, string) (event.Entry, bool, error) {
+		return event.Entry{UUID: uuid, DN: dn, Kind: event.KindFolder, Attrs: attrs}, true, nil
+	})
+	err := e.h.Handle(context.Background(), event.Event{Op: event.OpAdd, Kind: event.KindFolder, UUID: uuid, DN: dn, New: attrs})
+	if err == nil || !fault.IsRetryable(err) || !strings.Contains(err.Error(), "ghost@example.org") {
+		t.Errorf("a folder Dovecot does not know: %v, want a retryable error naming its address", err)
+	}
 }
