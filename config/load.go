@@ -84,36 +84,70 @@ func (r *Removed) UnmarshalYAML(*yaml.Node) error {
 // relative paths, the UCR file, the merged policy, the secrets, the
 // derived defaults and the removed keys' warnings.
 func (c *Config) resolve(dir string) Errors {
-	var errs Errors
-	bad := func(key, format string, args ...any) { errs = append(errs, keyError(key, format, args...)) }
-	abs := func(p *string) {
+	r := &resolver{dir: dir}
+	ucr := r.ucr(c)
+	r.errs = append(r.errs, c.Policy.merge(ucr)...)
+	r.host(c, ucr)
+	r.ldap(&c.LDAP)
+	r.nats(&c.NATS)
+	r.dovecot(&c.Dovecot, c.StateDir)
+	r.peers(c)
+	r.postfix(&c.Postfix)
+	c.warnRemoved()
+	return r.errs
+}
+
+// resolver resolves file names against the config's directory, reads
+// secrets, and gathers the errors, each naming its key.
+type resolver struct {
+	dir  string
+	errs Errors
+}
+
+func (r *resolver) bad(key, format string, args ...any) {
+	r.errs = append(r.errs, keyError(key, format, args...))
+}
+
+// abs makes a relative file name relative to the config's directory.
+func (r *resolver) abs(ps ...*string) {
+	for _, p := range ps {
 		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(dir, *p)
+			*p = filepath.Join(r.dir, *p)
 		}
 	}
-	secret := func(key string, file *string, dst *string) {
-		abs(file)
-		if *file == "" {
-			return
-		}
-		s, err := readSecret(*file)
-		if err != nil {
-			bad(key, "%v", err)
-		}
-		*dst = s
-	}
+}
 
-	ucr := map[string]string{}
-	if c.UCRFile != "" {
-		abs(&c.UCRFile)
-		m, err := ReadUCR(c.UCRFile)
-		if err != nil {
-			bad("ucr_file", "%v", err)
-		}
-		ucr = m
+// secret reads the secret in file (the setting key) into dst.
+func (r *resolver) secret(key string, file, dst *string) {
+	r.abs(file)
+	if *file == "" {
+		return
 	}
-	errs = append(errs, c.Policy.merge(ucr)...)
+	s, err := readSecret(*file)
+	if err != nil {
+		r.bad(key, "%v", err)
+	}
+	*dst = s
+}
 
+func (r *resolver) ucr(c *Config) map[string]string {
+	if c.UCRFile == "" {
+		return map[string]string{}
+	}
+	r.abs(&c.UCRFile)
+	m, err := ReadUCR(c.UCRFile)
+	if err != nil {
+		r.bad("ucr_file", "%v", err)
+	}
+	return m
+}
+
+// host fills in the host's FQDN (UCR's hostname.domainname, else the
+// system's host name) and the state dir. A host compares as a DNS name:
+// lowercased, one trailing dot dropped (package address), so
+// "mail.example.org." here is the home server "mail.example.org" and the
+// other way round. Validate reports a bad one.
+func (r *resolver) host(c *Config, ucr map[string]string) {
 	if c.Host == "" && ucr["hostname"] != "" && ucr["domainname"] != "" {
 		c.Host = ucr["hostname"] + "." + ucr["domainname"]
 	}
@@ -122,78 +156,80 @@ func (c *Config) resolve(dir string) Errors {
 			c.Host = h
 		}
 	}
-	// A host compares as a DNS name: lowercased, one trailing dot dropped
-	// (package address), so "mail.example.org." here is the home server
-	// "mail.example.org" and the other way round. Validate reports a bad one.
 	if h, err := address.Host("host", strings.TrimSpace(c.Host)); err == nil {
 		c.Host = h
 	}
-	abs(&c.StateDir)
+	r.abs(&c.StateDir)
+}
 
-	if c.LDAP.BindDN != "" && c.LDAP.BindPasswordFile == "" {
-		bad("ldap.bind_password_file", "required with ldap.bind_dn")
+func (r *resolver) ldap(l *LDAP) {
+	if l.BindDN != "" && l.BindPasswordFile == "" {
+		r.bad("ldap.bind_password_file", "required with ldap.bind_dn")
 	}
-	secret("ldap.bind_password_file", &c.LDAP.BindPasswordFile, &c.LDAP.BindPassword)
-	abs(&c.LDAP.CAFile)
+	r.secret("ldap.bind_password_file", &l.BindPasswordFile, &l.BindPassword)
+	r.abs(&l.CAFile)
+}
 
-	abs(&c.NATS.CAFile)
+func (r *resolver) nats(n *NATS) {
+	r.abs(&n.CAFile, &n.TLSCertFile, &n.TLSKeyFile)
 	for _, a := range []struct {
 		key  string
 		auth *NATSAuth
-	}{{"nats.", &c.NATS.NATSAuth}, {"nats.admin.", &c.NATS.Admin}} {
-		abs(&a.auth.CredentialsFile)
-		abs(&a.auth.NkeySeedFile)
+	}{{"nats.", &n.NATSAuth}, {"nats.admin.", &n.Admin}} {
+		r.abs(&a.auth.CredentialsFile, &a.auth.NkeySeedFile)
 		if a.auth.User == "" {
 			continue
 		}
 		if a.auth.PasswordFile == "" {
-			bad(a.key+"password_file", "required with %suser", a.key)
+			r.bad(a.key+"password_file", "required with %suser", a.key)
 			continue
 		}
-		secret(a.key+"password_file", &a.auth.PasswordFile, &a.auth.Password)
+		r.secret(a.key+"password_file", &a.auth.PasswordFile, &a.auth.Password)
 	}
-	abs(&c.NATS.TLSCertFile)
-	abs(&c.NATS.TLSKeyFile)
+}
 
-	if filepath.IsAbs(c.Dovecot.PublicHome) {
-		c.Dovecot.PublicHome = filepath.Clean(c.Dovecot.PublicHome)
+func (r *resolver) dovecot(d *Dovecot, stateDir string) {
+	if filepath.IsAbs(d.PublicHome) {
+		d.PublicHome = filepath.Clean(d.PublicHome)
 	}
-	abs(&c.Dovecot.ConfDir)
-	if c.Dovecot.UnitDropIn == "none" {
-		c.Dovecot.UnitDropIn = ""
+	if d.UnitDropIn == "none" {
+		d.UnitDropIn = ""
 	}
-	abs(&c.Dovecot.UnitDropIn)
-	abs(&c.Dovecot.CAFile)
-	secret("dovecot.api_key_file", &c.Dovecot.APIKeyFile, &c.Dovecot.APIKey)
-	if c.Dovecot.MovingUserdb == "" {
-		c.Dovecot.MovingUserdb = filepath.Join(c.StateDir, "moving.passwd")
+	if d.MovingUserdb == "" {
+		d.MovingUserdb = filepath.Join(stateDir, "moving.passwd")
 	}
-	abs(&c.Dovecot.MovingUserdb)
+	r.abs(&d.ConfDir, &d.UnitDropIn, &d.CAFile, &d.MovingUserdb)
+	r.secret("dovecot.api_key_file", &d.APIKeyFile, &d.APIKey)
+}
 
+// peers reads the peers' keys and names them by their canonical FQDN.
+func (r *resolver) peers(c *Config) {
 	peers := make(map[string]Peer, len(c.Peers))
 	for host, p := range c.Peers {
 		key := "peers." + host
 		if p.APIKeyFile == "" {
-			bad(key+".api_key_file", "required")
+			r.bad(key+".api_key_file", "required")
 		}
-		secret(key+".api_key_file", &p.APIKeyFile, &p.APIKey)
+		r.secret(key+".api_key_file", &p.APIKeyFile, &p.APIKey)
 		h, err := address.Host(key, strings.TrimSpace(host))
 		if err != nil {
-			bad(key, "want a mail host's FQDN as the key: %v", err)
+			r.bad(key, "want a mail host's FQDN as the key: %v", err)
 			h = host
 		}
 		peers[h] = p
 	}
 	c.Peers = peers
+}
 
-	for _, p := range []*string{&c.Postfix.MapDir, &c.Postfix.ConfigDir, &c.Postfix.QueueDir, &c.Postfix.DataDir,
-		&c.Postfix.TLSCert, &c.Postfix.TLSKey, &c.Postfix.RelayAuthFile} {
-		abs(p)
+func (r *resolver) postfix(p *Postfix) {
+	r.abs(&p.MapDir, &p.ConfigDir, &p.QueueDir, &p.DataDir, &p.TLSCert, &p.TLSKey, &p.RelayAuthFile)
+	if p.MainCFLocal == "" {
+		p.MainCFLocal = filepath.Join(p.ConfigDir, "main.cf.local") // manual 14.7.7
 	}
-	if c.Postfix.MainCFLocal == "" {
-		c.Postfix.MainCFLocal = filepath.Join(c.Postfix.ConfigDir, "main.cf.local") // manual 14.7.7
-	}
+}
 
+// warnRemoved adds a warning for each removed key the file sets.
+func (c *Config) warnRemoved() {
 	for _, r := range []struct {
 		key string
 		set bool
@@ -208,7 +244,6 @@ func (c *Config) resolve(dir string) Errors {
 			c.Warnings = append(c.Warnings, fmt.Sprintf("%s: no longer read and ignored (%s); remove it from the config file", r.key, r.why))
 		}
 	}
-	return errs
 }
 
 // parseBool reads UCR truth values (univention.config_registry's is_true).
