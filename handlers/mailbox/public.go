@@ -297,6 +297,19 @@ func PublicLayout(root string) (Layout, error) {
 	return NewLayout(filepath.Join(root, "%Ld", "%Ln"))
 }
 
+// PublicFolder is the cn of the public folder st stands for, "" when st
+// is no such folder (a user, a folder with an address, nil).
+func (st *State) PublicFolder() string {
+	if st == nil {
+		return ""
+	}
+	return publicName(st.Address)
+}
+
+// HomeOf is the home of a mailbox key (State.Address): an address's
+// under the spool, a public folder's under the public home.
+func (s Settings) HomeOf(key string) (string, error) { return keyPath(s.Layout, s.Public, key) }
+
 // publicPath is the home of public folder cn under the layout l.
 func publicPath(l Layout, cn string) (string, error) {
 	if l.Root == "" {

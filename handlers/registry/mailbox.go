@@ -150,11 +150,7 @@ func responsibleHome(s mailbox.Settings, cur *mailbox.State) (string, bool) {
 	if cur == nil || cur.Address == "" || !identity.Responsible(cur.HomeServer, s.Host) {
 		return "", false
 	}
-	local, domain, err := mailbox.ValidateAddress(cur.Address)
-	if err != nil {
-		return "", true
-	}
-	p, err := s.Layout.Path(local, domain)
+	p, err := s.HomeOf(cur.Address)
 	if err != nil {
 		return "", true
 	}
@@ -256,7 +252,45 @@ func checkMailbox(c *config.Config, entries []event.Entry) (Checked, error) {
 			out.Found = append(out.Found, Disagreement{"orphaned mailbox", p, "no user this host is responsible for has this address, and it has no owner marker"})
 		}
 	}
+	drift, err := publicDrift(c, plans)
+	if err != nil {
+		return Checked{}, err
+	}
+	out.Found = append(out.Found, drift...)
 	out.Summary = []string{fmt.Sprintf("%d mailboxes", n)}
+	return out, nil
+}
+
+// publicDrift compares the public namespaces installed in Dovecot's
+// configuration with those of the public folders homed here, where
+// mailsync installs them (configure lists dovecot); without a public folder
+// here, files not installed yet are no drift. A folder whose cn cannot name
+// a namespace is reported as refused already.
+func publicDrift(c *config.Config, plans []entryPlan) ([]Disagreement, error) {
+	if !slices.Contains(c.Configure, "dovecot") {
+		return nil, nil
+	}
+	var names []string
+	for _, ep := range plans {
+		if n := ep.cur.PublicFolder(); n != "" && ep.plan.Refused == nil && identity.Responsible(ep.cur.HomeServer, c.Host) {
+			names = append(names, n)
+		}
+	}
+	p, err := mailconf.HostFor(c).PublicProduct(names)
+	if err != nil {
+		return nil, err
+	}
+	drift, err := mailconf.Drift(p)
+	if err != nil {
+		return nil, err
+	}
+	var out []Disagreement
+	for _, d := range drift {
+		if len(names) == 0 && d.Reason == "missing" {
+			continue // no public folder here: Dovecot lacks nothing
+		}
+		out = append(out, Disagreement{p.Name + " config drift", d.Path, d.Reason})
+	}
 	return out, nil
 }
 
