@@ -18,6 +18,7 @@ import (
 	"mailsync/event"
 	"mailsync/handlers/homeserver"
 	"mailsync/handlers/mailbox"
+	"mailsync/handlers/registry"
 	"mailsync/internal/testenv"
 	"mailsync/listener"
 )
@@ -97,7 +98,7 @@ func startMoveHosts(t testing.TB, ldap *testenv.Slapd, sa, sb *steps) (a, b *mov
 			t.Fatal(err)
 		}
 		h.mbox, err = mailbox.New(mailbox.Config{Host: h.fqdn, MailHome: h.dc.MailHome, Rename: true, Delete: true,
-			Folders: []string{"Spam"}, StateDir: state, UID: -1, GID: -1, MoveOnHomeChange: true, Mover: h.mover},
+			Folders: []string{"Spam"}, StateDir: state, UID: -1, GID: -1, MoveOnHomeChange: true, Mover: registry.MailboxMover(h.mover)},
 			h.adm, log, mailbox.Hooks{At: st.at})
 		if err != nil {
 			t.Fatal(err)

@@ -60,9 +60,11 @@ func buildMailbox(_ context.Context, c *config.Config, d Deps) (runner.Handler, 
 	}
 	var mover mailbox.Mover
 	if c.Policy.MoveOnHomeChange {
-		if mover, err = newMover(c, adm, hc, d); err != nil {
+		m, err := newMover(c, adm, hc, d)
+		if err != nil {
 			return nil, err
 		}
+		mover = MailboxMover(m)
 	}
 	h, err := mailbox.New(mailbox.Config{
 		Host:          c.Host,
@@ -105,6 +107,17 @@ func newMover(c *config.Config, adm *dovecotadm.Client, hc *http.Client, d Deps)
 		return nil, &SettingError{"dovecot.moving_userdb, state_dir", err}
 	}
 	return m, nil
+}
+
+// MailboxMover is m as the mailbox handler's Mover: the handlers do not
+// import each other, so the handler names its own MailMove, the same record
+// as the Mover's (the conversion fails to compile if they ever differ).
+func MailboxMover(m *homeserver.Mover) mailbox.Mover { return mailboxMover{m} }
+
+type mailboxMover struct{ m *homeserver.Mover }
+
+func (a mailboxMover) MoveAway(ctx context.Context, mv mailbox.MailMove, remove func(context.Context) error) error {
+	return a.m.MoveAway(ctx, homeserver.Move(mv), remove)
 }
 
 // parseOwner reads dovecot.owner, "uid:gid" as numbers; "" means the
