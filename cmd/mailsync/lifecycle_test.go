@@ -32,7 +32,9 @@ func TestFailingRunnerEndsDaemon(t *testing.T) {
 	if err := os.WriteFile(broken, []byte("#!/bin/sh\necho 'postmap: fatal: cannot write the map' >&2\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cfg := c.Set("postfix.postmap", broken).Write("broken.yaml")
+	// An upgraded config still naming a removed key: it loads, with a
+	// warning naming the key.
+	cfg := c.Set("postfix.postmap", broken).Merge("nats:\n  port: 4222\n").Write("broken.yaml")
 
 	var out testenv.LogBuffer
 	cmd := exec.Command(bin, "run", "-c", cfg)
@@ -55,7 +57,7 @@ func TestFailingRunnerEndsDaemon(t *testing.T) {
 		t.Fatalf("daemon with a failing runner: %v, want exit status 1\n%s", err, out.String())
 	}
 	log := out.String()
-	for _, want := range []string{"mailsync running", `"stopping"`, "runner: ", "load directory into aliases", "cannot write the map"} {
+	for _, want := range []string{"config: nats.port: no longer read", "mailsync running", `"stopping"`, "runner: ", "load directory into aliases", "cannot write the map"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("the daemon's log lacks %q:\n%s", want, log)
 		}
