@@ -95,6 +95,18 @@ func TestAckerRounds(t *testing.T) {
 		t.Fatalf("publish without a stream: %v", err)
 	}
 
+	// A real duplicate's ack reads as one.
+	for i := 0; i < 2; i++ {
+		m := &nats.Msg{Subject: "mailsync.user.dup", Data: []byte("z"), Header: nats.Header{jetstream.MsgIDHeader: {"dup-1"}}}
+		reply, err := bus.NC.RequestMsg(m, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, dup, err := parseAck(reply); err != nil || dup != (i == 1) {
+			t.Fatalf("publish %d of one Msg-Id: ack %s: dup %v, %v", i+1, reply.Data, dup, err)
+		}
+	}
+
 	// An ended context ends the wait.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -113,6 +125,9 @@ func TestParseAck(t *testing.T) {
 	}{
 		{`{"stream":"MAILSYNC","seq":42}`, 42, false, false},
 		{`{"stream":"MAILSYNC","domain":"hub","seq":7,"duplicate":true}`, 7, true, false},
+		// as nats-server writes it
+		{`{"stream":"MAILSYNC","seq":7,"duplicate": true}`, 7, true, false},
+		{`{"stream":"MAILSYNC","seq":7,"duplicate": false}`, 7, false, false},
 		{`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"MAILSYNC","seq":0}`, 0, false, true},
 		{`{"stream":"MAILSYNC","seq":3,"error":{"code":500,"description":"odd order"}}`, 0, false, true},
 		{`{"stream":""}`, 0, false, true},
@@ -139,8 +154,8 @@ func countAcks(t *testing.T, a *acker) *atomic.Int64 {
 
 // A quiet round asks for two acks, and what its acks cannot vouch for is
 // published again with every publish acked: a message JetStream refuses in
-// the middle of the round is found and named, a replay of stored events is
-// deduplicated, not stored twice.
+// the middle of the round breaks the chain and is found and named, a replay
+// of stored events is deduplicated, not stored twice.
 func TestAckerQuietRound(t *testing.T) {
 	ctx := context.Background()
 	bus, a := ackerBus(t)
@@ -150,7 +165,7 @@ func TestAckerQuietRound(t *testing.T) {
 			m := &nats.Msg{Subject: "mailsync.user." + prefix + strconv.Itoa(i), Data: []byte("x"),
 				Header: nats.Header{jetstream.MsgIDHeader: []string{prefix + strconv.Itoa(i)}}}
 			if i == bad {
-				m.Header.Set(jetstream.ExpectedLastSeqHeader, "1")
+				m.Header.Set(jetstream.ExpectedStreamHeader, "NOSUCH")
 			}
 			return m, "uid=" + prefix + strconv.Itoa(i), nil
 		}
@@ -200,6 +215,11 @@ func TestAckerQuietRound(t *testing.T) {
 	if !errors.As(err, &apiErr) || !strings.Contains(err.Error(), "event of uid=c37") {
 		t.Fatalf("refused publish in a quiet round: %v", err)
 	}
+	// The acked round ends at its error, its later publishes are stored
+	// meanwhile.
+	for deadline := time.Now().Add(5 * time.Second); stored() < 501+99 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if n := stored(); n != 501+99 {
 		t.Fatalf("%d stored after the refused round, want %d", n, 501+99)
 	}
@@ -229,5 +249,109 @@ func TestAckerQuietRound(t *testing.T) {
 		return &nats.Msg{Subject: "mailsync.user.e", Data: []byte("z")}, "uid=e", nil
 	}); !errors.Is(err, boom) {
 		t.Fatalf("round whose message fails: %v", err)
+	}
+}
+
+// The case a count of sequences cannot see: a publish of a quiet round is
+// lost (JetStream refuses it, unanswered) and another writer's message
+// lands in the stream exactly where it would have been, so the first and
+// last acks are n-1 sequences apart as if the round were whole. The chain
+// of Nats-Expected-Last-Msg-Id breaks at the foreign message; the round is
+// published again with every publish acked, which names the lost one. The
+// entry states, chained by sequence (no other writer), find a lost publish
+// the same way.
+func TestAckerQuietRoundLostBesideAnotherWriter(t *testing.T) {
+	ctx := context.Background()
+	bus, a := ackerBus(t)
+	stored := func() uint64 {
+		info, err := bus.Stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	const n, lost = 100, 37
+	for _, withIDs := range []bool{true, false} {
+		before := stored()
+		prefix := "ids" + strconv.FormatBool(withIDs) + "-"
+		gapped := 0
+		a.gapped = func(string, int) { gapped++ }
+		foreign := 0
+		_, err := a.round(ctx, "event", n, func(i int) (*nats.Msg, string, error) {
+			if withIDs && i == lost+1 && foreign == 0 {
+				// Same connection, so it reaches the stream right after the
+				// lost publish and before this one.
+				foreign++
+				if _, err := bus.JS.Publish(ctx, "mailsync.user.foreign", []byte("retry")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m := &nats.Msg{Subject: "mailsync.user." + prefix + strconv.Itoa(i), Data: []byte("x"), Header: nats.Header{}}
+			if withIDs {
+				m.Header.Set(jetstream.MsgIDHeader, prefix+strconv.Itoa(i))
+			}
+			if i == lost {
+				m.Header.Set(jetstream.ExpectedStreamHeader, "NOSUCH")
+			}
+			return m, "uid=" + prefix + strconv.Itoa(i), nil
+		})
+		if err == nil || !strings.Contains(err.Error(), "uid="+prefix+strconv.Itoa(lost)) {
+			t.Errorf("ids %v: a publish lost in a quiet round went unnoticed: err %v", withIDs, err)
+		}
+		if gapped != 1 {
+			t.Errorf("ids %v: quiet round published again %d times, want 1", withIDs, gapped)
+		}
+		if withIDs {
+			// The acked round stores what the broken chain refused and
+			// nothing twice; it ended at its error, its later publishes
+			// are stored meanwhile.
+			want := uint64(n - 1 + foreign)
+			for deadline := time.Now().Add(5 * time.Second); stored()-before < want && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond)
+			if got := stored() - before; got != want {
+				t.Errorf("ids %v: %d stored, want %d", withIDs, got, want)
+			}
+		}
+	}
+}
+
+// A quiet round of entry states chains them by sequence from where the
+// last round ended (the first round of all waits for its first ack), and a
+// whole round proves itself with two acks; a write of someone else between
+// rounds makes that guess wrong, which costs the round published again.
+func TestAckerQuietRoundChainsStates(t *testing.T) {
+	ctx := context.Background()
+	bus, a := ackerBus(t)
+	gapped := 0
+	a.gapped = func(string, int) { gapped++ }
+	w := newKVWire(bus.Entries)
+	msg := &nats.Msg{}
+	for r := 0; r < 3; r++ {
+		seq, err := a.round(ctx, "state", 200, func(i int) (*nats.Msg, string, error) {
+			w.putMsg(msg, "k"+strconv.Itoa(i), []byte("v"+strconv.Itoa(r)))
+			return msg, "uid=" + strconv.Itoa(i), nil
+		})
+		if err != nil || seq != uint64(200*(r+1)) {
+			t.Fatalf("round %d: seq %d, %v", r, seq, err)
+		}
+	}
+	if gapped != 0 {
+		t.Errorf("%d whole quiet rounds published again", gapped)
+	}
+	if _, err := bus.Entries.Put(ctx, "other", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := a.round(ctx, "state", 200, func(i int) (*nats.Msg, string, error) {
+		w.putMsg(msg, "k"+strconv.Itoa(i), []byte("v2"))
+		return msg, "uid=" + strconv.Itoa(i), nil
+	})
+	if err != nil || gapped != 1 {
+		t.Fatalf("round after another write: seq %d, %v; published again %d times, want 1", seq, err, gapped)
+	}
+	e, err := bus.Entries.Get(ctx, "k199")
+	if err != nil || string(e.Value()) != "v2" {
+		t.Fatalf("k199: %v", err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"mailsync/event"
-	"mailsync/stream"
 )
 
 // A session hands its queued events to a pipeline in batches. The pipeline
@@ -228,18 +227,19 @@ func (l *Listener) publishEvents(ctx context.Context, b *batch) error {
 // storeBatch writes a batch's entry states into the entries bucket, then
 // records the stream sequence they cover.
 func (l *Listener) storeBatch(ctx context.Context, b *batch) error {
-	del := nats.Header{"KV-Operation": []string{"DEL"}}
-	msg := &nats.Msg{} // copied by PublishMsg, so reused (publishEvents)
+	// The wire's headers and the message are copied by PublishMsg, so
+	// reused for the batch (publishEvents); the acker chains them.
+	w := newKVWire(l.bus.Entries)
+	msg := &nats.Msg{}
 	_, err := l.acks.round(ctx, "state", len(b.pubs), func(i int) (*nats.Msg, string, error) {
 		p := &b.pubs[i]
-		msg.Subject, msg.Header, msg.Data = "$KV."+stream.EntriesBucket+"."+p.ev.UUID, nil, nil
 		switch {
 		case p.entry == nil:
-			msg.Header = del
+			w.deleteMsg(msg, p.ev.UUID)
 		case p.state != nil:
-			msg.Data = p.state
+			w.putMsg(msg, p.ev.UUID, p.state)
 		default:
-			msg.Data = appendEntry(nil, p.entry, nil)
+			w.putMsg(msg, p.ev.UUID, appendEntry(nil, p.entry, nil))
 		}
 		return msg, p.ev.DN, nil
 	})
