@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"hash/fnv"
 	"math/rand/v2"
+	"reflect"
+	"strconv"
 	"testing"
 	"time"
 
@@ -95,4 +97,78 @@ func TestAttrSumIsFNV1a(t *testing.T) {
 	if got, want := attrSum(a), h.Sum64(); got != want {
 		t.Errorf("attrSum = %016x, hash/fnv gives %016x", got, want)
 	}
+}
+
+// sample returns a value of type t that is not its zero value, so that a
+// field holding it must show in the encoding.
+func sample(t *testing.T, typ reflect.Type, n int) reflect.Value {
+	t.Helper()
+	v := reflect.New(typ).Elem()
+	switch {
+	case typ == reflect.TypeOf(time.Time{}):
+		v.Set(reflect.ValueOf(time.Date(2025, 3, 4, 5, 6, 7, 8+n, time.UTC)))
+	case typ.Kind() == reflect.String:
+		v.SetString("s<" + strconv.Itoa(n) + ">")
+	case typ.Kind() >= reflect.Int && typ.Kind() <= reflect.Int64:
+		v.SetInt(int64(40 + n))
+	case typ.Kind() >= reflect.Uint && typ.Kind() <= reflect.Uint64:
+		v.SetUint(uint64(40 + n))
+	case typ.Kind() == reflect.Bool:
+		v.SetBool(true)
+	case typ.Kind() == reflect.Slice:
+		v.Set(reflect.Append(reflect.MakeSlice(typ, 0, 1), sample(t, typ.Elem(), n)))
+	case typ.Kind() == reflect.Map:
+		v.Set(reflect.MakeMap(typ))
+		v.SetMapIndex(sample(t, typ.Key(), n), sample(t, typ.Elem(), n+1))
+	default:
+		t.Fatalf("no sample value for a field of type %s: teach sample (and the encoder) about it", typ)
+	}
+	return v
+}
+
+// The hand-written encoders must keep up with the structs: every field of
+// event.Event and event.Entry, set on its own and all at once, encodes as
+// encoding/json encodes it and decodes back to what was set. A field added
+// to either struct and not to appendEvent or appendEntry fails here.
+func TestEncodeCoversEveryField(t *testing.T) {
+	check := func(name string, typ reflect.Type, encode func(v reflect.Value) ([]byte, error)) {
+		all := reflect.New(typ).Elem()
+		for i := 0; i < typ.NumField(); i++ {
+			f := typ.Field(i)
+			if !f.IsExported() || f.Tag.Get("json") == "-" {
+				continue
+			}
+			one := reflect.New(typ).Elem()
+			one.Field(i).Set(sample(t, f.Type, i))
+			all.Field(i).Set(sample(t, f.Type, i))
+			for what, v := range map[string]reflect.Value{f.Name + " alone": one, "every field": all} {
+				got, err := encode(v)
+				if err != nil {
+					t.Fatalf("%s with %s: %v", name, what, err)
+				}
+				want, err := json.Marshal(v.Interface())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Errorf("%s with %s:\n got %s\nwant %s", name, what, got, want)
+				}
+				back := reflect.New(typ)
+				if err := json.Unmarshal(got, back.Interface()); err != nil {
+					t.Fatalf("%s with %s: decode %s: %v", name, what, got, err)
+				}
+				if !reflect.DeepEqual(back.Elem().Interface(), v.Interface()) {
+					t.Errorf("%s with %s: decodes to %+v, want %+v", name, what, back.Elem().Interface(), v.Interface())
+				}
+			}
+		}
+	}
+	check("event", reflect.TypeOf(event.Event{}), func(v reflect.Value) ([]byte, error) {
+		ev := v.Interface().(event.Event)
+		return appendEvent(nil, &ev, nil)
+	})
+	check("entry", reflect.TypeOf(event.Entry{}), func(v reflect.Value) ([]byte, error) {
+		e := v.Interface().(event.Entry)
+		return appendEntry(nil, &e, nil), nil
+	})
 }
