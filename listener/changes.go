@@ -61,6 +61,10 @@ func (l *Listener) handle(ctx context.Context, m *syncrepl.Message, rf *refresh,
 					return err
 				}
 				refreshing = false
+				// What the refresh saw is of no use in the persist
+				// phase, and at 100k entries it is megabytes held for
+				// the session's life.
+				rf.seen, rf.deletes = map[string]struct{}{}, map[string]struct{}{}
 			}
 		case syncrepl.InfoSyncIDSet:
 			for _, u := range m.UUIDs {
