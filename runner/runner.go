@@ -481,6 +481,7 @@ func (r *Runner) consumer(ctx context.Context, h Handler, covered uint64) (jetst
 		if err != nil {
 			return nil, fmt.Errorf("create consumer %s: %w", want.Durable, err)
 		}
+		r.log.Info().Str("consumer", want.Durable).Uint64("from_seq", create.OptStartSeq).Msg("consumer created")
 		return c, nil
 	}
 }
