@@ -14,8 +14,12 @@ var ErrClosed = errors.New("postmap: map writer closed")
 // that materialises a Postfix map: a change joins the pending write and
 // waits for it, and one goroutine makes the writes, one at a time, each
 // after a coalescing window. While changes keep coming in a burst
-// (burstJoins or more a window) the window is extended, up to burstWindows
-// windows, so a burst costs about one write and a lone change one window.
+// (burstJoins or more a window) the window is extended, so a burst costs
+// about one write and a lone change one window. How long a burst may pause
+// and how long it may last before it is written scale with what the last
+// write cost: on a busy machine, where deliveries come in clumps and a
+// write takes seconds, a write in the middle of a burst would hold the
+// changes behind it up for about as long as it saves.
 //
 // A write under way is finished even when its waiters give up: their
 // changes' acknowledgements depend on it, and a table is replaced whole or
@@ -35,6 +39,7 @@ type Committer struct {
 	pending *Batch // the write the next change will be part of
 	joined  int    // changes that joined since the goroutine last looked
 	closed  bool
+	cost    time.Duration // how long the last write took
 }
 
 // Collect returns, when a write starts, the tables that now need
@@ -65,10 +70,16 @@ func (b *Batch) finish(err error) {
 	close(b.done)
 }
 
-// Coalescing of a burst: see Committer.
+// Coalescing of a burst (see Committer): a window with burstJoins changes
+// or more goes on with the burst; the burst ends after quiet windows for
+// the longer of two windows and an eighth of the last write's cost, or
+// once it has lasted the longer of burstWindows windows and burstCosts
+// writes, at most burstMax.
 const (
 	burstJoins   = 16
 	burstWindows = 250
+	burstCosts   = 4
+	burstMax     = 15 * time.Second
 )
 
 // NewCommitter starts the group commit of tables written by w, collected
@@ -120,7 +131,9 @@ func (c *Committer) Exclusive(ctx context.Context, f func(ctx context.Context, w
 	b := c.pending
 	c.pending = nil
 	c.mu.Unlock()
+	started := time.Now()
 	err := f(ctx, c.w)
+	c.setCost(time.Since(started))
 	if b != nil {
 		b.finish(err)
 	}
@@ -161,11 +174,17 @@ func (c *Committer) coalesce() {
 	if c.window <= 0 {
 		return
 	}
+	c.mu.Lock()
+	cost := c.cost
+	c.mu.Unlock()
+	pause := max(2*c.window, cost/8)
+	last := min(max(burstWindows*c.window, burstCosts*cost), burstMax)
+	started := time.Now()
 	t := time.NewTimer(c.window)
 	defer t.Stop()
 	c.takeJoined()
-	quiet := 0 // windows in a row with fewer than burstJoins changes
-	for w := 1; w < burstWindows; w++ {
+	var quietSince time.Time // the first of the quiet windows in a row
+	for w := 1; time.Since(started) < last; w++ {
 		select {
 		case <-t.C:
 		case <-c.quit:
@@ -175,16 +194,25 @@ func (c *Committer) coalesce() {
 		case w == 1 && joined == 0:
 			return // a lone change
 		case joined < burstJoins:
-			// A burst can pause for a window (a fetch, the scheduler):
-			// two quiet windows end it.
-			if quiet++; quiet == 2 {
+			// A burst can pause (a fetch, the scheduler): only a pause
+			// longer than pause ends it.
+			if quietSince.IsZero() {
+				quietSince = time.Now().Add(-c.window)
+			}
+			if time.Since(quietSince) >= pause {
 				return
 			}
 		default:
-			quiet = 0
+			quietSince = time.Time{}
 		}
 		t.Reset(c.window)
 	}
+}
+
+func (c *Committer) setCost(d time.Duration) {
+	c.mu.Lock()
+	c.cost = d
+	c.mu.Unlock()
 }
 
 func (c *Committer) takeJoined() int {
@@ -207,10 +235,14 @@ func (c *Committer) flush() {
 	if b == nil {
 		return
 	}
+	started := time.Now()
 	tables, installed := c.collect()
 	err := c.w.Install(context.Background(), tables...)
 	if installed != nil {
 		err = installed(err)
+	}
+	if len(tables) > 0 {
+		c.setCost(time.Since(started))
 	}
 	b.finish(err)
 }
