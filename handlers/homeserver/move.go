@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,6 +20,7 @@ import (
 	"mailsync/atomicfile"
 	"mailsync/dovecotadm"
 	"mailsync/fault"
+	"mailsync/journal"
 )
 
 // Moving mail between home servers (mail/dovecot/mailbox/move_on_homeserver_change).
@@ -140,7 +140,7 @@ type Mover struct {
 	cfg     MoveConfig
 	log     zerolog.Logger
 	hooks   MoverHooks
-	records string
+	records *journal.Journal // the move records
 
 	userdbMu sync.Mutex // one rewrite of the passwd-file at a time
 }
@@ -167,11 +167,11 @@ func NewMover(cfg MoveConfig, log zerolog.Logger, hooks MoverHooks) (*Mover, err
 		peers[address.CanonicalHost(strings.TrimSpace(host))] = p
 	}
 	cfg.Peers = peers
-	m := &Mover{cfg: cfg, log: log.With().Str("component", "mover").Logger(), hooks: hooks,
-		records: filepath.Join(cfg.StateDir, "homeserver-moves")}
-	if err := os.MkdirAll(m.records, 0o700); err != nil {
-		return nil, fmt.Errorf("mover: records dir: %w", err)
+	records, err := journal.Open(filepath.Join(cfg.StateDir, "homeserver-moves"), "move record")
+	if err != nil {
+		return nil, fmt.Errorf("mover: %w", err)
 	}
+	m := &Mover{cfg: cfg, log: log.With().Str("component", "mover").Logger(), hooks: hooks, records: records}
 	if err := os.MkdirAll(filepath.Dir(cfg.Userdb), 0o755); err != nil {
 		return nil, fmt.Errorf("mover: userdb dir: %w", err)
 	}
@@ -491,53 +491,25 @@ func validMove(mv Move) error {
 	return nil
 }
 
-func (m *Mover) recordPath(uuid string) string { return filepath.Join(m.records, uuid+".json") }
-
 func (m *Mover) load(uuid string) (*moveRecord, error) {
-	data, err := os.ReadFile(m.recordPath(uuid))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fault.Retryable(fmt.Errorf("read move record of %s: %w", uuid, err))
-	}
 	var rec moveRecord
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fault.Permanentf("move record %s is unreadable: %v (left for an operator)", m.recordPath(uuid), err)
+	if ok, err := m.records.Load(uuid, &rec); !ok || err != nil {
+		return nil, err
 	}
 	return &rec, nil
 }
 
-func (m *Mover) save(rec *moveRecord) error {
-	data, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return fault.Permanent(err)
-	}
-	if err := atomicfile.Write(m.recordPath(rec.Move.UUID), data, 0o600); err != nil {
-		return fault.Retryable(fmt.Errorf("write move record: %w", err))
-	}
-	return nil
-}
+func (m *Mover) save(rec *moveRecord) error { return m.records.Save(rec.Move.UUID, rec) }
 
-func (m *Mover) drop(uuid string) error {
-	if err := os.Remove(m.recordPath(uuid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fault.Retryable(fmt.Errorf("remove move record: %w", err))
-	}
-	if err := atomicfile.SyncDir(m.records); err != nil {
-		return fault.Retryable(fmt.Errorf("fsync %s: %w", m.records, err))
-	}
-	return nil
-}
+func (m *Mover) drop(uuid string) error { return m.records.Drop(uuid) }
 
 // Pending lists the moves begun and not finished, by entryUUID.
 func (m *Mover) Pending() []Move {
-	ents, _ := os.ReadDir(m.records)
+	uuids, _ := m.records.List()
 	var out []Move
-	for _, e := range ents {
-		if u, ok := strings.CutSuffix(e.Name(), ".json"); ok {
-			if rec, err := m.load(u); err == nil && rec != nil {
-				out = append(out, rec.Move)
-			}
+	for _, u := range uuids {
+		if rec, err := m.load(u); err == nil && rec != nil {
+			out = append(out, rec.Move)
 		}
 	}
 	return out

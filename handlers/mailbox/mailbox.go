@@ -46,10 +46,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,6 +59,7 @@ import (
 	"mailsync/dovecotadm"
 	"mailsync/event"
 	"mailsync/fault"
+	"mailsync/journal"
 )
 
 // Doveadm is what the handler asks of Dovecot; *dovecotadm.Client has it.
@@ -140,7 +139,7 @@ type Handler struct {
 	pub     Layout // zero without Config.PublicHome
 	public  *publicSet
 	folders []string
-	intents string
+	intents *journal.Journal // the intent records
 
 	latest  LatestFunc
 	locks   sync.Map // uuid -> *sync.Mutex (entryLock)
@@ -181,9 +180,8 @@ func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, er
 	if cfg.StateDir == "" {
 		return nil, errors.New("mailbox handler: state dir is empty")
 	}
-	h.intents = filepath.Join(cfg.StateDir, "mailbox-intents")
-	if err := os.MkdirAll(h.intents, 0o700); err != nil {
-		return nil, fmt.Errorf("mailbox intents: %w", err)
+	if h.intents, err = journal.Open(filepath.Join(cfg.StateDir, "mailbox-intents"), "intent record"); err != nil {
+		return nil, fmt.Errorf("mailbox handler: %w", err)
 	}
 	if h.applied, err = newAppliedStore(filepath.Join(cfg.StateDir, "mailbox-applied")); err != nil {
 		return nil, err
@@ -223,15 +221,11 @@ func (h *Handler) Name() string { return Name }
 // cannot finish yet (Dovecot down) stays recorded; the event that started
 // it was not acked, so its redelivery completes it through Handle.
 func (h *Handler) Load(ctx context.Context, _ []event.Entry) error {
-	ents, err := os.ReadDir(h.intents)
+	uuids, err := h.intents.List()
 	if err != nil {
-		return fmt.Errorf("read mailbox intents: %w", err)
+		return err
 	}
-	for _, e := range ents {
-		uuid, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok {
-			continue
-		}
+	for _, uuid := range uuids {
 		if err := h.resume(ctx, uuid); err != nil {
 			h.log.Warn().Err(err).Str("uuid", uuid).Msg("interrupted mailbox operation not completed yet")
 		}
@@ -451,27 +445,9 @@ type pathOp struct {
 	Verified bool `json:"verified,omitempty"`
 }
 
-func (h *Handler) intentPath(uuid string) string {
-	return filepath.Join(h.intents, uuid+".json")
-}
+func (h *Handler) saveIntent(in *intent) error { return h.intents.Save(in.UUID, in) }
 
-func (h *Handler) saveIntent(in *intent) error {
-	data, err := json.MarshalIndent(in, "", "  ")
-	if err != nil {
-		return fault.Permanent(err)
-	}
-	if err := atomicfile.Write(h.intentPath(in.UUID), data, 0o600); err != nil {
-		return fault.Retryable(fmt.Errorf("write intent record: %w", err))
-	}
-	return nil
-}
-
-func (h *Handler) dropIntent(uuid string) error {
-	if err := os.Remove(h.intentPath(uuid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fault.Retryable(fmt.Errorf("remove intent record: %w", err))
-	}
-	return atomicfile.SyncDir(h.intents)
-}
+func (h *Handler) dropIntent(uuid string) error { return h.intents.Drop(uuid) }
 
 // resume completes the recorded operation of an entry, if there is one. A
 // permanent failure drops the record (the failing step moved nothing).
@@ -479,20 +455,13 @@ func (h *Handler) resume(ctx context.Context, uuid string) error {
 	if !validUUID(uuid) {
 		return nil
 	}
-	data, err := os.ReadFile(h.intentPath(uuid))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fault.Retryable(fmt.Errorf("read intent record of %s: %w", uuid, err))
-	}
 	var in intent
-	if err := json.Unmarshal(data, &in); err != nil {
-		return fault.Permanentf("intent record %s is unreadable: %v (left for an operator)", h.intentPath(uuid), err)
+	if ok, err := h.intents.Load(uuid, &in); !ok || err != nil {
+		return err
 	}
 	h.log.Info().Str("uuid", in.UUID).Str("dn", in.DN).Str("op", in.Op).Str("old", in.Old).Str("new", in.New).
 		Msg("completing an interrupted mailbox operation")
-	err = h.run(ctx, &in)
+	err := h.run(ctx, &in)
 	if fault.IsPermanent(err) {
 		if derr := h.dropIntent(uuid); derr != nil {
 			return derr
@@ -882,13 +851,6 @@ func (h *Handler) begin(ctx context.Context, in *intent) error {
 
 // Pending lists the entryUUIDs with an unfinished operation, sorted.
 func (h *Handler) Pending() []string {
-	ents, _ := os.ReadDir(h.intents)
-	var out []string
-	for _, e := range ents {
-		if u, ok := strings.CutSuffix(e.Name(), ".json"); ok {
-			out = append(out, u)
-		}
-	}
-	sort.Strings(out)
+	out, _ := h.intents.List()
 	return out
 }
