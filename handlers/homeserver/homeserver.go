@@ -1,7 +1,7 @@
 // Package homeserver routes users to their mail home server: the transport
 // map (smtp:[home] for users homed elsewhere, as UCS's ldap.transport,
 // reference §3.5), by the rule of which host is responsible for a user's
-// mailbox (package identity), and the Mover of mail between hosts.
+// mailbox (package identity). Moving the mail itself is package migrate.
 //
 // Guarantees:
 //   - The transport map is derived state: Load rebuilds it from the whole

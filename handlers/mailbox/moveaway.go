@@ -24,7 +24,7 @@ type MailMove struct {
 }
 
 // Mover copies a mailbox to the user's new home server, verifies the copy,
-// then calls remove; the cross-host Mover of package homeserver does it
+// then calls remove; the cross-host Mover of package migrate does it
 // (wired by package registry, so this handler imports no other).
 type Mover interface {
 	MoveAway(ctx context.Context, mv MailMove, remove func(context.Context) error) error

@@ -21,10 +21,10 @@ import (
 	"mailsync/config"
 	"mailsync/dovecotadm"
 	"mailsync/event"
-	"mailsync/handlers/homeserver"
 	"mailsync/handlers/mailbox"
 	"mailsync/identity"
 	"mailsync/mailconf"
+	"mailsync/migrate"
 	"mailsync/runner"
 )
 
@@ -92,17 +92,17 @@ func buildMailbox(_ context.Context, c *config.Config, d Deps) (runner.Handler, 
 }
 
 // newMover builds the Mover of move_on_homeserver_change from the peers.
-func newMover(c *config.Config, adm *dovecotadm.Client, hc *http.Client, d Deps) (*homeserver.Mover, error) {
-	peers := map[string]homeserver.Peer{}
+func newMover(c *config.Config, adm *dovecotadm.Client, hc *http.Client, d Deps) (*migrate.Mover, error) {
+	peers := map[string]migrate.Peer{}
 	for host, p := range c.Peers {
 		pc, err := dovecotadm.New(p.DoveadmURL, p.APIKey, dovecotadm.WithHTTPClient(hc))
 		if err != nil {
 			return nil, &SettingError{"peers." + host + ".doveadm_url", err}
 		}
-		peers[host] = homeserver.Peer{Doveadm: pc, Dsync: "tcp:" + p.DoveadmTCP}
+		peers[host] = migrate.Peer{Doveadm: pc, Dsync: "tcp:" + p.DoveadmTCP}
 	}
-	m, err := homeserver.NewMover(homeserver.MoveConfig{Host: c.Host, StateDir: c.StateDir,
-		Userdb: c.Dovecot.MovingUserdb, Local: adm, Peers: peers}, d.Log, homeserver.MoverHooks{})
+	m, err := migrate.New(migrate.Config{Host: c.Host, StateDir: c.StateDir,
+		Userdb: c.Dovecot.MovingUserdb, Local: adm, Peers: peers}, d.Log, migrate.Hooks{})
 	if err != nil {
 		return nil, &SettingError{"dovecot.moving_userdb, state_dir", err}
 	}
@@ -112,12 +112,12 @@ func newMover(c *config.Config, adm *dovecotadm.Client, hc *http.Client, d Deps)
 // MailboxMover is m as the mailbox handler's Mover: the handlers do not
 // import each other, so the handler names its own MailMove, the same record
 // as the Mover's (the conversion fails to compile if they ever differ).
-func MailboxMover(m *homeserver.Mover) mailbox.Mover { return mailboxMover{m} }
+func MailboxMover(m *migrate.Mover) mailbox.Mover { return mailboxMover{m} }
 
-type mailboxMover struct{ m *homeserver.Mover }
+type mailboxMover struct{ m *migrate.Mover }
 
 func (a mailboxMover) MoveAway(ctx context.Context, mv mailbox.MailMove, remove func(context.Context) error) error {
-	return a.m.MoveAway(ctx, homeserver.Move(mv), remove)
+	return a.m.MoveAway(ctx, migrate.Move(mv), remove)
 }
 
 // parseOwner reads dovecot.owner, "uid:gid" as numbers; "" means the

@@ -1,4 +1,10 @@
-package homeserver
+// Package migrate moves a mailbox to its new home server when the user's
+// home server changes (mail/dovecot/mailbox/move_on_homeserver_change):
+// the mailbox handler of the old home server asks it before its delete
+// policy applies. Each move is recorded (package journal) before its first
+// step, every step is idempotent, and a crash is completed by the
+// redelivered event; see Mover.
+package migrate
 
 import (
 	"bufio"
@@ -53,9 +59,9 @@ import (
 // completed by the redelivered event: the record says whether the copy was
 // verified, so a crash after verification never copies again.
 
-// MoveSteps names the points a move passes, in order; MoverHooks.At is
+// Steps names the points a move passes, in order; Hooks.At is
 // called after each.
-var MoveSteps = []string{
+var Steps = []string{
 	"moveaway:intent", "moveaway:resolvable", "moveaway:synced",
 	"moveaway:verified", "moveaway:removed", "moveaway:done",
 }
@@ -86,8 +92,8 @@ type Peer struct {
 	Dsync string
 }
 
-// MoveConfig configures the Mover.
-type MoveConfig struct {
+// Config configures the Mover.
+type Config struct {
 	// Host is this mail host's FQDN.
 	Host string
 	// StateDir holds the move records (homeserver-moves/, created 0700).
@@ -105,9 +111,9 @@ type MoveConfig struct {
 	ResolveTimeout time.Duration
 }
 
-// MoverHooks let tests stop or observe a move at a step.
-type MoverHooks struct {
-	// At is called after each step of MoveSteps; an error ends the move
+// Hooks let tests stop or observe a move at a step.
+type Hooks struct {
+	// At is called after each step of Steps; an error ends the move
 	// there, leaving its record behind.
 	At func(step string) error
 }
@@ -137,17 +143,17 @@ type moveRecord struct {
 
 // Mover copies mailboxes to their new home server.
 type Mover struct {
-	cfg     MoveConfig
+	cfg     Config
 	log     zerolog.Logger
-	hooks   MoverHooks
+	hooks   Hooks
 	records *journal.Journal // the move records
 
 	userdbMu sync.Mutex // one rewrite of the passwd-file at a time
 }
 
-// NewMover returns a Mover; the state dir and an empty userdb file are
+// New returns a Mover; the state dir and an empty userdb file are
 // created if missing.
-func NewMover(cfg MoveConfig, log zerolog.Logger, hooks MoverHooks) (*Mover, error) {
+func New(cfg Config, log zerolog.Logger, hooks Hooks) (*Mover, error) {
 	cfg.Host = address.CanonicalHost(strings.TrimSpace(cfg.Host))
 	switch {
 	case cfg.Host == "":

@@ -1,4 +1,4 @@
-package homeserver_test
+package migrate_test
 
 import (
 	"context"
@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"mailsync/event"
-	"mailsync/handlers/homeserver"
 	"mailsync/internal/testenv"
+	"mailsync/migrate"
 )
 
 // BenchmarkMove moves a 1,000-message mailbox from host a to host b with
@@ -51,7 +51,7 @@ func BenchmarkMove(b *testing.B) {
 	// The user's home server is now b: a knows the user only through
 	// the moving userdb, as during a real move.
 	ldap.Modify(b, dn, map[string][]string{event.AttrHomeServer: {hb.fqdn}})
-	mv := homeserver.Move{UUID: "bench-0001", DN: dn, Address: u, User: u, Home: ha.dc.Home(u), To: hb.fqdn}
+	mv := migrate.Move{UUID: "bench-0001", DN: dn, Address: u, User: u, Home: ha.dc.Home(u), To: hb.fqdn}
 	clearB := func() {
 		if err := os.RemoveAll(hb.dc.Home(u)); err != nil {
 			b.Fatal(err)

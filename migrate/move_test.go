@@ -1,4 +1,4 @@
-package homeserver_test
+package migrate_test
 
 import (
 	"context"
@@ -16,11 +16,11 @@ import (
 
 	"mailsync/dovecotadm"
 	"mailsync/event"
-	"mailsync/handlers/homeserver"
 	"mailsync/handlers/mailbox"
 	"mailsync/handlers/registry"
 	"mailsync/internal/testenv"
 	"mailsync/listener"
+	"mailsync/migrate"
 )
 
 // moveHost is a mail host with move_on_homeserver_change=yes: its own
@@ -30,7 +30,7 @@ type moveHost struct {
 	fqdn  string
 	dc    *testenv.Dovecot
 	adm   *dovecotadm.Client
-	mover *homeserver.Mover
+	mover *migrate.Mover
 	mbox  *mailbox.Handler
 }
 
@@ -91,9 +91,9 @@ func startMoveHosts(t testing.TB, ldap *testenv.Slapd, sa, sb *steps) (a, b *mov
 		st := []*steps{sa, sb}[i]
 		state := t.TempDir()
 		var err error
-		h.mover, err = homeserver.NewMover(homeserver.MoveConfig{Host: h.fqdn, StateDir: state, Userdb: h.dc.MovingPasswd,
-			Local: h.adm, Peers: map[string]homeserver.Peer{other.fqdn: {Doveadm: other.adm, Dsync: "tcp:" + other.dc.DoveadmTCP}}},
-			log, homeserver.MoverHooks{At: st.at})
+		h.mover, err = migrate.New(migrate.Config{Host: h.fqdn, StateDir: state, Userdb: h.dc.MovingPasswd,
+			Local: h.adm, Peers: map[string]migrate.Peer{other.fqdn: {Doveadm: other.adm, Dsync: "tcp:" + other.dc.DoveadmTCP}}},
+			log, migrate.Hooks{At: st.at})
 		if err != nil {
 			t.Fatal(err)
 		}
