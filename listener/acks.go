@@ -23,27 +23,25 @@ import (
 // refresh's CPU. Here an ack is read in place; only an error is decoded.
 //
 // A quiet round goes further: only its first and last publishes ask for an
-// ack, and every other publish is chained to the one before it, so that
-// JetStream itself refuses it unless that one was stored right before it:
-// a publish carrying a Nats-Msg-Id (events) names the previous publish's id
-// in Nats-Expected-Last-Msg-Id, one without (entry states) the previous
-// publish's stream sequence in Nats-Expected-Last-Sequence (the first
-// publish's sequence plus the index; the first is expected right after
-// where the last round of the same kind ended, and waited for only when
-// that is not known, so a wrong guess breaks the chain and costs a round
-// published again, never a miss). A publish lost in the
-// middle of a round (refused, dropped unanswered, deduplicated) or another
-// writer's message landing in the round breaks the chain there, so every
-// later publish is refused, the last one's ack says so, and the round is
-// published again with every publish acked and nothing chained (round does
-// both; events carry their Msg-Id, so those already stored are not stored
-// twice). The last publish stored proves the one before it stored just
-// before it, and so on back to the first: a round whose first and last acks
-// are clean stored every publish exactly once, whoever else writes to the
-// stream. (A sequence chain could in theory be fooled by another writer's
-// message taking exactly the place of a lost one; the entries bucket it is
-// used on has no other writer than the listener holding the lease, and the
-// event stream, which `mailsync dead retry` also writes, is chained by id.)
+// ack. JetStream stores one connection's messages to a stream in the order
+// they were sent, so when nobody else writes to the stream meanwhile the
+// round is complete exactly when the two acks are n-1 sequences apart and
+// neither is a duplicate. That count alone cannot see a publish lost while
+// another writer's message takes its place, so a round of publishes that
+// carry a Nats-Msg-Id (events: `mailsync dead retry` writes to their stream
+// too) is also chained: each names the previous publish's id in
+// Nats-Expected-Last-Msg-Id, and JetStream refuses it unless that one was
+// stored right before it. A publish lost in the middle (refused, dropped
+// unanswered, deduplicated) or another writer's message in the round breaks
+// the chain there, every later publish is refused, and the last one's ack
+// says so: the last publish stored proves the one before it stored just
+// before it, and so on back to the first. The entry states carry no id and
+// are not chained: the entries bucket has no other writer than the
+// listener holding the lease, and for a single writer the count proves as
+// much as a chain would. Whatever the acks cannot vouch for (a gap, a
+// duplicate, a broken chain) is errGap, and the round is published again
+// with every publish acked and nothing chained (round does both; events
+// carry their Msg-Id, so those already stored are not stored twice).
 // Making and delivering an ack per message was about a third of a full
 // refresh's CPU, counting the garbage collection it caused.
 type acker struct {
@@ -54,10 +52,6 @@ type acker struct {
 	mu     sync.Mutex
 	rounds map[uint64]*round
 	next   uint64
-	// after is, per what, the stream sequence the last round of it ended
-	// at, when known: the next quiet round's first publish is expected
-	// right after it, so its sequence chain needs no wait for that ack.
-	after map[string]uint64
 
 	// gapped, when set, is told of each quiet round published again.
 	gapped func(what string, n int)
@@ -71,15 +65,9 @@ type round struct {
 	done   chan struct{} // closed when over
 
 	// A quiet round of n publishes asks only the first and the last for
-	// an ack and chains the others (see acker); firstAcked is closed once
-	// the first publish's ack is in (first holds its sequence) or the
-	// round is over.
-	quiet      bool
-	n          int
-	firstAcked chan struct{}
-	// predicted, when not 0, is the sequence a sequence chain took the
-	// first publish to get (acker.after) instead of waiting for its ack.
-	predicted uint64
+	// an ack, and chains those with a Msg-Id (see acker).
+	quiet bool
+	n     int
 
 	mu          sync.Mutex
 	names       []string // the DN each publish is about, for errors
@@ -95,23 +83,13 @@ type round struct {
 // errGap says a quiet round's acks do not prove every publish stored.
 var errGap = errors.New("quiet publish round incomplete")
 
-// JetStream's error codes for a publish whose Nats-Expected-Last-Msg-Id or
-// Nats-Expected-Last-Sequence does not hold (the latter's R>1 variant too):
-// in a quiet round, a broken chain.
-const (
-	errCodeWrongLastMsgID = 10070
-)
+// errCodeWrongLastMsgID is JetStream's error code for a publish whose
+// Nats-Expected-Last-Msg-Id does not hold: in a quiet round, a broken chain.
+const errCodeWrongLastMsgID = 10070
 
 func chainBroken(err error) bool {
 	var apiErr *jetstream.APIError
-	if !errors.As(err, &apiErr) {
-		return false
-	}
-	switch apiErr.ErrorCode {
-	case errCodeWrongLastMsgID, jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant:
-		return true
-	}
-	return false
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeWrongLastMsgID
 }
 
 // expected is the number of acks the round waits for; r.mu is held.
@@ -138,14 +116,11 @@ func (r *round) finish(err error) {
 	if !r.over {
 		r.over, r.err = true, err
 		close(r.done)
-		if r.firstAcked != nil && r.first == 0 {
-			close(r.firstAcked)
-		}
 	}
 }
 
 func newAcker(nc *nats.Conn) (*acker, error) {
-	a := &acker{nc: nc, prefix: nats.NewInbox() + ".", rounds: map[uint64]*round{}, after: map[string]uint64{}}
+	a := &acker{nc: nc, prefix: nats.NewInbox() + ".", rounds: map[uint64]*round{}}
 	sub, err := nc.Subscribe(a.prefix+">", a.handle)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to publish acks: %w", err)
@@ -173,9 +148,6 @@ func (a *acker) begin(what string, n int, quiet bool) *round {
 	a.next++
 	r := &round{id: a.next, prefix: a.prefix + strconv.FormatUint(a.next, 10) + ".", what: what,
 		quiet: quiet, n: n, names: make([]string, 0, n), done: make(chan struct{})}
-	if quiet {
-		r.firstAcked = make(chan struct{})
-	}
 	a.rounds[r.id] = r
 	return r
 }
@@ -192,23 +164,11 @@ func (a *acker) round(ctx context.Context, what string, n int, msg func(i int) (
 	for _, quiet := range []bool{true, false} {
 		r := a.begin(what, n, quiet)
 		var c chainer
-		if quiet {
-			a.mu.Lock()
-			if last := a.after[what]; last > 0 {
-				c.guess = last + 1
-			}
-			a.mu.Unlock()
-		}
 		for i := 0; i < n; i++ {
 			m, dn, err := msg(i)
 			if err == nil {
-				err = c.link(ctx, a, r, i, m)
-			}
-			if err == nil {
+				c.link(r, i, m)
 				err = a.publish(r, m, dn)
-			}
-			if errors.Is(err, errGap) {
-				break // the first publish failed: wait reports it
 			}
 			if err != nil {
 				a.forget(r)
@@ -216,13 +176,6 @@ func (a *acker) round(ctx context.Context, what string, n int, msg func(i int) (
 			}
 		}
 		seq, err := a.wait(ctx, r)
-		a.mu.Lock()
-		if err == nil {
-			a.after[what] = seq
-		} else {
-			delete(a.after, what)
-		}
-		a.mu.Unlock()
 		if quiet && errors.Is(err, errGap) {
 			if a.gapped != nil {
 				a.gapped(what, n)
@@ -234,73 +187,30 @@ func (a *acker) round(ctx context.Context, what string, n int, msg func(i int) (
 	panic("unreachable")
 }
 
-// chainer sets the headers that chain each publish of a quiet round to the
-// one before it (see acker), and clears them from a message of a round
-// that is not quiet.
+// chainer sets the header that chains each publish of a quiet round that
+// carries a Msg-Id to the one before it (see acker), and clears it from a
+// message of a round that is not quiet.
 type chainer struct {
 	prevID string
-	guess  uint64   // where the round's first publish is expected (acker.after), 0: unknown
-	first  uint64   // stream sequence of the round's first publish, once needed
 	slot   []string // the header value, reused: PublishMsg copies it
 }
 
-func (c *chainer) link(ctx context.Context, a *acker, r *round, i int, m *nats.Msg) error {
-	if m.Header != nil {
-		delete(m.Header, jetstream.ExpectedLastMsgIDHeader)
-		delete(m.Header, jetstream.ExpectedLastSeqHeader)
+func (c *chainer) link(r *round, i int, m *nats.Msg) {
+	if m.Header == nil {
+		c.prevID = ""
+		return
 	}
-	id := m.Header.Get(jetstream.MsgIDHeader)
-	prev := c.prevID
+	delete(m.Header, jetstream.ExpectedLastMsgIDHeader)
+	id, prev := m.Header.Get(jetstream.MsgIDHeader), c.prevID
 	c.prevID = id
-	if !r.quiet || i == 0 {
-		return nil
+	if !r.quiet || i == 0 || id == "" || prev == "" {
+		return
 	}
 	if c.slot == nil {
 		c.slot = []string{""}
 	}
-	if m.Header == nil {
-		m.Header = nats.Header{}
-	}
-	if id != "" && prev != "" {
-		c.slot[0] = prev
-		m.Header[jetstream.ExpectedLastMsgIDHeader] = c.slot
-		return nil
-	}
-	switch {
-	case c.first != 0:
-	case c.guess != 0:
-		// wait checks the guess against the first ack
-		c.first, r.predicted = c.guess, c.guess
-	default:
-		first, err := a.firstSeq(ctx, r)
-		if err != nil {
-			return err
-		}
-		c.first = first
-	}
-	c.slot[0] = strconv.FormatUint(c.first+uint64(i)-1, 10)
-	m.Header[jetstream.ExpectedLastSeqHeader] = c.slot
-	return nil
-}
-
-// firstSeq waits for the ack of a quiet round's first publish and returns
-// its stream sequence; errGap when the round ended without one.
-func (a *acker) firstSeq(ctx context.Context, r *round) (uint64, error) {
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	select {
-	case <-r.firstAcked:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-timeout.C:
-		return 0, fmt.Errorf("no ack from jetstream after 30s for the first %s", r.what)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.first == 0 {
-		return 0, errGap
-	}
-	return r.first, nil
+	c.slot[0] = prev
+	m.Header[jetstream.ExpectedLastMsgIDHeader] = c.slot
 }
 
 // forget drops a round given up on before its wait.
@@ -352,7 +262,7 @@ func (a *acker) wait(ctx context.Context, r *round) (uint64, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.err == nil && r.quiet && (r.dup || r.last-r.first != uint64(r.n-1) || (r.predicted != 0 && r.first != r.predicted)) {
+	if r.err == nil && r.quiet && (r.dup || r.last-r.first != uint64(r.n-1)) {
 		return 0, errGap
 	}
 	return r.seq, r.err
@@ -401,7 +311,6 @@ func (a *acker) handle(m *nats.Msg) {
 		r.dup = r.dup || dup
 		if i == 0 {
 			r.first = seq
-			close(r.firstAcked)
 		}
 		if i == r.n-1 {
 			r.last = seq
