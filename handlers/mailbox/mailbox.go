@@ -360,11 +360,6 @@ func writeMarker(home string, m marker) error {
 	return atomicfile.Write(filepath.Join(home, MarkerFile), data, 0o600)
 }
 
-// create makes addr's mailbox exist with its default folders.
-func (h *Handler) create(ctx context.Context, ev event.Event, addr string) error {
-	return h.createWith(ctx, ev, addr, h.folders)
-}
-
 // createKind makes the mailbox of addr with folders (nil: the default
 // ones), or a public folder's maildir for a public key.
 func (h *Handler) createKind(ctx context.Context, ev event.Event, addr string, folders []string) error {
