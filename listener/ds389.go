@@ -16,7 +16,7 @@ import (
 // the retro changelog (with nsslapd-attribute: nsuniqueid:targetUniqueId).
 // It differs from syncprov in three ways the listener makes up for:
 //   - the UUID in the sync state control is the entry's nsUniqueId in UUID
-//     form (UUIDFromNsUniqueID), not its entryUUID; it is as stable across
+//     form (uuidFromNsUniqueID), not its entryUUID; it is as stable across
 //     renames and moves.
 //   - there is no entryCSN. A change id begins with the entry's
 //     modifyTimestamp, the change's time (event.ChangeTime), to the second.
@@ -40,7 +40,7 @@ func (DS389) Name() string { return "389ds" }
 
 func (DS389) Attributes() []string { return []string{"nsUniqueId", "modifyTimestamp"} }
 
-func (DS389) Identity(e Entry) (string, error) { return UUIDFromNsUniqueID(e.Attr("nsUniqueId")) }
+func (DS389) Identity(e Entry) (string, error) { return uuidFromNsUniqueID(e.Attr("nsUniqueId")) }
 
 func (DS389) ChangeID(s Sent) string {
 	at := ""
@@ -99,10 +99,10 @@ func (f DS389) beforeSync(ctx context.Context, dial func(context.Context) (*ldap
 	return nil
 }
 
-// UUIDFromNsUniqueID turns a 389-DS nsUniqueId (four groups of eight hex
+// uuidFromNsUniqueID turns a 389-DS nsUniqueId (four groups of eight hex
 // digits) into the UUID the Content Synchronization plugin sends for the
 // entry in the sync state control.
-func UUIDFromNsUniqueID(id string) (string, error) {
+func uuidFromNsUniqueID(id string) (string, error) {
 	h := strings.ToLower(strings.ReplaceAll(id, "-", ""))
 	if len(h) != 32 {
 		return "", fmt.Errorf("nsUniqueId %q: want 32 hex digits", id)

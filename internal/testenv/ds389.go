@@ -510,8 +510,8 @@ func (d *DS389) AddGroup(t testing.TB, cn, mail string, members []string, extra 
 }
 
 // Entries returns every entry mailsync follows below the view's base, with
-// the UUID the Content Synchronization plugin gives it (nsUniqueId in UUID form, see
-// listener.UUIDFromNsUniqueID), as the listener stores it.
+// the UUID the Content Synchronization plugin gives it (the nsUniqueId in
+// UUID form, listener.DS389), as the listener stores it.
 func (d *DS389) Entries(t testing.TB) []event.Entry {
 	t.Helper()
 	return entries(t, d.Conn(t), d.BaseDN, listener.DS389{})
