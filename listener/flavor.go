@@ -3,7 +3,6 @@ package listener
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/go-ldap/ldap/v3"
 
@@ -54,13 +53,13 @@ type Sent struct {
 	Cookie, Start []byte
 }
 
-// ParseFlavor accepts the names a config file uses: "openldap" (or empty)
+// ParseFlavor is the flavor of a name (ldap.flavor): "openldap" (or empty)
 // and "389ds".
 func ParseFlavor(s string) (Flavor, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
+	switch s {
 	case "", OpenLDAP{}.Name():
 		return OpenLDAP{}, nil
-	case DS389{}.Name(), "389-ds", "389":
+	case DS389{}.Name():
 		return DS389{}, nil
 	}
 	return nil, fmt.Errorf("unknown directory flavor %q (want openldap or 389ds)", s)
