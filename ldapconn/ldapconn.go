@@ -46,7 +46,8 @@ type Target struct {
 	// BindDN, when set, is bound with BindPassword (simple bind).
 	BindDN       string
 	BindPassword string
-	// Timeout bounds connecting and each step (default 30s).
+	// Timeout bounds connecting (with the TLS handshake of ldaps), and
+	// then StartTLS and the bind together (default 30s).
 	Timeout time.Duration
 }
 
