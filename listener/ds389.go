@@ -40,6 +40,8 @@ func (DS389) Name() string { return "389ds" }
 
 func (DS389) Attributes() []string { return []string{"nsUniqueId", "modifyTimestamp"} }
 
+func (DS389) syncAttributes() []string { return []string{"modifyTimestamp"} }
+
 func (DS389) Identity(e Entry) (string, error) { return uuidFromNsUniqueID(e.Attr("nsUniqueId")) }
 
 func (DS389) ChangeID(s Sent) string {

@@ -17,8 +17,8 @@ import (
 type Flavor interface {
 	// Name is the flavor as the config names it (ldap.flavor).
 	Name() string
-	// Attributes are the operational attributes asked for besides the
-	// followed ones: those Identity and ChangeID read.
+	// Attributes are the operational attributes a plain search asks for
+	// besides the followed ones: those Identity and ChangeID read.
 	Attributes() []string
 	// Identity is the id the directory's sync state control gives an
 	// entry, read from the entry's attributes, for readers of the
@@ -30,6 +30,10 @@ type Flavor interface {
 	// two changes of an entry and stays the same when the same change is
 	// replayed; it goes into the Nats-Msg-Id.
 	ChangeID(s Sent) string
+	// syncAttributes are those the sync search asks for: ChangeID's
+	// alone, since the sync state control carries the identity (every
+	// byte counts in a full refresh).
+	syncAttributes() []string
 	// beforeSync runs before each sync search, on a connection of its own
 	// from dial.
 	beforeSync(ctx context.Context, dial func(context.Context) (*ldap.Conn, error), cfg Config, rf *refresh) error

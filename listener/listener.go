@@ -379,7 +379,7 @@ func (l *Listener) session(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	resp, err := conn.Search(sctx, syncrepl.Request{BaseDN: l.cfg.BaseDN, Filter: event.Filter,
-		Attributes: append(l.cfg.Flavor.Attributes(), event.Followed...),
+		Attributes: append(l.cfg.Flavor.syncAttributes(), event.Followed...),
 		Mode:       syncrepl.ModeRefreshAndPersist, Cookie: cookie})
 	if err != nil {
 		return fmt.Errorf("sync search on %s: %w", l.cfg.URL, err)

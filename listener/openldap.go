@@ -17,6 +17,8 @@ func (OpenLDAP) Name() string { return "openldap" }
 
 func (OpenLDAP) Attributes() []string { return []string{"entryUUID", "entryCSN"} }
 
+func (OpenLDAP) syncAttributes() []string { return []string{"entryCSN"} }
+
 func (OpenLDAP) Identity(e Entry) (string, error) {
 	if id := e.Attr("entryUUID"); id != "" {
 		return id, nil
