@@ -128,7 +128,9 @@ func (m *model) aliasLine(k string) string {
 	if vals == nil {
 		return ""
 	}
-	return string(appendLine(nil, k, vals))
+	// Measured first: a group's line runs to kilobytes, and a burst
+	// re-renders thousands of them.
+	return string(appendLine(make([]byte, 0, lineLen(k, vals)), k, vals))
 }
 
 // aliasLineValues returns the values of one alias key's line, or nil when
