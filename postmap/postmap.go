@@ -16,6 +16,10 @@
 // before or after each run. The source and the database stay equal as
 // tables (`postmap` of the source builds the same database), and the
 // bytes written are those of the change, not of the table.
+//
+// Changes to a handler's tables share writes through its Committer (group
+// commit, commit.go); every postmap run takes the caller's context, except
+// an update in place, which runs to its end.
 package postmap
 
 import (
