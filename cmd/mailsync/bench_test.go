@@ -121,7 +121,9 @@ func BenchmarkStart100k(b *testing.B) {
 			}
 			st := startOnce(b, bin, cfg, len(names), verbose)
 			took, rss = append(took, st.took), append(rss, st.rssMB)
-			b.Logf("start %d: %.2f s (refresh done %.1f s; %s), peak RSS %.0f MB, load %s",
+			// On stderr as it happens: a benchmark's log keeps only its
+			// first lines, and shows them at the end.
+			fmt.Fprintf(os.Stderr, "BenchmarkStart100k start %d: %.2f s (refresh done %.1f s; %s), peak RSS %.0f MB, load %s\n",
 				s+1, st.took, st.refreshed, st.phases(), st.rssMB, loadavg())
 			if verbose {
 				// b.Logf keeps only a benchmark's first lines.
