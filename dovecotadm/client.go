@@ -172,6 +172,7 @@ type Client struct {
 	http     *http.Client
 	timeout  time.Duration
 	syncTime time.Duration
+	batch    *batcher // nil: every command in a request of its own
 }
 
 // Option configures a Client.
@@ -204,67 +205,129 @@ func New(endpoint, apiKey string, opts ...Option) (*Client, error) {
 		timeout:  DefaultTimeout,
 		syncTime: DefaultSyncTimeout,
 	}
+	WithBatch(DefaultBatchSize, DefaultInFlight)(c)
 	for _, o := range opts {
 		o(c)
+	}
+	if t, ok := c.http.Transport.(*http.Transport); ok || c.http.Transport == nil {
+		// Keep a connection per request slot alive (the default keeps 2).
+		if !ok {
+			t = http.DefaultTransport.(*http.Transport)
+		}
+		t = t.Clone()
+		if c.batch != nil && t.MaxIdleConnsPerHost < c.batch.slots {
+			t.MaxIdleConnsPerHost = c.batch.slots
+		}
+		h := *c.http
+		h.Transport = t
+		c.http = &h
 	}
 	return c, nil
 }
 
-// call runs one doveadm command and decodes its result into out (may be nil).
+// call runs one doveadm command and decodes its result into out (may be
+// nil). Calls made at the same time share requests (batch.go).
 func (c *Client) call(ctx context.Context, command string, params map[string]any, out any) error {
-	return c.callWithin(ctx, c.timeout, command, params, out)
+	cmd := &request{name: command, params: params, out: out}
+	if c.batch == nil {
+		return c.send(ctx, c.timeout, []*request{cmd})[0]
+	}
+	return c.batch.do(ctx, cmd)
 }
 
-// callWithin is call bounded by timeout instead of the client's.
+// callWithin is one command in a request of its own, bounded by timeout
+// instead of the client's.
 func (c *Client) callWithin(ctx context.Context, timeout time.Duration, command string, params map[string]any, out any) error {
+	return c.send(ctx, timeout, []*request{{name: command, params: params, out: out}})[0]
+}
+
+// send posts the commands in one request and returns each one's error, in
+// order: doveadm runs them one after the other and answers each under its
+// tag, so one command's failure is its own. A failure of the request
+// itself (refused, timeout, 5xx) is every command's.
+func (c *Client) send(ctx context.Context, timeout time.Duration, cmds []*request) []error {
+	errs := make([]error, len(cmds))
+	all := func(err error) []error {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return errs
+	}
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	body, err := json.Marshal([][]any{{command, params, "mailsync"}})
+	list := make([][]any, len(cmds))
+	for i, cmd := range cmds {
+		list[i] = []any{cmd.name, cmd.params, tag(i)}
+	}
+	body, err := json.Marshal(list)
 	if err != nil {
-		return fault.Permanent(err)
+		return all(fault.Permanent(err))
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(body))
 	if err != nil {
-		return fault.Permanent(err)
+		return all(fault.Permanent(err))
 	}
 	req.Header.Set("Authorization", c.authz)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
 		// Refused, reset, DNS, timeout, cancelled: the server may be back later.
-		return fault.Retryable(err)
+		return all(fault.Retryable(err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fault.Retryable(fmt.Errorf("read response: %w", err))
+		return all(fault.Retryable(fmt.Errorf("read response: %w", err)))
 	}
 	if resp.StatusCode != http.StatusOK {
-		return (&HTTPError{Status: resp.StatusCode, Body: strings.TrimSpace(string(raw))}).classify()
+		return all((&HTTPError{Status: resp.StatusCode, Body: strings.TrimSpace(string(raw))}).classify())
+	}
+	names := cmds[0].name
+	if len(cmds) > 1 {
+		names = fmt.Sprintf("%s and %d more commands", names, len(cmds)-1)
 	}
 	if len(bytes.TrimSpace(raw)) == 0 {
 		// doveadm's HTTP server answers 200 with an empty body when the
 		// command process died (an i_fatal in the command).
-		return fault.Retryable(fmt.Errorf("doveadm %s: empty response (command crashed?)", command))
+		return all(fault.Retryable(fmt.Errorf("doveadm %s: empty response (command crashed?)", names)))
 	}
 	var replies [][]json.RawMessage
-	if err := json.Unmarshal(raw, &replies); err != nil || len(replies) != 1 || len(replies[0]) < 2 {
-		return fault.Retryable(fmt.Errorf("doveadm %s: unexpected response %.200q", command, raw))
+	if err := json.Unmarshal(raw, &replies); err != nil {
+		return all(fault.Retryable(fmt.Errorf("doveadm %s: unexpected response %.200q", names, raw)))
 	}
+	for i, cmd := range cmds {
+		var got string
+		if i >= len(replies) || len(replies[i]) < 3 || json.Unmarshal(replies[i][2], &got) != nil || got != tag(i) {
+			errs[i] = fault.Retryable(fmt.Errorf("doveadm %s: no answer in response %.200q", cmd.name, raw))
+			continue
+		}
+		errs[i] = cmd.decode(replies[i])
+	}
+	return errs
+}
+
+// tag names the i-th command of a request.
+func tag(i int) string { return "mailsync-" + strconv.Itoa(i) }
+
+// decode reads one command's reply: its result into out, or its error.
+func (cmd *request) decode(reply []json.RawMessage) error {
+	command := cmd.name
 	var kind string
-	if err := json.Unmarshal(replies[0][0], &kind); err != nil {
-		return fault.Retryable(fmt.Errorf("doveadm %s: unexpected response %.200q", command, raw))
+	if err := json.Unmarshal(reply[0], &kind); err != nil {
+		return fault.Retryable(fmt.Errorf("doveadm %s: unexpected reply %.200q", command, reply[0]))
 	}
 	switch kind {
 	case "doveadmResponse":
-		if out == nil {
+		if cmd.out == nil {
 			return nil
 		}
-		if err := json.Unmarshal(replies[0][1], out); err != nil {
-			return fault.Retryable(fmt.Errorf("doveadm %s: decode %.200q: %w", command, replies[0][1], err))
+		if err := json.Unmarshal(reply[1], cmd.out); err != nil {
+			return fault.Retryable(fmt.Errorf("doveadm %s: decode %.200q: %w", command, reply[1], err))
 		}
 		return nil
 	case "error":
@@ -272,8 +335,8 @@ func (c *Client) callWithin(ctx context.Context, timeout time.Duration, command 
 			Type     string `json:"type"`
 			ExitCode int    `json:"exitCode"`
 		}
-		if err := json.Unmarshal(replies[0][1], &e); err != nil {
-			return fault.Retryable(fmt.Errorf("doveadm %s: unexpected error %.200q", command, replies[0][1]))
+		if err := json.Unmarshal(reply[1], &e); err != nil {
+			return fault.Retryable(fmt.Errorf("doveadm %s: unexpected error %.200q", command, reply[1]))
 		}
 		return (&CommandError{Command: command, Type: e.Type, ExitCode: e.ExitCode}).classify()
 	}
@@ -351,6 +414,26 @@ func (c *Client) CreateMailbox(ctx context.Context, user string, names ...string
 	}
 	if err != nil {
 		return fmt.Errorf("create mailboxes %s of %s: %w", strings.Join(missing, ", "), user, err)
+	}
+	return nil
+}
+
+// CreateNewMailbox is CreateMailbox for a user whose home does not exist
+// yet: the mailboxes are created without listing first (one command, not
+// two). Should any exist after all (a delivery made the home meanwhile),
+// it is CreateMailbox.
+func (c *Client) CreateNewMailbox(ctx context.Context, user string, names ...string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	err := c.call(ctx, "mailboxCreate", map[string]any{
+		"user": user, "mailbox": names, "subscriptions": true,
+	}, nil)
+	if errors.Is(err, ErrNotPossible) {
+		return c.CreateMailbox(ctx, user, names...)
+	}
+	if err != nil {
+		return fmt.Errorf("create mailboxes %s of %s: %w", strings.Join(names, ", "), user, err)
 	}
 	return nil
 }

@@ -3,8 +3,11 @@ package dovecotadm_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"os"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -228,5 +231,72 @@ func TestBackup(t *testing.T) {
 	}
 	if err := c.Backup(ctx, "nobody@example.org", "maildir:"+dest); !errors.Is(err, dovecotadm.ErrUnknownUser) {
 		t.Errorf("backup of an unknown user: %v, want ErrUnknownUser", err)
+	}
+}
+
+// Calls made at once share requests, and each caller gets its own
+// command's answer: users Dovecot does not know fail, in the same
+// requests as users whose mailboxes are made.
+func TestBatchedCallsAnswerEachCaller(t *testing.T) {
+	t.Parallel()
+	ldap := testenv.StartSlapd(t)
+	const n = 40
+	known := func(i int) bool { return i%8 != 3 }
+	for i := 0; i < n; i++ {
+		if known(i) {
+			ldap.AddUser(t, fmt.Sprintf("u%02d", i), fmt.Sprintf("u%02d@example.org", i), nil)
+		}
+	}
+	d := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{})
+	rec := &testenv.DoveadmRequests{}
+	c, err := dovecotadm.New(d.DoveadmURL, d.APIKey, dovecotadm.WithTimeout(30*time.Second),
+		dovecotadm.WithHTTPClient(&http.Client{Transport: rec}), dovecotadm.WithBatch(50, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = c.CreateNewMailbox(ctx, fmt.Sprintf("u%02d@example.org", i), "INBOX", "Spam")
+		}()
+	}
+	wg.Wait()
+	reqs := rec.Requests()
+	for i, err := range errs {
+		user := fmt.Sprintf("u%02d@example.org", i)
+		if !known(i) {
+			if !errors.Is(err, dovecotadm.ErrUnknownUser) || !fault.IsPermanent(err) {
+				t.Errorf("%s (not in the directory): %v, want permanent ErrUnknownUser", user, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", user, err)
+			continue
+		}
+		if got, err := c.ListMailboxes(ctx, user); err != nil || !slices.Equal(got, []string{"INBOX", "Spam"}) {
+			t.Errorf("mailboxes of %s: %v, %v; want INBOX, Spam", user, got, err)
+		}
+	}
+	creates, mixed := 0, false
+	for _, users := range reqs {
+		creates++
+		var ok, bad bool
+		for _, u := range users {
+			var i int
+			fmt.Sscanf(u, "u%02d@", &i)
+			ok, bad = ok || known(i), bad || !known(i)
+		}
+		mixed = mixed || (ok && bad)
+	}
+	if creates >= n/2 {
+		t.Errorf("%d creates took %d requests; concurrent calls should share them", n, creates)
+	}
+	if !mixed {
+		t.Errorf("no request carried a failing and a succeeding command: %v", reqs)
 	}
 }
