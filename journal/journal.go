@@ -30,6 +30,9 @@ import (
 type Journal struct {
 	dir  string
 	what string
+	// files shares the directory fsyncs of records saved and dropped at
+	// the same time (many entries converged at once).
+	files *atomicfile.Dir
 }
 
 // Open returns the journal in dir, made (0700) if missing.
@@ -37,7 +40,7 @@ func Open(dir, what string) (*Journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%s dir: %w", what, err)
 	}
-	return &Journal{dir: dir, what: what}, nil
+	return &Journal{dir: dir, what: what, files: atomicfile.NewDir(dir)}, nil
 }
 
 // Path is where the record of entry uuid is.
@@ -50,7 +53,7 @@ func (j *Journal) Save(uuid string, rec any) error {
 	if err != nil {
 		return fault.Permanent(err)
 	}
-	if err := atomicfile.Write(j.Path(uuid), data, 0o600); err != nil {
+	if err := j.files.Write(uuid+".json", data, 0o600); err != nil {
 		return fault.Retryable(fmt.Errorf("write %s: %w", j.what, err))
 	}
 	return nil
@@ -73,11 +76,8 @@ func (j *Journal) Load(uuid string, rec any) (bool, error) {
 
 // Drop removes the record of entry uuid, if any, durably.
 func (j *Journal) Drop(uuid string) error {
-	if err := os.Remove(j.Path(uuid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := j.files.Remove(uuid + ".json"); err != nil {
 		return fault.Retryable(fmt.Errorf("remove %s: %w", j.what, err))
-	}
-	if err := atomicfile.SyncDir(j.dir); err != nil {
-		return fault.Retryable(fmt.Errorf("fsync %s: %w", j.dir, err))
 	}
 	return nil
 }

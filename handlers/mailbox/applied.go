@@ -21,6 +21,7 @@ import (
 // saying so, so a stale event of it finds the deletion applied.
 type appliedStore struct {
 	dir   string
+	files *atomicfile.Dir // shares the directory fsyncs of concurrent puts
 	mu    sync.Mutex
 	cache map[string]appliedRecord
 }
@@ -35,7 +36,7 @@ func newAppliedStore(dir string) (*appliedStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mailbox applied states: %w", err)
 	}
-	return &appliedStore{dir: dir, cache: map[string]appliedRecord{}}, nil
+	return &appliedStore{dir: dir, files: atomicfile.NewDir(dir), cache: map[string]appliedRecord{}}, nil
 }
 
 // get returns the last applied state (nil: gone, or none) and whether a
@@ -76,7 +77,7 @@ func (s *appliedStore) put(uuid string, st *State) error {
 		r.State = &c
 	}
 	data, _ := json.Marshal(r)
-	if err := atomicfile.Write(filepath.Join(s.dir, uuid+".json"), data, 0o600); err != nil {
+	if err := s.files.Write(uuid+".json", data, 0o600); err != nil {
 		return fault.Retryable(fmt.Errorf("record applied state of %s: %w", uuid, err))
 	}
 	s.mu.Lock()

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,14 +40,14 @@ func BenchmarkRename1000(b *testing.B) {
 		return dc.Home(a), a
 	})
 	p.Settled(b)
-	parallel(n, workers, func(i int) { dc.Deliver(b, fmt.Sprintf("b%04d@example.org", i), "bench") })
+	testenv.Parallel(n, workers, func(i int) { dc.Deliver(b, fmt.Sprintf("b%04d@example.org", i), "bench") })
 	reader := dc.IMAPReader()
 
 	for iter := 0; iter < b.N; iter++ {
 		lat := make([]time.Duration, n)
 		start := time.Now()
 		b.ResetTimer()
-		parallel(n, workers, func(i int) {
+		testenv.Parallel(n, workers, func(i int) {
 			addr := fmt.Sprintf("b%04d.%d@example.org", i, iter)
 			home := dc.Home(addr)
 			t0 := time.Now()
@@ -84,7 +83,7 @@ func BenchmarkRename1000(b *testing.B) {
 		// Baseline: the same homes, rename(2) plus one doveadm call each.
 		raw := make([]time.Duration, n)
 		rawStart := time.Now()
-		parallel(n, workers, func(i int) {
+		testenv.Parallel(n, workers, func(i int) {
 			from := dc.Home(fmt.Sprintf("b%04d.%d@example.org", i, iter))
 			to := from + "raw"
 			t0 := time.Now()
@@ -113,7 +112,7 @@ func BenchmarkRename1000(b *testing.B) {
 
 // waitMarked waits (up to 10 minutes) until every home's marker names its
 // address: the handler is through with it.
-func waitMarked(b *testing.B, n int, home func(i int) (string, string)) {
+func waitMarked(b testing.TB, n int, home func(i int) (string, string)) {
 	testenv.Eventually(b, 10*time.Minute, func() error {
 		for i := 0; i < n; i++ {
 			if h, a := home(i); !markerNames(h, a) {
@@ -131,25 +130,6 @@ func markerNames(home, addr string) bool {
 	}
 	var m struct{ Address string }
 	return json.Unmarshal(data, &m) == nil && m.Address == addr
-}
-
-func parallel(n, workers int, fn func(i int)) {
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				fn(i)
-			}
-		}()
-	}
-	for i := 0; i < n; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
 }
 
 func pct(d []time.Duration, p int) time.Duration {

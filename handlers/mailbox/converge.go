@@ -33,13 +33,22 @@ var errSuperseded = errors.New("superseded by a newer change of the entry")
 // Handle converges the event's entry on this host. Users and shared
 // folders are handled.
 func (h *Handler) Handle(ctx context.Context, ev event.Event) error {
-	if ev.Kind != event.KindUser && ev.Kind != event.KindFolder {
-		return nil
-	}
-	if !validUUID(ev.UUID) {
-		return fault.Permanentf("mailbox of %s: entryUUID %q cannot name an intent record", where(ev), ev.UUID)
+	if ok, err := handles(ev); !ok {
+		return err
 	}
 	return h.converge(ctx, ev.UUID, &ev, false)
+}
+
+// handles tells whether the handler acts on the event (users and shared
+// folders); an entryUUID that cannot name a record is a permanent error.
+func handles(ev event.Event) (bool, error) {
+	if ev.Kind != event.KindUser && ev.Kind != event.KindFolder {
+		return false, nil
+	}
+	if !validUUID(ev.UUID) {
+		return false, fault.Permanentf("mailbox of %s: entryUUID %q cannot name an intent record", where(ev), ev.UUID)
+	}
+	return true, nil
 }
 
 // entryLock serialises the convergence of one entry: its own lane and
@@ -409,7 +418,7 @@ func (h *Handler) keep(ctx context.Context, ev event.Event, addr string) error {
 	if err := h.adm.Kick(ctx, addr); err != nil {
 		return fmt.Errorf("give up address %s of %s: %w", addr, where(ev), err)
 	}
-	if _, err := h.adm.FlushAuthCache(ctx); err != nil {
+	if _, err := h.adm.FlushAuthCache(ctx, cacheNames(ev.DN, addr)...); err != nil {
 		return fmt.Errorf("give up address %s of %s: %w", addr, where(ev), err)
 	}
 	h.log.Info().Str("dn", ev.DN).Str("uuid", ev.UUID).Str("address", addr).

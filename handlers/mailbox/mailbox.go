@@ -48,6 +48,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,6 +68,8 @@ type Doveadm interface {
 	Kick(ctx context.Context, user string) error
 	FlushAuthCache(ctx context.Context, users ...string) (int, error)
 	CreateMailbox(ctx context.Context, user string, names ...string) error
+	// CreateNewMailbox is CreateMailbox for a user without a home yet.
+	CreateNewMailbox(ctx context.Context, user string, names ...string) error
 	// SetACL sets (no rights: removes) id's entry in user's mailbox's ACL.
 	SetACL(ctx context.Context, user, mailbox, id string, rights []string) error
 }
@@ -147,7 +150,13 @@ type Handler struct {
 	applied *appliedStore
 	homes   *homeIndex
 
+	// order and slots: staged events (stage.go).
+	orderMu sync.Mutex
+	order   map[string]*turn // uuid -> its last staged event
+	slots   chan struct{}
+
 	fsMu sync.Mutex // serialises checks and moves of homes across entries
+	dirs sync.Map   // directory path -> *atomicfile.Dir (syncDirs)
 	// rename is renameNoReplace; tests replace it to force the
 	// cross-filesystem path.
 	rename func(from, to string) error
@@ -155,7 +164,8 @@ type Handler struct {
 
 // New returns a handler. The state dir is created if missing.
 func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, error) {
-	h := &Handler{cfg: cfg, adm: adm, log: log.With().Str("handler", Name).Logger(), hooks: hooks, rename: renameNoReplace}
+	h := &Handler{cfg: cfg, adm: adm, log: log.With().Str("handler", Name).Logger(), hooks: hooks, rename: renameNoReplace,
+		order: map[string]*turn{}, slots: make(chan struct{}, StageParallel)}
 	var err error
 	if h.home, err = NewLayout(cfg.MailHome); err != nil {
 		return nil, fmt.Errorf("mail home: %w", err)
@@ -360,6 +370,24 @@ func writeMarker(home string, m marker) error {
 	return atomicfile.Write(filepath.Join(home, MarkerFile), data, 0o600)
 }
 
+// cacheNames are the auth cache names of an entry: its addresses and, for
+// a user whose DN is named by uid, the uid, which logs in too (the userdb
+// matches mailPrimaryAddress or uid) and whose cached entry names the
+// address it resolved to.
+func cacheNames(dn string, addrs ...string) []string {
+	var out []string
+	for _, a := range addrs {
+		if a != "" && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	rdn, _, _ := strings.Cut(dn, ",")
+	if k, v, ok := strings.Cut(rdn, "="); ok && strings.EqualFold(strings.TrimSpace(k), "uid") && v != "" && !strings.ContainsAny(v, `\+`) {
+		out = append(out, strings.TrimSpace(v))
+	}
+	return out
+}
+
 // createKind makes the mailbox of addr with folders (nil: the default
 // ones), or a public folder's maildir for a public key.
 func (h *Handler) createKind(ctx context.Context, ev event.Event, addr string, folders []string) error {
@@ -392,13 +420,19 @@ func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, f
 		return fault.Permanentf("create mailbox %s for %s: home %s belongs to entry %s (uuid %s), "+
 			"which had the address %q; not reused", addr, where(ev), home, m.DN, m.UUID, m.Address)
 	}
-	err = h.adm.CreateMailbox(ctx, addr, folders...)
+	// Without a home there are no mailboxes to list first.
+	createMailbox := h.adm.CreateMailbox
+	if ok, _ := exists(home); !ok {
+		createMailbox = h.adm.CreateNewMailbox
+	}
+	err = createMailbox(ctx, addr, folders...)
 	if errors.Is(err, dovecotadm.ErrUnknownUser) {
-		// A negative auth cache entry from before the directory change.
-		if _, ferr := h.adm.FlushAuthCache(ctx); ferr != nil {
+		// A negative auth cache entry from before the directory change:
+		// the user's own entries go, not everyone's.
+		if _, ferr := h.adm.FlushAuthCache(ctx, cacheNames(ev.DN, addr)...); ferr != nil {
 			return ferr
 		}
-		err = h.adm.CreateMailbox(ctx, addr, folders...)
+		err = createMailbox(ctx, addr, folders...)
 	}
 	if err != nil {
 		return fmt.Errorf("create mailbox of %s: %w", where(ev), err)
@@ -518,8 +552,10 @@ func (h *Handler) run(ctx context.Context, in *intent) error {
 		}
 	}
 	// The old address must stop logging in from the cache; a new address
-	// must not stay unknown from a negative entry. UCS flushes all (§1.5).
-	if _, err := h.adm.FlushAuthCache(ctx); err != nil {
+	// must not stay unknown from a negative entry. UCS flushes the whole
+	// cache (§1.5); the entry's own names are enough, and a burst of
+	// renames does not empty everyone's cache once per rename.
+	if _, err := h.adm.FlushAuthCache(ctx, cacheNames(in.DN, in.Old, in.New)...); err != nil {
 		return fmt.Errorf("%s mailbox of entry %s: %w", op, in.DN, err)
 	}
 	if err := h.at(op + ":flushed"); err != nil {
@@ -540,11 +576,32 @@ func (h *Handler) run(ctx context.Context, in *intent) error {
 	return h.dropIntent(in.UUID)
 }
 
+// syncDirs makes the renames in dirs durable; renames of other entries in
+// the same directory at the same time share the fsync (atomicfile.Dir).
+func (h *Handler) syncDirs(dirs ...string) error {
+	var errs []error
+	for i, d := range dirs {
+		if slices.Contains(dirs[:i], d) {
+			continue
+		}
+		v, _ := h.dirs.LoadOrStore(d, atomicfile.NewDir(d))
+		errs = append(errs, v.(*atomicfile.Dir).Sync())
+	}
+	return errors.Join(errs...)
+}
+
 // movePath brings one directory from From to To, judging by what is on
 // disk, so a repeated call after a crash at any point finishes the job.
 func (h *Handler) movePath(in *intent, p *pathOp) error {
 	h.fsMu.Lock()
-	defer h.fsMu.Unlock()
+	locked := true
+	unlock := func() {
+		if locked {
+			locked = false
+			h.fsMu.Unlock()
+		}
+	}
+	defer unlock()
 	l := h.layoutOf(p.To)
 	for _, q := range []string{p.From, p.To} {
 		if err := h.layoutOf(q).Confine(q); err != nil {
@@ -610,7 +667,10 @@ func (h *Handler) movePath(in *intent, p *pathOp) error {
 	err := h.rename(p.From, p.To)
 	switch {
 	case err == nil:
-		if err := errors.Join(atomicfile.SyncDir(filepath.Dir(p.To)), atomicfile.SyncDir(filepath.Dir(p.From))); err != nil {
+		// The rename is made; making it durable needs no other entry to
+		// wait (the next step of this one waits for it).
+		unlock()
+		if err := h.syncDirs(filepath.Dir(p.To), filepath.Dir(p.From)); err != nil {
 			return fail(err)
 		}
 		return h.at("move:" + p.What + "-renamed")

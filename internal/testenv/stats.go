@@ -4,6 +4,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 )
 
 // Median returns the median of xs, which it sorts; benchmarks report it
@@ -28,4 +29,25 @@ func BenchRounds() int {
 		return v
 	}
 	return 5
+}
+
+// Parallel calls fn for 0..n-1 from workers goroutines, as a benchmark's
+// clients do, and returns when every call has.
+func Parallel(n, workers int, fn func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				fn(i)
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }
