@@ -1,8 +1,10 @@
 package atomicfile_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"mailsync/atomicfile"
@@ -56,5 +58,52 @@ func TestWriteFailureKeepsOldContent(t *testing.T) {
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 2 {
 		t.Errorf("directory holds %d entries after failed Writes, want 2 (no temp file left)", len(ents))
+	}
+}
+
+// Writes and removes from many goroutines at once: each returns with its
+// change made (the shared fsyncs neither lose nor hold one back), and no
+// temp file is left.
+func TestDirConcurrentWritesAndRemoves(t *testing.T) {
+	dir := t.TempDir()
+	d := atomicfile.NewDir(dir)
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("r%03d.json", i)
+			if errs[i] = d.Write(name, []byte(name), 0o600); errs[i] != nil {
+				return
+			}
+			if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+				errs[i] = fmt.Errorf("%s missing after its Write returned: %w", name, err)
+				return
+			}
+			if i%2 == 1 {
+				errs[i] = d.Remove(name)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != n/2 {
+		t.Errorf("%d files left, want %d", len(ents), n/2)
+	}
+	for _, e := range ents {
+		data, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		if string(data) != e.Name() {
+			t.Errorf("%s holds %q", e.Name(), data)
+		}
+	}
+	if err := d.Remove("never-there"); err != nil {
+		t.Errorf("removing a file that is not there: %v", err)
 	}
 }
