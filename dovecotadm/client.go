@@ -210,14 +210,14 @@ func New(endpoint, apiKey string, opts ...Option) (*Client, error) {
 		o(c)
 	}
 	if t, ok := c.http.Transport.(*http.Transport); ok || c.http.Transport == nil {
-		// Keep a connection per request slot alive (the default keeps 2).
+		// doveadm's HTTP server serves one request a process and then
+		// closes the connection; a kept-alive one is found dead by the
+		// next request (EOF), which Go does not send again for a POST.
 		if !ok {
 			t = http.DefaultTransport.(*http.Transport)
 		}
 		t = t.Clone()
-		if c.batch != nil && t.MaxIdleConnsPerHost < c.batch.slots {
-			t.MaxIdleConnsPerHost = c.batch.slots
-		}
+		t.DisableKeepAlives = true
 		h := *c.http
 		h.Transport = t
 		c.http = &h
