@@ -636,6 +636,7 @@ func TestChurnWithKills(t *testing.T) {
 		kills int
 		took  time.Duration
 		check string
+		why   string // the log lines of the dead letters
 	}
 	run := func(t *testing.T, kills int) result {
 		r := newChurnRig(t, bin, s)
@@ -645,8 +646,9 @@ func TestChurnWithKills(t *testing.T) {
 		r.apply(ops, kills)
 		dead, check := r.settle(10 * time.Minute)
 		took := time.Since(start)
+		why := r.logMatching(`dead-lettered|will retry|not completed|superseded`, 40)
 		r.stop()
-		return result{o: r.measure(), dead: dead, kills: r.kills, took: took, check: check}
+		return result{o: r.measure(), dead: dead, kills: r.kills, took: took, check: check, why: why}
 	}
 	var withKills, without result
 	t.Run("rigs", func(t *testing.T) {
@@ -670,7 +672,7 @@ func TestChurnWithKills(t *testing.T) {
 			t.Errorf("kills=%d: %d messages lost, %d not at their user's current address", res.kills, res.o.lost, res.o.misplaced)
 		}
 		if res.dead > 0 {
-			t.Errorf("kills=%d: %d dead letters", res.kills, res.dead)
+			t.Errorf("kills=%d: %d dead letters:\n%s", res.kills, res.dead, res.why)
 		}
 		for _, b := range append(res.o.imapBad, res.o.mapBad...) {
 			t.Errorf("kills=%d: %s", res.kills, b)

@@ -238,9 +238,14 @@ func (h *Handler) converge(ctx context.Context, uuid string, trigger *event.Even
 		mu.Lock()
 	}
 	defer mu.Unlock()
-	if err := h.resume(ctx, uuid); err != nil {
+	if err := h.resume(ctx, uuid); err != nil && !errors.Is(err, dovecotadm.ErrUnknownUser) {
 		return err
 	}
+	// Dovecot not knowing an address the interrupted operation needed
+	// (its record is dropped) means the entry changed since, or the
+	// directory Dovecot reads is not there yet: the plan below starts from
+	// the homes as the operation left them, and its steps tell the two
+	// apart (unknownUser).
 	var stuck map[string]bool // entries whose own convergence is refused
 	for round := 0; ; round++ {
 		cur, err := h.current(ctx, uuid, trigger)
