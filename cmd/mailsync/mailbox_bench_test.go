@@ -223,11 +223,15 @@ func startMailboxBench(b *testing.B) *mailboxBench {
 // address not done yet, so the polling costs next to nothing beside the
 // daemon and Dovecot (reading every marker each time took CPU from both).
 func (e *mailboxBench) waitMarked(b *testing.B, addrs []string, since time.Time) {
+	var marks []string
 	for i := 0; i < len(addrs); {
 		data, err := os.ReadFile(filepath.Join(e.dc.Home(addrs[i]), mailbox.MarkerFile))
 		var m struct{ Address string }
 		if err == nil && json.Unmarshal(data, &m) == nil && m.Address == addrs[i] {
 			i++
+			if i%(max(len(addrs)/4, 1)) == 0 {
+				marks = append(marks, fmt.Sprintf("%d%% %.1fs", i*100/len(addrs), time.Since(since).Seconds()))
+			}
 			continue
 		}
 		if time.Since(since) > 10*time.Minute {
@@ -238,6 +242,7 @@ func (e *mailboxBench) waitMarked(b *testing.B, addrs []string, since time.Time)
 	for {
 		out, _, code := verb(b, e.cfg, "status")
 		if code == 0 && caughtUp(out) {
+			b.Logf("marked %s; caught up %.1fs", strings.Join(marks, ", "), time.Since(since).Seconds())
 			return
 		}
 		if time.Since(since) > 10*time.Minute {
