@@ -194,7 +194,7 @@ func startMailboxBench(b *testing.B) *mailboxBench {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg, _ := verbConfig(b, ldap, dc, testenv.FreePort(b), "mailbox", "metrics:\n  listen: \"off\"\n")
+	cfg, _ := verbConfig(b, ldap, dc, []string{"mailbox"}, "metrics:\n  listen: \"off\"\n")
 	var logs testenv.LogBuffer
 	cmd := exec.Command(testenv.BuildMailsync(b), "run", "-c", cfg)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
