@@ -211,13 +211,15 @@ func New(endpoint, apiKey string, opts ...Option) (*Client, error) {
 	}
 	if t, ok := c.http.Transport.(*http.Transport); ok || c.http.Transport == nil {
 		// doveadm's HTTP server serves one request a process and then
-		// closes the connection; a kept-alive one is found dead by the
-		// next request (EOF), which Go does not send again for a POST.
+		// ends; a kept connection is found dead by the next request (EOF),
+		// which Go does not send again for a POST. No connection is kept
+		// (DisableKeepAlives would ask for it with "Connection: close",
+		// and doveadm then never answers a rejected key).
 		if !ok {
 			t = http.DefaultTransport.(*http.Transport)
 		}
 		t = t.Clone()
-		t.DisableKeepAlives = true
+		t.MaxIdleConnsPerHost = -1
 		h := *c.http
 		h.Transport = t
 		c.http = &h
