@@ -2,6 +2,7 @@ package dovecotadm
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"mailsync/fault"
@@ -105,6 +106,15 @@ func (b *batcher) drain() {
 			return
 		}
 		b.mu.Unlock()
+		// A mail command runs as its user's uid, and the doveadm process
+		// keeps that uid for the commands after it in the request: a
+		// server command there (kick, auth cache flush) can no longer
+		// reach its socket and the process dies, taking every answer with
+		// it. Server commands go first. (Every user is the one mail uid,
+		// as on UCS; users of different uids could not share a request.)
+		slices.SortStableFunc(batch, func(x, y *request) int {
+			return boolOrder(!serverCommand(x.name), !serverCommand(y.name))
+		})
 		// The request outlives a caller that gives up (the others in it
 		// still wait for their answers); the client's timeout bounds it.
 		errs := b.c.send(context.WithoutCancel(batch[0].ctx), b.c.timeout, batch)
@@ -113,4 +123,25 @@ func (b *batcher) drain() {
 			close(cmd.done)
 		}
 	}
+}
+
+// serverCommand tells the commands doveadm runs with its own rights, not
+// as a mail user's.
+func serverCommand(name string) bool {
+	switch name {
+	case "kick", "authCacheFlush", "user", "who":
+		return true
+	}
+	return false
+}
+
+// boolOrder orders false before true.
+func boolOrder(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }

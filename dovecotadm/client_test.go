@@ -236,7 +236,8 @@ func TestBackup(t *testing.T) {
 
 // Calls made at once share requests, and each caller gets its own
 // command's answer: users Dovecot does not know fail, in the same
-// requests as users whose mailboxes are made.
+// requests as users whose mailboxes are made; kicks and auth cache
+// flushes sent among mailbox commands succeed too.
 func TestBatchedCallsAnswerEachCaller(t *testing.T) {
 	t.Parallel()
 	ldap := testenv.StartSlapd(t)
@@ -256,15 +257,36 @@ func TestBatchedCallsAnswerEachCaller(t *testing.T) {
 	}
 	ctx := context.Background()
 	errs := make([]error, n)
+	var others []error // kicks and flushes in the same requests
+	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
-		wg.Add(1)
+		wg.Add(3)
 		go func() {
 			defer wg.Done()
 			errs[i] = c.CreateNewMailbox(ctx, fmt.Sprintf("u%02d@example.org", i), "INBOX", "Spam")
 		}()
+		go func() {
+			defer wg.Done()
+			err := c.Kick(ctx, fmt.Sprintf("u%02d@example.org", i))
+			mu.Lock()
+			others = append(others, err)
+			mu.Unlock()
+		}()
+		go func() {
+			defer wg.Done()
+			_, err := c.FlushAuthCache(ctx, fmt.Sprintf("u%02d@example.org", i))
+			mu.Lock()
+			others = append(others, err)
+			mu.Unlock()
+		}()
 	}
 	wg.Wait()
+	for _, err := range others {
+		if err != nil {
+			t.Errorf("kick or flush in a request with mailbox commands: %v", err)
+		}
+	}
 	reqs := rec.Requests()
 	for i, err := range errs {
 		user := fmt.Sprintf("u%02d@example.org", i)
