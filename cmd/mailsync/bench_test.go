@@ -26,7 +26,7 @@ import (
 // Run: go test -run '^$' -bench Resync100k -benchtime 1x ./cmd/mailsync/
 func BenchmarkResync100k(b *testing.B) {
 	const users = 100000
-	_, cfgPath, dir, _ := bigDirectory(b, users)
+	_, cfgPath, dir := bigDirectory(b, users)
 	cfg, err := registry.Load(cfgPath)
 	if err != nil {
 		b.Fatal(err)
@@ -291,9 +291,8 @@ func BenchmarkModifyToLookup100k(b *testing.B) {
 	const users, groups = 100000, 5000
 	ldif := testenv.GenerateLDIF(b, base, testenv.DirectoryShape{Users: users, Groups: groups, Members: 20, Nested: 10})
 	ldap := testenv.StartSlapdWith(b, testenv.SlapdOptions{Preload: ldif})
-	port := testenv.FreePort(b)
 	cfg, dir := verbConfig(b, ldap, nil, []string{"aliases", "homeserver"}, "metrics:\n  listen: \"off\"\n")
-	startDaemon(b, cfg, port)
+	startDaemon(b, cfg)
 	testenv.Eventually(b, 10*time.Minute, func() error {
 		if out, _, code := verb(b, cfg, "status"); code != 0 || !caughtUp(out, 2) {
 			time.Sleep(time.Second)

@@ -87,7 +87,7 @@ func TestConfigurePostfix(t *testing.T) {
 	// The daemon re-renders on a settings change and reloads Postfix.
 	pf.Start(t)
 	reloads := func() int { return strings.Count(readFile(pf.LogPath), "reload -- version") }
-	stop := startDaemon(t, cfg, 0)
+	stop := startDaemon(t, cfg)
 	defer stop()
 	testenv.Eventually(t, 20*time.Second, func() error {
 		if strings.Contains(read(), "soft_bounce = yes") {

@@ -146,7 +146,7 @@ func TestEmbeddedNATSListenNeedsTLSAndKeys(t *testing.T) {
 	}
 
 	cfg = writeConfig(t, ldap, "nats:\n  listen: "+addr+"\n  tls_cert_file: "+ca.ServerCert+"\n  tls_key_file: "+ca.ServerKey+"\n")
-	startDaemon(t, cfg, 0)
+	startDaemon(t, cfg)
 	if err := testenv.WaitTCP(addr, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestEmbeddedNATSListenNeedsTLSAndKeys(t *testing.T) {
 	// mx2: a worker-only mail host against this host's embedded server.
 	cfg2 := writeConfig(t, ldap, "host: mx2.example.org\nlistener:\n  enabled: false\n"+
 		"nats:\n  url: tls://"+addr+"\n  ca_file: "+ca.CertFile+"\n  nkey_seed_file: "+workerSeed+"\n")
-	startDaemon(t, cfg2, -1)
+	startDaemon(t, cfg2)
 	ldap.AddUser(t, "bob", "bob@example.org", nil)
 	c2, _ := loadConfig(cfg2)
 	testenv.Eventually(t, 30*time.Second, func() error {

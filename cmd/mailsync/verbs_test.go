@@ -45,7 +45,7 @@ func verbBuilder(t testing.TB, ldap *testenv.Slapd, dc *testenv.Dovecot, handler
 }
 
 // startDaemon runs `mailsync run` in the test process until stop is called.
-func startDaemon(t testing.TB, cfg string, natsPort int) (stop func()) {
+func startDaemon(t testing.TB, cfg string) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr testenv.LogBuffer
@@ -112,9 +112,8 @@ func TestCheckFindsPlantedDisagreementsAndResyncRepairs(t *testing.T) {
 	carol := ldap.AddUser(t, "carol", "carol@example.org", map[string][]string{"mailAlternativeAddress": {"c@example.org"}})
 	ldap.AddUser(t, "bob", "bob@example.org", map[string][]string{"univentionMailHomeServer": {"other.example.org"}})
 	ldap.AddGroup(t, "staff", "staff@example.org", []string{alice, carol}, nil)
-	port := testenv.FreePort(t)
 	cfg, dir := verbConfig(t, ldap, dc, []string{"mailbox", "aliases", "homeserver"}, "metrics:\n  listen: \"off\"\n")
-	stop := startDaemon(t, cfg, port)
+	stop := startDaemon(t, cfg)
 
 	waitCheck(t, cfg, 30*time.Second)
 	out, _, _ := verb(t, cfg, "check")
@@ -200,8 +199,8 @@ func TestCheckFindsPlantedDisagreementsAndResyncRepairs(t *testing.T) {
 func TestResyncConvergesWithLiveSync(t *testing.T) {
 	t.Parallel()
 	const users = 2000
-	ldap, cfg, dir, port := bigDirectory(t, users)
-	stop := startDaemon(t, cfg, port)
+	ldap, cfg, dir := bigDirectory(t, users)
+	stop := startDaemon(t, cfg)
 	waitCheck(t, cfg, 2*time.Minute)
 	stop()
 	live := snapshotMaps(t, filepath.Join(dir, "maps"))
@@ -234,7 +233,7 @@ func TestResyncConvergesWithLiveSync(t *testing.T) {
 // bigDirectory starts a slapd preloaded with users users in 100 groups (20
 // members, every fifth nesting the one before) and one user homed on
 // another host, and writes a config for the map handlers.
-func bigDirectory(t testing.TB, users int) (*testenv.Slapd, string, string, int) {
+func bigDirectory(t testing.TB, users int) (*testenv.Slapd, string, string) {
 	base := "dc=example,dc=org"
 	ldif := testenv.GenerateLDIF(t, base, testenv.DirectoryShape{Users: users, Groups: 100, Members: 20, Nested: 5})
 	ldap := testenv.StartSlapdWith(t, testenv.SlapdOptions{Preload: ldif})
@@ -242,9 +241,8 @@ func bigDirectory(t testing.TB, users int) (*testenv.Slapd, string, string, int)
 		t.Fatalf("slapd base %s, generated for %s", ldap.BaseDN, base)
 	}
 	ldap.AddUser(t, "remote", "remote@example.org", map[string][]string{"univentionMailHomeServer": {"other.example.org"}})
-	port := testenv.FreePort(t)
 	cfg, dir := verbConfig(t, ldap, nil, []string{"aliases", "homeserver"}, "metrics:\n  listen: \"off\"\n")
-	return ldap, cfg, dir, port
+	return ldap, cfg, dir
 }
 
 // waitCheck waits until `mailsync check` passes, polling gently: each run
@@ -282,10 +280,9 @@ func TestReplayReappliesEvents(t *testing.T) {
 	ldap := testenv.StartSlapd(t)
 	alice := ldap.AddUser(t, "alice", "alice@example.org", nil)
 	ldap.AddUser(t, "bob", "bob@example.org", nil)
-	port := testenv.FreePort(t)
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	cfg, dir := verbConfig(t, ldap, nil, []string{"aliases"}, "metrics:\n  listen: "+metricsAddr+"\n")
-	stop := startDaemon(t, cfg, port)
+	stop := startDaemon(t, cfg)
 	mailboxMap := filepath.Join(dir, "maps", "virtual_mailbox")
 	applied := func() int {
 		body, err := httpGet("http://" + metricsAddr + "/metrics")
@@ -359,7 +356,7 @@ func TestReplayReappliesEvents(t *testing.T) {
 
 	// A restart takes the rewound consumer as it is and follows on.
 	stop()
-	startDaemon(t, cfg, port)
+	startDaemon(t, cfg)
 	ldap.AddUser(t, "dave", "dave@example.org", nil)
 	testenv.Eventually(t, 15*time.Second, func() error {
 		b, err := os.ReadFile(mailboxMap)
@@ -385,10 +382,9 @@ func TestPlanShowsWhatAChangeWouldDo(t *testing.T) {
 	ldap.AddUser(t, "carol", "carol@example.org", nil)
 	dave := ldap.AddUser(t, "dave", "dave@example.org", nil)
 	ldap.AddGroup(t, "staff", "staff@example.org", []string{alice, dave}, nil)
-	port := testenv.FreePort(t)
 	vc := verbBuilder(t, ldap, nil, []string{"aliases", "homeserver"})
 	cfg, dir := vc.Write(""), vc.Dir()
-	startDaemon(t, cfg, port)
+	startDaemon(t, cfg)
 	waitCheck(t, cfg, 30*time.Second)
 	// plan runs with the mailbox handler too: it only reads the spool.
 	planCfg := vc.Handlers("mailbox", "aliases", "homeserver").Write("plan.yaml")
@@ -478,10 +474,9 @@ func TestCheckTellsKeptFromDrift(t *testing.T) {
 	dc := testenv.StartDovecot(t, ldap, testenv.DovecotOptions{FQDN: mailHost})
 	ldap.AddUser(t, "alice", "alice@example.org", nil)
 	bob := ldap.AddUser(t, "bob", "bob@example.org", nil)
-	port := testenv.FreePort(t)
 	vc := verbBuilder(t, ldap, dc, []string{"mailbox"})
 	cfg := vc.Write("")
-	stop := startDaemon(t, cfg, port)
+	stop := startDaemon(t, cfg)
 	waitCheck(t, cfg, 30*time.Second)
 	ldap.Delete(t, bob)
 	bobHome := dc.Home("bob@example.org")
