@@ -142,10 +142,20 @@ type Metrics struct {
 	AllowRemote bool `yaml:"allow_remote"`
 }
 
+// The directory flavors ldap.flavor names: the one list of them, which
+// validation reads and listener.ParseFlavor gives one implementation each.
+const (
+	FlavorOpenLDAP = "openldap" // slapd's syncprov overlay
+	Flavor389DS    = "389ds"    // 389-DS's Content Synchronization plugin
+)
+
+// Flavors are the values ldap.flavor takes, the default first.
+func Flavors() []string { return []string{FlavorOpenLDAP, Flavor389DS} }
+
 // LDAP is the directory to follow.
 type LDAP struct {
-	// Flavor is the directory server: openldap (syncprov) or 389ds (its
-	// Content Synchronization plugin). Default openldap.
+	// Flavor is the directory server, one of Flavors: openldap (syncprov)
+	// or 389ds (its Content Synchronization plugin). Default openldap.
 	Flavor           string `yaml:"flavor"`
 	URL              string `yaml:"url"`
 	BaseDN           string `yaml:"base_dn"`

@@ -44,7 +44,7 @@ func Defaults(hs Handlers) *Config {
 		StateDir: "/var/lib/mailsync",
 		Handlers: hs.Names(),
 		LDAP: LDAP{
-			Flavor: "openldap",
+			Flavor: FlavorOpenLDAP,
 		},
 		Listener: Listener{
 			Enabled:         true,

@@ -80,7 +80,7 @@ func (d LDAP) validate() Errors {
 	if d.BaseDN == "" {
 		l.bad("ldap.base_dn", "required")
 	}
-	l.oneOf("ldap.flavor", d.Flavor, "openldap", "389ds")
+	l.oneOf("ldap.flavor", d.Flavor, Flavors()...)
 	return l.Errors
 }
 

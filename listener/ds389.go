@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
+	"mailsync/config"
 	"mailsync/event"
 )
 
@@ -36,7 +37,7 @@ import (
 //     the sync search is still missed.
 type DS389 struct{}
 
-func (DS389) Name() string { return "389ds" }
+func (DS389) Name() string { return config.Flavor389DS }
 
 func (DS389) Attributes() []string { return []string{"nsUniqueId", "modifyTimestamp"} }
 

@@ -3,9 +3,11 @@ package listener
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/go-ldap/ldap/v3"
 
+	"mailsync/config"
 	"mailsync/event"
 )
 
@@ -57,14 +59,14 @@ type Sent struct {
 	Cookie, Start []byte
 }
 
-// ParseFlavor is the flavor of a name (ldap.flavor): "openldap" (or empty)
-// and "389ds".
+// ParseFlavor is the flavor of a name (ldap.flavor): one of
+// config.Flavors, or empty for OpenLDAP.
 func ParseFlavor(s string) (Flavor, error) {
 	switch s {
-	case "", OpenLDAP{}.Name():
+	case "", config.FlavorOpenLDAP:
 		return OpenLDAP{}, nil
-	case DS389{}.Name():
+	case config.Flavor389DS:
 		return DS389{}, nil
 	}
-	return nil, fmt.Errorf("unknown directory flavor %q (want openldap or 389ds)", s)
+	return nil, fmt.Errorf("unknown directory flavor %q (want %s)", s, strings.Join(config.Flavors(), " or "))
 }

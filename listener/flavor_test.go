@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"mailsync/config"
 	"mailsync/event"
 	"mailsync/listener"
 )
@@ -80,6 +81,21 @@ func TestFlavorIdentityAndNames(t *testing.T) {
 	for _, name := range []string{"ad", "389", "OpenLDAP"} {
 		if _, err := listener.ParseFlavor(name); err == nil {
 			t.Errorf("ParseFlavor accepted %q, which ldap.flavor refuses", name)
+		}
+	}
+}
+
+// TestParseFlavorTakesConfigsFlavors: every name ldap.flavor allows
+// (config.Flavors, the one list) has its flavor here, named the same.
+func TestParseFlavorTakesConfigsFlavors(t *testing.T) {
+	for _, name := range config.Flavors() {
+		f, err := listener.ParseFlavor(name)
+		if err != nil {
+			t.Errorf("ldap.flavor %q: %v", name, err)
+			continue
+		}
+		if f.Name() != name {
+			t.Errorf("ldap.flavor %q parses to a flavor named %q", name, f.Name())
 		}
 	}
 }

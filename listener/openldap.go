@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"mailsync/config"
 )
 
 // OpenLDAP is slapd's syncprov overlay: the sync state control carries the
@@ -13,7 +15,7 @@ import (
 // follows OpenLDAP.
 type OpenLDAP struct{}
 
-func (OpenLDAP) Name() string { return "openldap" }
+func (OpenLDAP) Name() string { return config.FlavorOpenLDAP }
 
 func (OpenLDAP) Attributes() []string { return []string{"entryUUID", "entryCSN"} }
 
