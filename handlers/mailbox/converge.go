@@ -441,11 +441,8 @@ const AtticDir = ".attic"
 // address gets its mailbox there: a new user never reads an old user's
 // mail. One rename(2): after a crash the home is in one place or the other.
 func (h *Handler) toAttic(ctx context.Context, ev event.Event, s Step) error {
-	home, index, err := h.paths(ev, s.Address)
+	home, index, err := h.locate(ev, s.Address)
 	if err != nil {
-		return err
-	}
-	if err := h.confine(ev, home, index); err != nil {
 		return err
 	}
 	// A session at the address may show the old mail: end it first.

@@ -34,11 +34,8 @@ type Mover interface {
 // confined, crash-safe delete (under the delete policy) as the step that
 // runs only after the copy was verified.
 func (h *Handler) moveAway(ctx context.Context, ev event.Event, d Decision) error {
-	home, index, err := h.paths(ev, d.Old)
+	home, _, err := h.locate(ev, d.Old)
 	if err != nil {
-		return err
-	}
-	if err := h.confine(ev, home, index); err != nil {
 		return err
 	}
 	if m, ok := readMarker(home); ok && m.UUID != ev.UUID {

@@ -1,0 +1,66 @@
+package mailbox
+
+// Create: the mailbox of an address made at once, its default folders
+// with it, and its home marked as the entry's.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"mailsync/dovecotadm"
+	"mailsync/event"
+	"mailsync/fault"
+)
+
+// createKind makes the mailbox of addr with folders (nil: the default
+// ones), or a public folder's maildir for a public key.
+func (h *Handler) createKind(ctx context.Context, ev event.Event, addr string, folders []string) error {
+	if publicName(addr) != "" {
+		home, _, err := h.locate(ev, addr)
+		if err != nil {
+			return err
+		}
+		return h.createPublic(ev, addr, home)
+	}
+	if folders == nil {
+		folders = h.folders
+	}
+	return h.createWith(ctx, ev, addr, folders)
+}
+
+// createWith makes the mailbox of addr with the folders given.
+func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, folders []string) error {
+	home, index, err := h.locate(ev, addr)
+	if err != nil {
+		return err
+	}
+	if m, ok := readMarker(home); ok && m.UUID != ev.UUID {
+		return fault.Permanentf("create mailbox %s for %s: home %s belongs to entry %s (uuid %s), "+
+			"which had the address %q; not reused", addr, where(ev), home, m.DN, m.UUID, m.Address)
+	}
+	// Without a home there are no mailboxes to list first.
+	createMailbox := h.adm.CreateMailbox
+	if ok, _ := exists(home); !ok {
+		createMailbox = h.adm.CreateNewMailbox
+	}
+	err = createMailbox(ctx, addr, folders...)
+	if errors.Is(err, dovecotadm.ErrUnknownUser) {
+		// A negative auth cache entry from before the directory change:
+		// the user's own entries go, not everyone's.
+		if _, ferr := h.adm.FlushAuthCache(ctx, cacheNames(ev.DN, addr)...); ferr != nil {
+			return ferr
+		}
+		err = createMailbox(ctx, addr, folders...)
+	}
+	if err != nil {
+		return fmt.Errorf("create mailbox of %s: %w", where(ev), err)
+	}
+	if err := h.confine(ev, home, index); err != nil {
+		return err
+	}
+	if err := writeMarker(home, marker{UUID: ev.UUID, DN: ev.DN, Address: addr}); err != nil {
+		return fault.Retryable(fmt.Errorf("mark home %s of %s: %w", home, where(ev), err))
+	}
+	return nil
+}
