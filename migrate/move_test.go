@@ -17,7 +17,6 @@ import (
 	"mailsync/dovecotadm"
 	"mailsync/event"
 	"mailsync/handlers/mailbox"
-	"mailsync/handlers/registry"
 	"mailsync/internal/testenv"
 	"mailsync/listener"
 	"mailsync/migrate"
@@ -98,7 +97,7 @@ func startMoveHosts(t testing.TB, ldap *testenv.Slapd, sa, sb *steps) (a, b *mov
 			t.Fatal(err)
 		}
 		h.mbox, err = mailbox.New(mailbox.Config{Host: h.fqdn, MailHome: h.dc.MailHome, Rename: true, Delete: true,
-			Folders: []string{"Spam"}, StateDir: state, UID: -1, GID: -1, MoveOnHomeChange: true, Mover: registry.MailboxMover(h.mover)},
+			Folders: []string{"Spam"}, StateDir: state, UID: -1, GID: -1, MoveOnHomeChange: true, Mover: h.mover},
 			h.adm, log, mailbox.Hooks{At: st.at})
 		if err != nil {
 			t.Fatal(err)

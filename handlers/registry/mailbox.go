@@ -64,7 +64,7 @@ func buildMailbox(_ context.Context, c *config.Config, d Deps) (runner.Handler, 
 		if err != nil {
 			return nil, err
 		}
-		mover = MailboxMover(m)
+		mover = m
 	}
 	h, err := mailbox.New(mailbox.Config{
 		Host:          c.Host,
@@ -107,17 +107,6 @@ func newMover(c *config.Config, adm *dovecotadm.Client, hc *http.Client, d Deps)
 		return nil, &SettingError{"dovecot.moving_userdb, state_dir", err}
 	}
 	return m, nil
-}
-
-// MailboxMover is m as the mailbox handler's Mover: the handlers do not
-// import each other, so the handler names its own MailMove, the same record
-// as the Mover's (the conversion fails to compile if they ever differ).
-func MailboxMover(m *migrate.Mover) mailbox.Mover { return mailboxMover{m} }
-
-type mailboxMover struct{ m *migrate.Mover }
-
-func (a mailboxMover) MoveAway(ctx context.Context, mv mailbox.MailMove, remove func(context.Context) error) error {
-	return a.m.MoveAway(ctx, migrate.Move(mv), remove)
 }
 
 // parseOwner reads dovecot.owner, "uid:gid" as numbers; "" means the
