@@ -23,8 +23,23 @@ func Write(path string, data []byte, mode fs.FileMode) error {
 	return SyncDir(filepath.Dir(path))
 }
 
+// WriteThen is Write with a step run on the complete, fsynced temp file
+// just before it is renamed over path: what must be in place before the
+// file is (a Postfix map's database built from it), or a change to it (its
+// date). A failing step leaves path as it was and no temp file behind.
+func WriteThen(path string, data []byte, mode fs.FileMode, before func(tmp string) error) error {
+	if err := replaceThen(path, data, mode, before); err != nil {
+		return err
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
 // replace is Write without the directory fsync.
 func replace(path string, data []byte, mode fs.FileMode) error {
+	return replaceThen(path, data, mode, nil)
+}
+
+func replaceThen(path string, data []byte, mode fs.FileMode, before func(tmp string) error) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -37,6 +52,9 @@ func replace(path string, data []byte, mode fs.FileMode) error {
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && before != nil {
+		err = before(tmp)
 	}
 	if err == nil {
 		err = os.Rename(tmp, path)

@@ -1,6 +1,7 @@
 package atomicfile_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -105,5 +106,43 @@ func TestDirConcurrentWritesAndRemoves(t *testing.T) {
 	}
 	if err := d.Remove("never-there"); err != nil {
 		t.Errorf("removing a file that is not there: %v", err)
+	}
+}
+
+// TestWriteThen: the step sees the complete temp file before it replaces
+// the old content; a failing step leaves the old content and no temp file.
+func TestWriteThen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "main.cf")
+	if err := atomicfile.Write(path, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var seen string
+	err := atomicfile.WriteThen(path, []byte("new\n"), 0o640, func(tmp string) error {
+		data, err := os.ReadFile(tmp)
+		seen = string(data)
+		if now, _ := os.ReadFile(path); string(now) != "old\n" {
+			t.Errorf("path already replaced before the step: %q", now)
+		}
+		return err
+	})
+	if err != nil || seen != "new\n" {
+		t.Fatalf("WriteThen: %v; the step saw %q", err, seen)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "new\n" {
+		t.Fatalf("after WriteThen: %q", data)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o640 {
+		t.Fatalf("mode %v, want 0640", st.Mode().Perm())
+	}
+	refused := errors.New("refused")
+	if err := atomicfile.WriteThen(path, []byte("bad\n"), 0o640, func(string) error { return refused }); !errors.Is(err, refused) {
+		t.Fatalf("failing step: %v", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "new\n" {
+		t.Fatalf("after a failing step: %q", data)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("left behind: %v", ents)
 	}
 }

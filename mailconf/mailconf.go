@@ -228,52 +228,34 @@ func dbSuffix(typ string) string {
 	return ".db"
 }
 
-// write replaces f.Path atomically: temp file in the same dir, fsync,
-// rename (the database first for a map), fsync of the dir.
+// write replaces f.Path atomically (atomicfile): a map's database is built
+// from the complete temp file and renamed into place first, so the source
+// is never newer than a database built from something else; a plain file
+// is backdated before its rename.
 func (p *Product) write(ctx context.Context, f File) error {
 	dir := filepath.Dir(f.Path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(f.Path)+".mailsync-*")
-	if err != nil {
+	before := func(tmp string) error { backdate(tmp); return nil }
+	if f.Postmap != "" {
+		before = func(tmp string) error {
+			suffix := dbSuffix(f.Postmap)
+			defer os.Remove(tmp + suffix)
+			if err := p.postmap(ctx, f.Postmap, tmp); err != nil {
+				return err
+			}
+			if err := syncChmod(tmp+suffix, f.Mode.Perm()); err != nil {
+				return err
+			}
+			if err := os.Rename(tmp+suffix, f.Path+suffix); err != nil {
+				return fmt.Errorf("install %s: %w", f.Path+suffix, err)
+			}
+			return nil
+		}
+	}
+	if err := atomicfile.WriteThen(f.Path, f.Data, f.Mode.Perm(), before); err != nil {
 		return fmt.Errorf("write %s: %w", f.Path, err)
-	}
-	name := tmp.Name()
-	defer os.Remove(name)
-	_, err = tmp.Write(f.Data)
-	if err == nil {
-		err = tmp.Chmod(f.Mode.Perm())
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", f.Path, err)
-	}
-	if f.Postmap == "" {
-		backdate(name)
-	} else {
-		suffix := dbSuffix(f.Postmap)
-		defer os.Remove(name + suffix)
-		if err := p.postmap(ctx, f.Postmap, name); err != nil {
-			return err
-		}
-		if err := syncChmod(name+suffix, f.Mode.Perm()); err != nil {
-			return err
-		}
-		if err := os.Rename(name+suffix, f.Path+suffix); err != nil {
-			return fmt.Errorf("install %s: %w", f.Path+suffix, err)
-		}
-	}
-	if err := os.Rename(name, f.Path); err != nil {
-		return fmt.Errorf("install %s: %w", f.Path, err)
-	}
-	if err := atomicfile.SyncDir(dir); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }

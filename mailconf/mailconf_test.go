@@ -88,7 +88,7 @@ func TestInstallAtomicIdempotentAndValidated(t *testing.T) {
 	// No temp files left behind.
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
-		if strings.Contains(e.Name(), ".mailsync-") {
+		if strings.Contains(e.Name(), ".tmp-") {
 			t.Fatalf("temp file left: %s", e.Name())
 		}
 	}
