@@ -369,12 +369,16 @@ func (runCmd) Run(e *env) error {
 			failure = err
 		}
 	}
+	if lst != nil {
+		log.Info().Msg("listener stopped")
+	}
 	stopRunner()
 	if runnerDone != nil {
 		if err := <-runnerDone; err != nil && failure == nil {
 			failure = err
 		}
 	}
+	log.Info().Msg("runner stopped")
 	return failure
 }
 
