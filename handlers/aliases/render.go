@@ -3,7 +3,6 @@ package aliases
 import (
 	"slices"
 	"sync"
-	"unsafe"
 
 	"mailsync/postmap"
 )
@@ -262,9 +261,10 @@ func (r *rendered) index() {
 		return
 	}
 	r.filled = nil
-	// The lines share src: it is never written again (a change builds a
-	// new source), so it can be read as a string without a copy.
-	text := unsafe.String(unsafe.SliceData(r.src), len(r.src))
+	// The lines share one copy of src as a string: one allocation and
+	// copy for the whole table, not one a line. src itself stays for
+	// source() until the first change.
+	text := string(r.src)
 	r.lines = make(map[string]string, len(f.keys))
 	r.keys = make([]string, 0, len(f.keys))
 	start := 0
