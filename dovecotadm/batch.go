@@ -1,6 +1,7 @@
 package dovecotadm
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"sync"
@@ -113,7 +114,7 @@ func (b *batcher) drain() {
 		// it. Server commands go first. (Every user is the one mail uid,
 		// as on UCS; users of different uids could not share a request.)
 		slices.SortStableFunc(batch, func(x, y *request) int {
-			return boolOrder(!serverCommand(x.name), !serverCommand(y.name))
+			return cmp.Compare(sendOrder(x.name), sendOrder(y.name))
 		})
 		// The request outlives a caller that gives up (the others in it
 		// still wait for their answers); the client's timeout bounds it.
@@ -135,13 +136,10 @@ func serverCommand(name string) bool {
 	return false
 }
 
-// boolOrder orders false before true.
-func boolOrder(a, b bool) int {
-	switch {
-	case a == b:
+// sendOrder ranks a command's place in a request: server commands first.
+func sendOrder(name string) int {
+	if serverCommand(name) {
 		return 0
-	case a:
-		return 1
 	}
-	return -1
+	return 1
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -70,7 +71,7 @@ func BenchmarkMailboxCreate2k(b *testing.B) {
 			// INBOX first, as the handler asks: a folder made first makes
 			// the maildir, and with it INBOX, so creating INBOX then fails.
 			slices.SortStableFunc(folders, func(x, y string) int {
-				return cmpBool(y == "INBOX", x == "INBOX")
+				return cmp.Compare(inboxFirst(x), inboxFirst(y))
 			})
 			for _, a := range addrs {
 				if err := os.RemoveAll(e.dc.Home(a)); err != nil {
@@ -300,14 +301,12 @@ func reportRatios(b *testing.B, ratios []float64) {
 	b.Logf("ratios to the floor %.2f; load %s", ratios, loadavg())
 }
 
-func cmpBool(a, b bool) int {
-	switch {
-	case a == b:
+// inboxFirst ranks INBOX before every other folder.
+func inboxFirst(folder string) int {
+	if folder == "INBOX" {
 		return 0
-	case a:
-		return 1
 	}
-	return -1
+	return 1
 }
 
 func benchCount(b *testing.B, env string, def int) int {
