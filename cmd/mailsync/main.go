@@ -17,8 +17,10 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	endProfiles := testProfiles()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	endProfiles()
 	os.Exit(exitCode(err, os.Stderr))
 }
 

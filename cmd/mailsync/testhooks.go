@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/rs/zerolog"
@@ -32,4 +33,34 @@ func testHooks(log zerolog.Logger) mailbox.Hooks {
 		}
 	}
 	return hooks
+}
+
+// Profiles of a benchmark's daemon: MAILSYNC_TEST_CPUPROFILE names a file
+// the CPU profile of the whole run goes to, MAILSYNC_TEST_HEAPPROFILE one
+// for the heap profile at its end (after SIGTERM). Test builds only.
+const (
+	cpuProfileEnv  = "MAILSYNC_TEST_CPUPROFILE"
+	heapProfileEnv = "MAILSYNC_TEST_HEAPPROFILE"
+)
+
+// testProfiles starts the profiles asked for and returns what ends them.
+func testProfiles() func() {
+	var cpu *os.File
+	if p := os.Getenv(cpuProfileEnv); p != "" {
+		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+			cpu = f
+		}
+	}
+	return func() {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			cpu.Close()
+		}
+		if p := os.Getenv(heapProfileEnv); p != "" {
+			if f, err := os.Create(p); err == nil {
+				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			}
+		}
+	}
 }

@@ -10,3 +10,6 @@ import (
 
 // testHooks of the release build: none (see testhooks.go).
 func testHooks(zerolog.Logger) mailbox.Hooks { return mailbox.Hooks{} }
+
+// testProfiles of the release build: none (see testhooks.go).
+func testProfiles() func() { return func() {} }

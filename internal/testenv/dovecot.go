@@ -686,3 +686,12 @@ iterate_filter = (&(objectClass=univentionMail)(|(!(univentionMailHomeServer=*))
 {{- end}}
 iterate_attrs = mailPrimaryAddress=user
 `
+
+// CPU is the CPU time Dovecot has used so far: the master, every service
+// process it runs and every one it has reaped (GroupCPU).
+func (d *Dovecot) CPU() time.Duration {
+	if d.cmd == nil {
+		return 0
+	}
+	return GroupCPU(d.cmd.Process.Pid)
+}

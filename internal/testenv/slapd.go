@@ -199,6 +199,16 @@ olcSpSessionlog: %[6]d
 	return p
 }
 
+// CPU is the CPU time slapd has used so far (ProcessCPU).
+func (s *Slapd) CPU() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return ProcessCPU(s.cmd.Process.Pid, false)
+}
+
 // Start starts (or restarts) slapd on its port with its data and waits until
 // it answers.
 func (s *Slapd) Start(t testing.TB) {
