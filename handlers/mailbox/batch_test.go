@@ -81,8 +81,8 @@ func TestBatchedCreatesFailOnlyTheirOwnEntry(t *testing.T) {
 		if _, err := os.Stat(e.dc.Home(a)); err == nil {
 			t.Errorf("home of %s exists, but its domain is not writable", a)
 		}
-		if _, err := os.Stat(filepath.Join(e.cfg.StateDir, "mailbox-applied", uuids[a]+".json")); err == nil {
-			t.Errorf("%s has an applied record, but its mailbox failed", a)
+		if _, ok, err := mailbox.AppliedRecord(e.cfg.StateDir, uuids[a]); ok || err != nil {
+			t.Errorf("%s has an applied record (%v), but its mailbox failed", a, err)
 		}
 	}
 	mixed := false
@@ -130,12 +130,8 @@ func (e *env) wantRecords(t *testing.T, addr, uuid string) {
 	if err != nil || json.Unmarshal(data, &m) != nil || m.UUID != uuid || m.Address != addr {
 		t.Errorf("marker of %s: %s (%v), want uuid %s", addr, data, err, uuid)
 	}
-	var r struct {
-		State struct{ Address string }
-	}
-	data, err = os.ReadFile(filepath.Join(e.cfg.StateDir, "mailbox-applied", uuid+".json"))
-	if err != nil || json.Unmarshal(data, &r) != nil || r.State.Address != addr {
-		t.Errorf("applied record of %s: %s (%v)", addr, data, err)
+	if st, ok, err := mailbox.AppliedRecord(e.cfg.StateDir, uuid); !ok || err != nil || st.Address != addr {
+		t.Errorf("applied record of %s: %+v, %v (%v)", addr, st, ok, err)
 	}
 }
 

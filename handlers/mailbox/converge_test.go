@@ -3,8 +3,6 @@ package mailbox_test
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"mailsync/event"
@@ -91,13 +89,9 @@ func TestRedeliveredEventChangesNothing(t *testing.T) {
 				t.Errorf("%d dead letters", n)
 			}
 			// The record of the last applied state says C.
-			data, err := os.ReadFile(filepath.Join(e.cfg.StateDir, "mailbox-applied", uuid+".json"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var rec struct{ State mailbox.State }
-			if err := json.Unmarshal(data, &rec); err != nil || rec.State.Address != "rita.c@example.org" {
-				t.Errorf("applied record %s (%v), want address rita.c@example.org", data, err)
+			st, ok, err := mailbox.AppliedRecord(e.cfg.StateDir, uuid)
+			if err != nil || !ok || st.Address != "rita.c@example.org" {
+				t.Errorf("applied record %+v, %v (%v), want address rita.c@example.org", st, ok, err)
 			}
 		})
 	}
