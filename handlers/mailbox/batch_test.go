@@ -168,3 +168,61 @@ func TestRenameFlushesOnlyItsOwnCacheEntries(t *testing.T) {
 		t.Errorf("bob's cache entries after alice's rename: %d, %v; want them kept (a rename flushes its own entry only)", n, err)
 	}
 }
+
+// TestFreshStateDirAsksDovecotNothing: a handler started with an empty
+// state dir over homes an earlier one made (its applied records lost)
+// converges each user from its home: the owner marker naming the entry at
+// its address says the mailbox is made, so no doveadm command is sent and
+// the applied record is written. A home without a marker (made before
+// mailsync) is still made sure of through Dovecot.
+func TestFreshStateDirAsksDovecotNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, policy{rename: true}, testenv.DovecotOptions{}, true)
+	addrs := []string{"fresh1@example.org", "fresh2@example.org", "unmarked@example.org"}
+	for _, a := range addrs {
+		uid, _, _ := strings.Cut(a, "@")
+		e.ldap.AddUser(t, uid, a, nil)
+	}
+	e.created(t, addrs...)
+	if err := os.Remove(filepath.Join(e.dc.Home("unmarked@example.org"), mailbox.MarkerFile)); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, e.dc.Spool)
+
+	reqs := &testenv.DoveadmRequests{}
+	adm, err := dovecotadm.New(e.dc.DoveadmURL, e.dc.APIKey, dovecotadm.WithTimeout(30*time.Second),
+		dovecotadm.WithHTTPClient(&http.Client{Transport: reqs}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.adm, e.cfg.StateDir = adm, t.TempDir()
+	h := e.handler(t, mailbox.Hooks{})
+	uuids := map[string]string{}
+	for _, en := range e.ldap.Entries(t) {
+		if a := en.Attrs.FirstLower("mailPrimaryAddress"); a != "" {
+			uuids[a] = en.UUID
+		}
+	}
+	for _, a := range addrs {
+		for _, ev := range e.userEvents(t, uuids[a]) {
+			if err := h.Handle(context.Background(), ev); err != nil {
+				t.Errorf("%s: %v", a, err)
+			}
+		}
+	}
+	var asked []string
+	for _, users := range reqs.Requests() {
+		asked = append(asked, users...)
+	}
+	if len(asked) == 0 || slices.ContainsFunc(asked, func(u string) bool { return u != "unmarked@example.org" }) {
+		t.Errorf("doveadm was asked about %v, want unmarked@example.org only", asked)
+	}
+	for _, a := range addrs {
+		e.wantRecords(t, a, uuids[a])
+	}
+	// The unmarked home got its marker back; nothing else changed.
+	if d := before.diff(snapshot(t, e.dc.Spool)); d != "+ example.org/unmarked/"+mailbox.MarkerFile {
+		t.Errorf("the spool changed:\n%s", d)
+	}
+	e.wantFolders(t, "fresh1@example.org", empty)
+}

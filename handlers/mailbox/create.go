@@ -35,9 +35,22 @@ func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, f
 	if err != nil {
 		return err
 	}
-	if m, ok := readMarker(home); ok && m.UUID != ev.UUID {
+	m, marked := readMarker(home)
+	if marked && m.UUID != ev.UUID {
 		return fault.Permanentf("create mailbox %s for %s: home %s belongs to entry %s (uuid %s), "+
 			"which had the address %q; not reused", addr, where(ev), home, m.DN, m.UUID, m.Address)
+	}
+	if marked && m.Address == addr {
+		// The marker is written once the mailbox is made (a move's, once
+		// its intent record is done: converge resumes that first). With
+		// no applied record, the mailbox was made by a run whose records
+		// are gone (a state dir started afresh): nothing to ask Dovecot,
+		// and the marker follows a changed DN. An entry that had another
+		// address since asks Dovecot as below (which also clears a
+		// negative auth cache entry of the address).
+		if _, known, err := h.applied.get(ev.UUID); err == nil && !known {
+			return h.mark(ev, home, index, addr)
+		}
 	}
 	// Without a home there are no mailboxes to list first.
 	createMailbox := h.adm.CreateMailbox
@@ -56,6 +69,12 @@ func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, f
 	if err != nil {
 		return fmt.Errorf("create mailbox of %s: %w", where(ev), err)
 	}
+	return h.mark(ev, home, index, addr)
+}
+
+// mark writes the owner marker of the home at addr, confined again right
+// before.
+func (h *Handler) mark(ev event.Event, home, index, addr string) error {
 	if err := h.confine(ev, home, index); err != nil {
 		return err
 	}
