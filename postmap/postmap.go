@@ -6,7 +6,10 @@
 // at once, since postmap is most of the time; then they are renamed into
 // place in the order given, database before source, and the directory is
 // fsynced. A Postfix process holding the old database keeps reading it; its
-// next open gets the new one. It never sees half a table.
+// next open gets the new one. It never sees half a table. A large table
+// whose lines take a while to compute can have its database built while
+// they are (Stream): `postmap -i` fed through a pipe, into the same temp
+// files, committed the same way.
 //
 // A small change to a large hash or lmdb table the Writer itself installed
 // is made in place instead (see update): the changed lines of the live
