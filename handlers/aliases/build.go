@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 
+	"mailsync/address"
 	"mailsync/event"
 )
 
@@ -18,7 +19,7 @@ import (
 // contributing are spread over the CPUs, and each index map is written by
 // one goroutine, the maps side by side.
 func buildModel(hostFQDN string, limit int, entries []event.Entry) *model {
-	m := buildModelEarly(hostFQDN, limit, entries, nil)
+	m := buildModelEarly(hostFQDN, limit, entries, nil, nil)
 	m.complete()
 	return m
 }
@@ -27,10 +28,14 @@ func buildModel(hostFQDN string, limit int, entries []event.Entry) *model {
 // alongside the rest of the build. It calls early, when not nil, with the
 // mailbox and domain table sources as soon as they are final, before the
 // group expansions, and returns once the alias table is rendered and the
-// reports are known. What only later changes use, the reverse membership
-// index and the contributions by UUID, is left to complete, which the
-// first change calls: a start is not delayed by it.
-func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte)) *model {
+// reports are known. put, when not nil, is given every line of the alias
+// table once, newline included, in no particular order, before it
+// returns: most, the lines of the group keys, as each group's expansion
+// is done, while the others are still computed. What only later changes
+// use, the reverse membership index and the contributions by UUID, is
+// left to complete, which the first change calls: a start is not delayed
+// by it.
+func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early func(mailbox, domains []byte), put func(lines []byte)) *model {
 	m := newModel(hostFQDN, limit)
 	// Sized for the directory up front: growing maps of 100k keys is a
 	// good part of a full build otherwise.
@@ -57,6 +62,7 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 		}
 	})
 	current := m.insertAll(es)
+	shared := sharedGroupKeys(es, cs, current)
 
 	var wg sync.WaitGroup
 	var aliasKeys []string // sorted, so far those of the entries other than groups
@@ -71,18 +77,50 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 			domains = append(domains, cs[i].domains...)
 		}
 	}
-	m.mailboxT.fillIdentity(sortedUnique(mailboxes))
+	mailboxes = sortedUnique(mailboxes)
+	m.mailboxT.fillIdentity(mailboxes)
 	m.domainT.fillIdentity(sortedUnique(domains))
 	if early != nil {
 		early(m.mailboxT.source(), m.domainT.source())
 	}
-	m.expandAll(es, current)
-	wg.Wait()
+	// A group's contribution is final with its expansion, and so is the
+	// line of each of its keys that no other entry may define: rendered
+	// then, into chunks put as they fill, and copied into the source.
+	var groupAt []int // es index by group number (numberGroups)
 	for i := range es {
 		if current[i] && es[i].isGroupish {
-			m.contributeInto(&cs[i], &es[i])
+			groupAt = append(groupAt, i)
 		}
 	}
+	pre := make(map[string][]byte, len(groupAt))
+	var chunk []byte
+	m.expandAll(es, current, func(g *entry) {
+		i := groupAt[g.bulk]
+		for _, a := range m.contributeInto(&cs[i], &es[i]).alias {
+			if _, ok := shared[a.key]; ok {
+				continue
+			}
+			if len(a.vals) == 1 && a.vals[0] == a.key {
+				if _, mailbox := slices.BinarySearch(mailboxes, a.key); mailbox {
+					continue // no line: see aliasLineValues
+				}
+			}
+			if n := lineLen(a.key, a.vals) + 1; cap(chunk)-len(chunk) < n {
+				if put != nil && len(chunk) > 0 {
+					put(chunk)
+				}
+				chunk = make([]byte, 0, max(n, 256<<10))
+			}
+			start := len(chunk)
+			chunk = appendLine(chunk, a.key, a.vals)
+			pre[a.key] = chunk[start:len(chunk):len(chunk)]
+			chunk = append(chunk, '\n')
+		}
+	})
+	if put != nil && len(chunk) > 0 {
+		put(chunk)
+	}
+	wg.Wait()
 	m.setContributions(es, cs, current, true)
 	var groupKeys []string
 	for i := range es {
@@ -93,10 +131,57 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 		}
 	}
 	aliasKeys = mergeInto(make([]string, 0, len(aliasKeys)+len(groupKeys)), aliasKeys, sortedUnique(groupKeys))
-	m.aliasT.fill(aliasKeys, func(i int) []string { return m.aliasLineValues(aliasKeys[i]) })
+	m.aliasT.fillPre(aliasKeys, func(i int) []string { return m.aliasLineValues(aliasKeys[i]) },
+		func(i int) []byte { return pre[aliasKeys[i]] }, put)
 	m.noteProblems(es, cs, current)
 	m.later = func() { m.indexLater(es, cs, current) }
 	return m
+}
+
+// sharedGroupKeys returns the alias keys that a current group may define
+// and another current entry too (so that the key's line is known only
+// once every contribution is): the keys contributeInto gives a group,
+// whatever its expansion.
+func sharedGroupKeys(es []entry, cs []contribution, current []bool) set {
+	groups := map[string]int{} // key -> groups that may define it
+	var keys []string
+	for i := range es {
+		e := &es[i]
+		if !current[i] || !e.isGroupish {
+			continue
+		}
+		keys = keys[:0]
+		add := func(attr, v string) {
+			if a, err := address.Check(attr, v); err == nil && !slices.Contains(keys, a) {
+				keys = append(keys, a)
+			}
+		}
+		for _, v := range e.attrs[event.AttrAlternativeAddress] {
+			add(event.AttrAlternativeAddress, v)
+		}
+		if v := e.attrs.First(event.AttrPrimaryAddress); v != "" {
+			add(event.AttrPrimaryAddress, v)
+		}
+		for _, k := range keys {
+			groups[k]++
+		}
+	}
+	shared := set{}
+	for k, n := range groups {
+		if n > 1 {
+			shared[k] = struct{}{}
+		}
+	}
+	for i := range cs {
+		if current[i] && !es[i].isGroupish {
+			for _, a := range cs[i].alias {
+				if _, ok := groups[a.key]; ok {
+					shared[a.key] = struct{}{}
+				}
+			}
+		}
+	}
+	return shared
 }
 
 // sortedUnique sorts s and drops repeats.

@@ -10,8 +10,9 @@ import (
 // groups are numbered in the order of es and member addresses ranked in
 // string order, so the walk needs no map and the merges compare integers
 // where expand compares strings. Each expansion becomes strings once, when
-// its component is done.
-func (m *model) expandAll(es []entry, current []bool) {
+// its component is done; done, when not nil, is then called with each
+// group of the component.
+func (m *model) expandAll(es []entry, current []bool, done func(g *entry)) {
 	g := m.numberGroups(es, current)
 	n := len(g.groups)
 	index := make([]int32, n) // visit order from 1; 0: not visited yet
@@ -50,6 +51,11 @@ func (m *model) expandAll(es []entry, current []bool) {
 			comp[v] = comps
 		}
 		m.expandSCCAll(g, scc, comps, comp, exp, strs)
+		if done != nil {
+			for _, v := range scc {
+				done(g.groups[v])
+			}
+		}
 	}
 	for u := range int32(n) {
 		if index[u] == 0 {

@@ -212,35 +212,86 @@ func (m *model) settle() bool {
 // its size and each line written in its place, both passes spread over the
 // CPUs.
 func (r *rendered) fill(keys []string, vals func(i int) []string) {
+	r.fillPre(keys, vals, nil, nil)
+}
+
+// fillPre is fill with some lines rendered already: pre, when not nil,
+// gives keys[i]'s line (without the newline) when it has been, nil
+// otherwise; those lines are copied. rest, when not nil, is given the
+// other lines of the source, in runs, once the source is complete.
+func (r *rendered) fillPre(keys []string, vals func(i int) []string, pre func(i int) []byte, rest func([]byte)) {
 	lines := make([][]string, len(keys))
+	var pres [][]byte
+	if pre != nil {
+		pres = make([][]byte, len(keys))
+	}
 	ends := make([]int, len(keys)) // end of each key's line in src; -1: none
 	inParallel(len(keys), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			lines[i] = vals(i)
-			if lines[i] != nil {
+			if pres != nil {
+				if pres[i] = pre(i); pres[i] != nil {
+					ends[i] = len(pres[i])
+					continue
+				}
+			}
+			if lines[i] = vals(i); lines[i] != nil {
 				ends[i] = lineLen(keys[i], lines[i])
+			} else {
+				ends[i] = -1
 			}
 		}
 	})
 	size := 0
-	for i, l := range lines {
-		if l == nil {
-			ends[i] = -1
+	for i, n := range ends {
+		if n < 0 {
 			continue
 		}
-		size += ends[i] + 1
+		size += n + 1
 		ends[i] = size - 1
 	}
 	src := make([]byte, size)
 	inParallel(len(keys), func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			if l := lines[i]; l != nil {
-				start := ends[i] - lineLen(keys[i], l)
-				appendLine(src[start:start], keys[i], l)
-				src[ends[i]] = '\n'
+		start := 0
+		for i := lo - 1; i >= 0; i-- {
+			if ends[i] >= 0 {
+				start = ends[i] + 1
+				break
 			}
 		}
+		for i := lo; i < hi; i++ {
+			if ends[i] < 0 {
+				continue
+			}
+			if pres != nil && pres[i] != nil {
+				copy(src[start:], pres[i])
+			} else {
+				appendLine(src[start:start], keys[i], lines[i])
+			}
+			src[ends[i]] = '\n'
+			start = ends[i] + 1
+		}
 	})
+	if rest != nil {
+		run := -1 // start of the run of lines not pre-rendered, if any
+		start := 0
+		for i, end := range ends {
+			if end < 0 {
+				continue
+			}
+			if pres != nil && pres[i] != nil {
+				if run >= 0 {
+					rest(src[run:start])
+					run = -1
+				}
+			} else if run < 0 {
+				run = start
+			}
+			start = end + 1
+		}
+		if run >= 0 {
+			rest(src[run:])
+		}
+	}
 	r.size = len(src)
 	r.src = src
 	r.filled = &filled{keys: keys, ends: ends}

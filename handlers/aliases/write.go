@@ -16,21 +16,32 @@ import (
 
 // loadLocked builds the model of a whole directory and installs its three
 // tables whole, the mailbox and domain tables postmap'ed while the group
-// expansions are computed. The caller holds h.mu with no write in flight,
-// so no other write can come between; w is the handler's writer.
+// expansions are computed, and the alias table's database built from its
+// lines as they are (postmap.Stream). The caller holds h.mu with no write
+// in flight, so no other write can come between; w is the handler's
+// writer.
 func (h *Handler) loadLocked(ctx context.Context, w *postmap.Writer, entries []event.Entry) error {
 	w.IncrementalMin = h.incrementalMin
 	var dom, mbx *postmap.Prepared
 	var domErr, mbxErr error
 	var wg sync.WaitGroup
+	// The alias table's database is built as its lines are computed.
+	as, err := w.Stream(ctx, AliasMap)
+	var put func([]byte)
+	if err == nil {
+		put = as.Put
+	}
 	// What only later changes use, the model's indexes and the per-key
 	// lines of the tables, is made by the first change (model.complete,
 	// rendered.index), as postmap.Writer indexes a source it updates.
 	h.m = buildModelEarly(h.cfg.HostFQDN, h.cfg.ExpansionLimit, entries, func(mailbox, domains []byte) {
 		wg.Go(func() { dom, domErr = w.Prepare(ctx, postmap.Table{Name: DomainMap, Src: domains}) })
 		wg.Go(func() { mbx, mbxErr = w.Prepare(ctx, postmap.Table{Name: MailboxMap, Src: mailbox}) })
-	})
-	alias, err := w.Prepare(ctx, postmap.Table{Name: AliasMap, Src: h.m.aliasT.source()})
+	}, put)
+	var alias *postmap.Prepared
+	if err == nil {
+		alias, err = as.Finish(h.m.aliasT.source())
+	}
 	wg.Wait()
 	if err = errors.Join(domErr, mbxErr, err); err == nil {
 		// Domains and mailboxes first, as in collect.
