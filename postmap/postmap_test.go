@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -167,6 +168,70 @@ func TestUpdateInPlace(t *testing.T) {
 	}
 	if tmps, _ := filepath.Glob(filepath.Join(dir, ".*")); len(tmps) != 0 {
 		t.Fatalf("temp files left: %v", tmps)
+	}
+}
+
+// A change of few lines that are most of the table's bytes (a burst that
+// reaches most groups) is written whole, not in place; the same number of
+// short lines is made in place. Either way the live table holds it.
+func TestLargeChangeWrittenWhole(t *testing.T) {
+	ctx := context.Background()
+	pf := testenv.StartPostfix(t)
+	dir := t.TempDir()
+	w := &postmap.Writer{Dir: dir, Type: "hash", Postmap: pf.Postmap, ConfigDir: pf.ConfigDir}
+	const n = 400
+	lines := map[string]string{}
+	render := func() []byte {
+		keys := slices.Sorted(maps.Keys(lines))
+		var b []byte
+		for _, k := range keys {
+			b = append(append(b, lines[k]...), '\n')
+		}
+		return b
+	}
+	for i := 0; i < n; i++ {
+		k := fmt.Sprintf("k%03d@example.org", i)
+		lines[k] = k + " v0@example.org"
+	}
+	if err := w.Install(ctx, postmap.Table{Name: "t", Src: render()}); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(dir, "t")
+	inode := func() uint64 {
+		st, err := os.Stat(src + ".db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Sys().(*syscall.Stat_t).Ino
+	}
+	for _, c := range []struct {
+		values int // addresses each changed line gets
+		whole  bool
+	}{{2, false}, {300, true}, {2, false}} {
+		before := inode()
+		var d postmap.Delta
+		for i := 0; i < n/10; i++ { // a tenth of the lines: few enough in count
+			k := fmt.Sprintf("k%03d@example.org", i)
+			var vals []string
+			for j := 0; j < c.values; j++ {
+				vals = append(vals, fmt.Sprintf("m%03d@example.org", j))
+			}
+			lines[k] = k + " " + strings.Join(vals, ",")
+			d.Put = append(d.Put, lines[k])
+		}
+		if err := w.Install(ctx, postmap.Table{Name: "t", Source: render, Delta: &d}); err != nil {
+			t.Fatal(err)
+		}
+		if whole := inode() != before; whole != c.whole {
+			t.Errorf("%d lines of %d addresses against %d lines: written whole %v, want %v", len(d.Put), c.values, n, whole, c.whole)
+		}
+		want := map[string]string{}
+		for k, l := range lines {
+			want[k] = strings.TrimPrefix(l, k+" ")
+		}
+		if got := dump(t, pf, "hash:"+src); !maps.Equal(got, want) {
+			t.Fatalf("%d addresses a line: live database differs from the table", c.values)
+		}
 	}
 }
 
