@@ -6,6 +6,7 @@ package listener
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -129,7 +130,7 @@ func (l *Listener) oldState(ctx context.Context, uuid string) (event.Attrs, erro
 		return nil, fmt.Errorf("read stored state of %s: %w", uuid, err)
 	}
 	var e event.Entry
-	if err := event.DecodeEntry(kv.Value(), &e); err != nil {
+	if err := json.Unmarshal(kv.Value(), &e); err != nil {
 		return nil, fmt.Errorf("decode stored state of %s: %w", uuid, err)
 	}
 	return e.Attrs, nil
@@ -207,7 +208,7 @@ func (l *Listener) recoverFromStream(ctx context.Context) error {
 			return fmt.Errorf("read event %d from stream: %w", seq, err)
 		}
 		var ev event.Event
-		if err := event.Decode(m.Data, &ev); err != nil {
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			return fmt.Errorf("decode event %d: %w", seq, err)
 		}
 		if ev.Op == event.OpDelete {

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -28,7 +29,7 @@ func (r *Runner) Latest(ctx context.Context, uuid string) (event.Entry, bool, er
 	switch {
 	case err == nil && m.Header.Get(HeaderOnly) == "":
 		var ev event.Event
-		if err := event.Decode(m.Data, &ev); err != nil {
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			return event.Entry{}, false, fmt.Errorf("decode the last event of %s: %w", uuid, err)
 		}
 		if ev.Op == event.OpDelete {
@@ -46,7 +47,7 @@ func (r *Runner) Latest(ctx context.Context, uuid string) (event.Entry, bool, er
 		return event.Entry{}, false, fmt.Errorf("read the state of %s: %w", uuid, err)
 	}
 	var e event.Entry
-	if err := event.DecodeEntry(kv.Value(), &e); err != nil {
+	if err := json.Unmarshal(kv.Value(), &e); err != nil {
 		return event.Entry{}, false, fmt.Errorf("decode the state of %s: %w", uuid, err)
 	}
 	e.UUID = uuid

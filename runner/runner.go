@@ -611,7 +611,7 @@ func (d *dispatcher) process(ctx context.Context, msg jetstream.Msg) bool {
 		return true
 	}
 	var ev event.Event
-	if err := event.Decode(msg.Data(), &ev); err != nil {
+	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
 		d.deadLetter(ctx, msg, event.Event{}, 1, fault.Permanent(fmt.Errorf("decode event on %s: %w", msg.Subject(), err)))
 		return true
 	}

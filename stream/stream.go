@@ -10,6 +10,7 @@ package stream
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -278,7 +279,7 @@ func WalkEntries(ctx context.Context, kv jetstream.KeyValue, fn func(event.Entry
 			continue
 		}
 		var e event.Entry
-		if err := event.DecodeEntry(u.Value(), &e); err != nil {
+		if err := json.Unmarshal(u.Value(), &e); err != nil {
 			return fmt.Errorf("decode entry %s from bucket: %w", u.Key(), err)
 		}
 		e.UUID = u.Key()
