@@ -87,9 +87,19 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 				return
 			}
 		}
+		if len(vals) == 1 {
+			// Values are never changed in place: one value's slice is
+			// shared (the mailbox's, for a user's addresses).
+			c.alias = append(c.alias, aliasKey{key, vals[:1:1]})
+			return
+		}
 		c.alias = append(c.alias, aliasKey{key, sortedUnion(nil, vals)})
 	}
-	primary := addr(event.AttrPrimaryAddress, a.First(event.AttrPrimaryAddress))
+	// What entry's init found valid need not be checked again.
+	primary := e.memberAddr
+	if primary == "" {
+		primary = addr(event.AttrPrimaryAddress, a.First(event.AttrPrimaryAddress))
+	}
 	home := a.First(event.AttrHomeServer)
 	if !validHome(e.kind, a) {
 		// A mailbox whose home server the rule refuses exists nowhere
@@ -113,7 +123,7 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 			c.mailbox = []string{primary}
 			switch {
 			case len(fwd) == 0:
-				put(primary, primary) // ldap.virtual_mailbox in the union
+				put(primary, c.mailbox...) // ldap.virtual_mailbox in the union
 			case a.First(event.AttrForwardCopyToSelf) == "1":
 				put(primary, append(fwd, primary)...)
 			default:
@@ -122,7 +132,7 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 		}
 		for _, alt := range alts {
 			if primary != "" {
-				put(alt, primary)
+				put(alt, c.mailbox...)
 			} else {
 				put(alt, fwd...)
 			}
