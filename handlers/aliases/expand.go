@@ -142,9 +142,20 @@ func (m *model) expandSCC(scc []string) {
 // member that is a group, addr with each other member that has an address,
 // and records the member DNs not in the index (reported as missing).
 func (m *model) eachMember(g *entry, group, addr func(c *entry)) {
+	m.eachResolved(g, nil, group, addr)
+}
+
+// eachResolved is eachMember with g's members resolved already, when
+// resolved is not nil: resolved[i] is the entry of g.members[i] or nil.
+func (m *model) eachResolved(g *entry, resolved []*entry, group, addr func(c *entry)) {
 	var missing []string
 	for i, mem := range g.members {
-		c := m.lookup(mem)
+		var c *entry
+		if resolved != nil {
+			c = resolved[i]
+		} else {
+			c = m.lookup(mem)
+		}
 		switch {
 		case c == nil:
 			missing = append(missing, g.memberDNs[i])

@@ -160,8 +160,22 @@ func (m *model) numberGroups(es []entry, current []bool) *groupGraph {
 		}
 		g.ownIDs = append(g.ownIDs, c.bulk-1)
 	}
-	for _, e := range g.groups {
-		m.eachMember(e, sub, own)
+	// The members' DNs are looked up first, spread over the CPUs: the
+	// lookups are most of the cost, the numbering must be in order.
+	from := make([]int, len(g.groups)+1) // group u's in resolved: from[u]:from[u+1]
+	for u, e := range g.groups {
+		from[u+1] = from[u] + len(e.members)
+	}
+	resolved := make([]*entry, from[len(g.groups)])
+	inParallel(len(g.groups), func(lo, hi int) {
+		for u := lo; u < hi; u++ {
+			for i, mem := range g.groups[u].members {
+				resolved[from[u]+i] = m.lookup(mem)
+			}
+		}
+	})
+	for u, e := range g.groups {
+		m.eachResolved(e, resolved[from[u]:from[u+1]], sub, own)
 		g.ownAt = append(g.ownAt, int32(len(g.ownIDs)))
 		g.subAt = append(g.subAt, int32(len(g.subIDs)))
 	}
