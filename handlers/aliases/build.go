@@ -5,6 +5,7 @@ package aliases
 // expanded.
 
 import (
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -42,8 +43,6 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 	n := len(entries)
 	m.byUUID = make(map[string]*entry, n)
 	m.byDN = make(map[string][]*entry, n)
-	m.parents = make(map[string][]string, n)
-	m.contrib = make(map[string]*contribution, n)
 	m.aliasOwners = make(owners, n+n/2)
 	m.mailboxOwners = make(owners, n)
 	m.bulk = true
@@ -62,15 +61,19 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 		}
 	})
 	current := m.insertAll(es)
-	shared := sharedGroupKeys(es, cs, current)
+	groupKeys, shared := sharedGroupKeys(es, cs, current)
 
 	var wg sync.WaitGroup
-	var aliasKeys []string // sorted, so far those of the entries other than groups
+	var lines []aliasKey // sorted, the keys of the entries other than groups
 	wg.Go(func() {
 		m.setContributions(es, cs, current, false)
-		aliasKeys = sortedOwnerKeys(m.aliasOwners)
+		lines = m.aliasLinesOf(es, cs, current, groupKeys)
 	})
-	var mailboxes, domains []string
+	nm := 0
+	for i := range cs {
+		nm += len(cs[i].mailbox)
+	}
+	mailboxes, domains := make([]string, 0, nm), []string(nil)
 	for i := range cs {
 		if current[i] {
 			mailboxes = append(mailboxes, cs[i].mailbox...)
@@ -122,17 +125,32 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 	}
 	wg.Wait()
 	m.setContributions(es, cs, current, true)
-	var groupKeys []string
+	var fromGroups []aliasKey // values to be looked up
 	for i := range es {
 		if current[i] && es[i].isGroupish {
 			for _, a := range cs[i].alias {
-				groupKeys = append(groupKeys, a.key)
+				fromGroups = append(fromGroups, aliasKey{key: a.key})
 			}
 		}
 	}
-	aliasKeys = mergeInto(make([]string, 0, len(aliasKeys)+len(groupKeys)), aliasKeys, sortedUnique(groupKeys))
-	m.aliasT.fillPre(aliasKeys, func(i int) []string { return m.aliasLineValues(aliasKeys[i]) },
-		func(i int) []byte { return pre[aliasKeys[i]] }, put)
+	slices.SortFunc(fromGroups, byKey)
+	fromGroups = slices.CompactFunc(fromGroups, func(a, b aliasKey) bool { return a.key == b.key })
+	lines = mergeKeys(make([]aliasKey, 0, len(lines)+len(fromGroups)), lines, fromGroups)
+	aliasKeys := make([]string, len(lines))
+	for i := range lines {
+		aliasKeys[i] = lines[i].key
+	}
+	m.aliasT.fillPre(aliasKeys, func(i int) []string {
+		if l := lines[i]; l.vals != nil {
+			return l.vals
+		}
+		return m.aliasLineValues(aliasKeys[i])
+	}, func(i int) []byte {
+		if lines[i].vals != nil {
+			return nil // not a group's key
+		}
+		return pre[aliasKeys[i]]
+	}, put)
 	m.noteProblems(es, cs, current)
 	m.later = func() { m.indexLater(es, cs, current) }
 	return m
@@ -142,8 +160,8 @@ func buildModelEarly(hostFQDN string, limit int, entries []event.Entry, early fu
 // and another current entry too (so that the key's line is known only
 // once every contribution is): the keys contributeInto gives a group,
 // whatever its expansion.
-func sharedGroupKeys(es []entry, cs []contribution, current []bool) set {
-	groups := map[string]int{} // key -> groups that may define it
+func sharedGroupKeys(es []entry, cs []contribution, current []bool) (groups map[string]int, shared set) {
+	groups = map[string]int{} // key -> groups that may define it
 	var keys []string
 	for i := range es {
 		e := &es[i]
@@ -166,7 +184,7 @@ func sharedGroupKeys(es []entry, cs []contribution, current []bool) set {
 			groups[k]++
 		}
 	}
-	shared := set{}
+	shared = set{}
 	for k, n := range groups {
 		if n > 1 {
 			shared[k] = struct{}{}
@@ -181,7 +199,7 @@ func sharedGroupKeys(es []entry, cs []contribution, current []bool) set {
 			}
 		}
 	}
-	return shared
+	return groups, shared
 }
 
 // sortedUnique sorts s and drops repeats.
@@ -277,12 +295,18 @@ func (m *model) complete() {
 func (m *model) indexLater(es []entry, cs []contribution, current []bool) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		m.parents = make(map[string][]string, len(es)) // empty until now
 		for i := range es {
 			if current[i] {
 				m.indexMembers(es[i].uuid, es[i].members)
 			}
 		}
 	})
+	// Sized for the directory; it holds only the contributions with
+	// invalid addresses so far (noteProblems).
+	contrib := make(map[string]*contribution, len(es))
+	maps.Copy(contrib, m.contrib)
+	m.contrib = contrib
 	for i := range es {
 		if current[i] && !cs[i].empty() {
 			m.contrib[es[i].uuid] = &cs[i]

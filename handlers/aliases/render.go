@@ -2,7 +2,7 @@ package aliases
 
 import (
 	"slices"
-	"sync"
+	"strings"
 
 	"mailsync/postmap"
 )
@@ -329,21 +329,63 @@ func (r *rendered) index() {
 	}
 }
 
-// sortedOwnerKeys returns the keys of o, sorted: each half sorted by its
-// own goroutine, then merged.
-func sortedOwnerKeys(o owners) []string {
-	keys := make([]string, 0, len(o))
-	for k := range o {
-		keys = append(keys, k)
+// byKey orders the alias keys a full build collects, each with the values
+// of its line (aliasLinesOf).
+func byKey(a, b aliasKey) int { return strings.Compare(a.key, b.key) }
+
+// aliasLinesOf returns the alias keys of the current entries other than
+// groups that have a line, sorted, with their values; a key another entry
+// defines too, or one of groupKeys (which a group may define), once with
+// nil values. The owner indexes must hold those entries' contributions
+// (setContributions).
+func (m *model) aliasLinesOf(es []entry, cs []contribution, current []bool, groupKeys map[string]int) []aliasKey {
+	var out []aliasKey
+	for i := range cs {
+		if !current[i] || es[i].isGroupish {
+			continue
+		}
+		c := &cs[i]
+		for _, a := range c.alias {
+			_, collided := m.collisions[a.key]
+			_, group := groupKeys[a.key]
+			switch {
+			case collided || group:
+				out = append(out, aliasKey{key: a.key})
+			case len(a.vals) == 0:
+			case len(a.vals) == 1 && a.vals[0] == a.key && slices.Contains(c.mailbox, a.key):
+				// A user's own address: no line (see aliasLineValues).
+			case len(a.vals) == 1 && a.vals[0] == a.key:
+				if _, mailbox := m.mailboxOwners[a.key]; !mailbox {
+					out = append(out, a)
+				}
+			default:
+				out = append(out, a)
+			}
+		}
 	}
-	if len(keys) < 4096 {
-		slices.Sort(keys)
-		return keys
+	slices.SortFunc(out, byKey)
+	// Only keys with nil values can come twice.
+	return slices.CompactFunc(out, func(a, b aliasKey) bool { return a.key == b.key })
+}
+
+// mergeKeys appends the union of a and b, sorted by key, to dst, which
+// must not overlap them; a key in both is kept once, with nil values.
+func mergeKeys(dst, a, b []aliasKey) []aliasKey {
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		switch c := byKey(a[i], b[j]); {
+		case c < 0:
+			dst = append(dst, a[i])
+			i++
+		case c > 0:
+			dst = append(dst, b[j])
+			j++
+		default:
+			dst = append(dst, aliasKey{key: a[i].key})
+			i++
+			j++
+		}
 	}
-	a, b := keys[:len(keys)/2], keys[len(keys)/2:]
-	var wg sync.WaitGroup
-	wg.Go(func() { slices.Sort(a) })
-	slices.Sort(b)
-	wg.Wait()
-	return mergeInto(make([]string, 0, len(keys)), a, b)
+	dst = append(dst, a[i:]...)
+	return append(dst, b[j:]...)
 }
