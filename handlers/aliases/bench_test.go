@@ -356,7 +356,11 @@ func BenchmarkBurst20kChanges100k(b *testing.B) {
 			burstStart, installs = start, nil
 			imu.Unlock()
 			var last *jetstream.PubAck
-			var allStaged time.Duration
+			// The runner hands the handler only the newest of an entry's
+			// events delivered together: when the last was staged, and how
+			// many were.
+			var lastStaged time.Duration
+			stagedSoFar := staged
 			for j, data := range evs {
 				fut, err := bus.JS.PublishAsync(subjects[j], data)
 				if err != nil {
@@ -386,15 +390,15 @@ func BenchmarkBurst20kChanges100k(b *testing.B) {
 				if ci.AckFloor.Stream >= last.Sequence && ci.NumAckPending == 0 {
 					break
 				}
-				if allStaged == 0 && f.h.staged.Load()-staged >= burst {
-					allStaged = time.Since(start)
+				if n := f.h.staged.Load(); n != stagedSoFar {
+					stagedSoFar, lastStaged = n, time.Since(start)
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
 			bursts = append(bursts, time.Since(start).Seconds())
 			imu.Lock()
-			b.Logf("round %d: published in %.2fs, all staged at %.2fs, acked at %.2fs; installs %v", round+1,
-				published.Seconds(), allStaged.Seconds(), bursts[len(bursts)-1], installs)
+			b.Logf("round %d: published in %.2fs, %d of %d events staged, the last at %.2fs, acked at %.2fs; installs %v", round+1,
+				published.Seconds(), stagedSoFar-staged, burst, lastStaged.Seconds(), bursts[len(bursts)-1], installs)
 			burstStart = time.Time{}
 			imu.Unlock()
 			writes = append(writes, float64(f.h.writes.Load()-before))

@@ -1,0 +1,109 @@
+package runner_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"mailsync/event"
+	"mailsync/internal/testenv"
+	"mailsync/runner"
+	"mailsync/stream"
+)
+
+// derived is a Derived Stager (as the maps are): the first event of entry
+// "a" it stages holds its lane until the test opens gate, so the entry's
+// later events are delivered behind it.
+type derived struct {
+	mu     sync.Mutex
+	staged []string // uuid:csn in the order staged
+	gate   chan struct{}
+	first  sync.Once
+}
+
+func (d *derived) Name() string { return "derived" }
+
+func (d *derived) Handle(ctx context.Context, ev event.Event) error {
+	return errors.New("Handle called on a Stager")
+}
+
+func (d *derived) Load(ctx context.Context, entries []event.Entry) error { return nil }
+
+func (d *derived) DerivedFromDirectory() {}
+
+func (d *derived) Stage(ctx context.Context, ev event.Event) (func(context.Context) error, error) {
+	if ev.UUID == "a" {
+		d.first.Do(func() { <-d.gate })
+	}
+	d.mu.Lock()
+	d.staged = append(d.staged, ev.UUID+":"+ev.CSN)
+	d.mu.Unlock()
+	return func(context.Context) error { return nil }, nil
+}
+
+// Of an entry's events delivered while its lane is busy, a Derived handler
+// is given only the newest (it converges to the entry's newest state);
+// the ones it overtakes are acked without being handled, an event of
+// another entry is not touched, and every event ends acked.
+func TestDerivedSkipsOvertakenEvents(t *testing.T) {
+	t.Parallel()
+	bus := testenv.StartNATS(t).Bus(t)
+	ctx := context.Background()
+	if _, err := bus.State.Put(ctx, stream.KeyCookie, []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	h := &derived{gate: make(chan struct{})}
+	startRunner(t, bus, h)
+	const n = 30
+	for i := 1; i <= n; i++ {
+		publish(t, bus, "a", fmt.Sprint(i))
+	}
+	publish(t, bus, "b", "1")
+	consumerInfo := func() (delivered, ackFloor uint64, pending int, err error) {
+		c, err := bus.Stream.Consumer(ctx, runner.ConsumerName(h.Name(), "mail.example.org"))
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		ci, err := c.Info(ctx)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		return ci.Delivered.Stream, ci.AckFloor.Stream, ci.NumAckPending, nil
+	}
+	// Everything is delivered while a:1 holds its lane.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if d, _, _, err := consumerInfo(); err != nil || d < n+1 {
+			return fmt.Errorf("delivered up to %d (%v)", d, err)
+		}
+		return nil
+	})
+	close(h.gate)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if _, floor, pending, err := consumerInfo(); err != nil || floor < n+1 || pending != 0 {
+			return fmt.Errorf("acked up to %d, %d unacked (%v)", floor, pending, err)
+		}
+		return nil
+	})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var a []string
+	b := 0
+	for _, k := range h.staged {
+		if k == "b:1" {
+			b++
+		} else {
+			a = append(a, k)
+		}
+	}
+	if b != 1 {
+		t.Errorf("b:1 staged %d times, want once", b)
+	}
+	// The first one taken up (before the rest came, most likely a:1)
+	// waited at the gate; of the rest only the newest was staged.
+	if len(a) == 0 || len(a) > 2 || a[len(a)-1] != fmt.Sprintf("a:%d", n) {
+		t.Errorf("staged %v of a; want the one first taken up and a:%d, the newest, only", a, n)
+	}
+}
