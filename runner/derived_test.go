@@ -2,13 +2,18 @@ package runner_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"mailsync/event"
+	"mailsync/fault"
 	"mailsync/internal/testenv"
 	"mailsync/runner"
 	"mailsync/stream"
@@ -18,10 +23,11 @@ import (
 // "a" it stages holds its lane until the test opens gate, so the entry's
 // later events are delivered behind it.
 type derived struct {
-	mu     sync.Mutex
-	staged []string // uuid:csn in the order staged
-	gate   chan struct{}
-	first  sync.Once
+	mu      sync.Mutex
+	staged  []string // uuid:csn in the order staged
+	withOld int      // events staged with Old
+	gate    chan struct{}
+	first   sync.Once
 }
 
 func (d *derived) Name() string { return "derived" }
@@ -40,7 +46,13 @@ func (d *derived) Stage(ctx context.Context, ev event.Event) (func(context.Conte
 	}
 	d.mu.Lock()
 	d.staged = append(d.staged, ev.UUID+":"+ev.CSN)
+	if ev.Old != nil {
+		d.withOld++
+	}
 	d.mu.Unlock()
+	if ev.UUID == "bad" {
+		return nil, fault.Permanentf("invalid address in %s", ev.DN)
+	}
 	return func(context.Context) error { return nil }, nil
 }
 
@@ -105,5 +117,45 @@ func TestDerivedSkipsOvertakenEvents(t *testing.T) {
 	// waited at the gate; of the rest only the newest was staged.
 	if len(a) == 0 || len(a) > 2 || a[len(a)-1] != fmt.Sprintf("a:%d", n) {
 		t.Errorf("staged %v of a; want the one first taken up and a:%d, the newest, only", a, n)
+	}
+}
+
+// A Derived handler is given its events without Old (it converges to New;
+// Old is not decoded), and a dead letter of it still records the event
+// whole.
+func TestDerivedGetsNewOnlyDeadLetterWhole(t *testing.T) {
+	t.Parallel()
+	bus := testenv.StartNATS(t).Bus(t)
+	ctx := context.Background()
+	if _, err := bus.State.Put(ctx, stream.KeyCookie, []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	h := &derived{gate: make(chan struct{})}
+	close(h.gate)
+	startRunner(t, bus, h)
+	for _, uuid := range []string{"a", "bad"} {
+		ev := event.Event{V: 1, Op: event.OpModify, Kind: event.KindGroup, UUID: uuid, DN: "cn=" + uuid + ",dc=example,dc=org", CSN: "1",
+			Old: event.Attrs{event.AttrCN: {uuid}}, New: event.Attrs{event.AttrCN: {uuid}, event.AttrMailMember: {"x@example.org"}}}
+		data, _ := json.Marshal(ev)
+		m := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{}}
+		m.Header.Set(jetstream.MsgIDHeader, ev.MsgID())
+		if _, err := bus.JS.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var dead []testenv.DeadLetter
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if dead = testenv.DeadLetters(t, bus); len(dead) != 1 {
+			return fmt.Errorf("%d dead letters", len(dead))
+		}
+		return nil
+	})
+	if ev := dead[0].Event; ev.UUID != "bad" || ev.Old.First(event.AttrCN) != "bad" || ev.New.First(event.AttrMailMember) != "x@example.org" {
+		t.Errorf("dead letter records %+v; want the event of bad whole, Old included", ev)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.staged) != 2 || h.withOld != 0 {
+		t.Errorf("staged %v, %d of them with Old; want a:1 and bad:1, none with Old", h.staged, h.withOld)
 	}
 }
