@@ -89,6 +89,9 @@ type Stager interface {
 // delivered and unacked: a burst of that many changes can share a write.
 const StagedAckPending = 1 << 16
 
+// pullExpiry is how long one pull request of the consumer lasts.
+const pullExpiry = 5 * time.Second
+
 // DerivedLookahead is how many delivered events a Derived handler's
 // consumer holds ahead of the lanes: of an entry's events among them, only
 // the newest is decoded and handled (see dispatcher.overtaken).
@@ -321,6 +324,13 @@ func (r *Runner) consume(ctx context.Context, d *dispatcher, cons jetstream.Cons
 		deliver(msg)
 	},
 		jetstream.PullMaxMessages(512),
+		// A pull whose count of outstanding messages goes wrong asks for
+		// no more until it expires: bursts through the maps stood still
+		// for the default 30 s (no message redelivered, the stream holding
+		// thousands for the consumer) in about one round in five. A short
+		// expiry bounds such a stall to a few seconds, for one request
+		// every few seconds while idle.
+		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			switch {
 			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):

@@ -380,6 +380,7 @@ func BenchmarkBurst20kChanges100k(b *testing.B) {
 				}
 			}
 			published := time.Since(start)
+			var redelivered int
 			for {
 				c, err := bus.Stream.Consumer(ctx, cons)
 				if err != nil {
@@ -389,6 +390,7 @@ func BenchmarkBurst20kChanges100k(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				redelivered = ci.NumRedelivered
 				if ci.AckFloor.Stream >= last.Sequence && ci.NumAckPending == 0 {
 					break
 				}
@@ -400,8 +402,8 @@ func BenchmarkBurst20kChanges100k(b *testing.B) {
 			bursts = append(bursts, time.Since(start).Seconds())
 			burstCPU = append(burstCPU, processCPU(b)-cpu)
 			imu.Lock()
-			b.Logf("round %d: published in %.2fs, %d of %d events staged, the last at %.2fs, acked at %.2fs; installs %v", round+1,
-				published.Seconds(), stagedSoFar-staged, burst, lastStaged.Seconds(), bursts[len(bursts)-1], installs)
+			b.Logf("round %d: published in %.2fs, %d of %d events staged, the last at %.2fs, acked at %.2fs (%d redelivered); installs %v", round+1,
+				published.Seconds(), stagedSoFar-staged, burst, lastStaged.Seconds(), bursts[len(bursts)-1], redelivered, installs)
 			burstStart = time.Time{}
 			imu.Unlock()
 			writes = append(writes, float64(f.h.writes.Load()-before))
