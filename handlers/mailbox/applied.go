@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -163,9 +164,14 @@ func (s *appliedStore) get(uuid string) (*State, bool, error) {
 // put records st (nil: the entry is gone) as applied, durably, in a write
 // it shares with the puts made at the same time.
 func (s *appliedStore) put(uuid string, st *State) error {
-	l := appliedLine{UUID: uuid, appliedRecord: appliedRecord{V: 1, Gone: st == nil}}
+	// The cache keeps every entry's record: its own copies of the
+	// strings, not the event's (a state's address can be cut from the
+	// string of the whole event's attributes).
+	l := appliedLine{UUID: strings.Clone(uuid), appliedRecord: appliedRecord{V: 1, Gone: st == nil}}
 	if st != nil {
 		c := *st
+		c.DN, c.Address, c.HomeServer, c.CSN, c.ACL = strings.Clone(c.DN), strings.Clone(c.Address),
+			strings.Clone(c.HomeServer), strings.Clone(c.CSN), strings.Clone(c.ACL)
 		l.State = &c
 	}
 	data, err := json.Marshal(l)

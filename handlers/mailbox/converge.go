@@ -52,10 +52,41 @@ func handles(ev event.Event) (bool, error) {
 }
 
 // entryLock serialises the convergence of one entry: its own lane and
-// another entry's lane that converges it first (to free an address).
-func (h *Handler) entryLock(uuid string) *sync.Mutex {
-	m, _ := h.locks.LoadOrStore(uuid, &sync.Mutex{})
-	return m.(*sync.Mutex)
+// another entry's lane that converges it first (to free an address). It
+// is kept while someone holds or waits for it, then dropped: a handler
+// that has converged 100k entries keeps no lock of each.
+type entryLock struct {
+	mu   sync.Mutex
+	refs int // holders and waiters; guarded by Handler.locksMu
+}
+
+// lockEntry takes uuid's lock; with try, only if nobody holds it (ok).
+// unlock gives it back.
+func (h *Handler) lockEntry(uuid string, try bool) (unlock func(), ok bool) {
+	h.locksMu.Lock()
+	l := h.locks[uuid]
+	if l == nil {
+		l = &entryLock{}
+		h.locks[uuid] = l
+	}
+	l.refs++
+	h.locksMu.Unlock()
+	drop := func() {
+		h.locksMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(h.locks, uuid)
+		}
+		h.locksMu.Unlock()
+	}
+	if try {
+		if !l.mu.TryLock() {
+			drop()
+			return nil, false
+		}
+	} else {
+		l.mu.Lock()
+	}
+	return func() { l.mu.Unlock(); drop() }, true
 }
 
 // current is the entry's newest state: from the stream when the handler
@@ -229,15 +260,11 @@ func (h *Handler) converge(ctx context.Context, uuid string, trigger *event.Even
 	if trigger == nil && h.latest == nil {
 		return fault.Retryable(fmt.Errorf("entry %s: its newest state is unknown without the stream", uuid))
 	}
-	mu := h.entryLock(uuid)
-	if nested {
-		if !mu.TryLock() {
-			return fault.Retryable(fmt.Errorf("entry %s is being converged", uuid))
-		}
-	} else {
-		mu.Lock()
+	unlock, ok := h.lockEntry(uuid, nested)
+	if !ok {
+		return fault.Retryable(fmt.Errorf("entry %s is being converged", uuid))
 	}
-	defer mu.Unlock()
+	defer unlock()
 	if err := h.resume(ctx, uuid); err != nil && !errors.Is(err, dovecotadm.ErrUnknownUser) {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -13,13 +14,16 @@ import (
 // markers: read from the spool when the handler starts, and updated for
 // every path a step touches.
 type homeIndex struct {
-	mu     sync.Mutex
-	byUUID map[string]map[string]Home // uuid -> path -> home
-	byPath map[string]string          // path -> uuid
+	mu sync.Mutex
+	// byUUID: uuid -> the homes it owns, almost always one (a slice, not
+	// a map each: at 100k users the index is a large share of the
+	// handler's memory).
+	byUUID map[string][]Home
+	byPath map[string]string // path -> uuid
 }
 
 func newHomeIndex() *homeIndex {
-	return &homeIndex{byUUID: map[string]map[string]Home{}, byPath: map[string]string{}}
+	return &homeIndex{byUUID: map[string][]Home{}, byPath: map[string]string{}}
 }
 
 // scan indexes every marked home of the layout.
@@ -40,19 +44,18 @@ func (x *homeIndex) update(home string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if u, had := x.byPath[home]; had {
-		delete(x.byUUID[u], home)
-		if len(x.byUUID[u]) == 0 {
+		homes := slices.DeleteFunc(x.byUUID[u], func(h Home) bool { return h.Path == home })
+		if len(homes) == 0 {
 			delete(x.byUUID, u)
+		} else {
+			x.byUUID[u] = homes
 		}
 		delete(x.byPath, home)
 	}
 	if !ok {
 		return
 	}
-	if x.byUUID[m.UUID] == nil {
-		x.byUUID[m.UUID] = map[string]Home{}
-	}
-	x.byUUID[m.UUID][home] = Home{Path: home, Address: m.Address, Owner: Owner(m)}
+	x.byUUID[m.UUID] = append(x.byUUID[m.UUID], Home{Path: home, Address: m.Address, Owner: Owner(m)})
 	x.byPath[home] = m.UUID
 }
 
@@ -60,10 +63,8 @@ func (x *homeIndex) update(home string) {
 func (x *homeIndex) of(uuid string) []Home {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	out := make([]Home, 0, len(x.byUUID[uuid]))
-	for _, h := range x.byUUID[uuid] {
-		out = append(out, h)
-	}
+	homes := x.byUUID[uuid]
+	out := append(make([]Home, 0, len(homes)), homes...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
 }

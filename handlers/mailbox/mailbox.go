@@ -138,8 +138,9 @@ type Handler struct {
 	intents *journal.Journal // the intent records
 
 	latest  LatestFunc
-	locks   sync.Map // uuid -> *sync.Mutex (entryLock)
-	unknown sync.Map // uuid -> unknownSince
+	locksMu sync.Mutex
+	locks   map[string]*entryLock // entries held or waited for (lockEntry)
+	unknown sync.Map              // uuid -> unknownSince
 	applied *appliedStore
 	homes   *homeIndex
 
@@ -147,6 +148,7 @@ type Handler struct {
 	orderMu sync.Mutex
 	order   map[string]*turn // uuid -> its last staged event
 	slots   chan struct{}
+	queued  chan struct{} // staged events not converged once yet (StageQueue)
 
 	fsMu sync.Mutex // serialises checks and moves of homes across entries
 	dirs sync.Map   // directory path -> *atomicfile.Dir (syncDirs)
@@ -158,7 +160,7 @@ type Handler struct {
 // New returns a handler. The state dir is created if missing.
 func New(cfg Config, adm Doveadm, log zerolog.Logger, hooks Hooks) (*Handler, error) {
 	h := &Handler{cfg: cfg, adm: adm, log: log.With().Str("handler", Name).Logger(), hooks: hooks, rename: renameNoReplace,
-		order: map[string]*turn{}, slots: make(chan struct{}, StageParallel)}
+		locks: map[string]*entryLock{}, order: map[string]*turn{}, slots: make(chan struct{}, StageParallel), queued: make(chan struct{}, StageQueue)}
 	var err error
 	if h.home, err = NewLayout(cfg.MailHome); err != nil {
 		return nil, fmt.Errorf("mail home: %w", err)

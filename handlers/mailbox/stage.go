@@ -30,6 +30,14 @@ import (
 // DefaultBatchSize commands and queue the next ones.
 const StageParallel = 256
 
+// StageQueue is how many staged events may wait for their first
+// convergence at once. Stage waits for room beyond that, which holds the
+// runner's lanes and so the consumer: the events of a burst larger than
+// the handler converges quickly (a start over 100k users) wait in the
+// stream, not each in a goroutine with its decoded event in this process
+// (runner.StagedAckPending would let 65,536 in).
+const StageQueue = 4 * StageParallel
+
 // turn is an entry's staged event in its entry's order.
 type turn struct{ done chan struct{} }
 
@@ -43,6 +51,13 @@ func (h *Handler) Stage(stage context.Context, ev event.Event) (func(context.Con
 	if ok, err := handles(ev); !ok {
 		return func(context.Context) error { return nil }, err
 	}
+	select {
+	case h.queued <- struct{}{}:
+	case <-stage.Done():
+		return nil, fault.Retryable(stage.Err())
+	}
+	var dequeued sync.Once
+	dequeue := func() { dequeued.Do(func() { <-h.queued }) }
 	h.orderMu.Lock()
 	prev := h.order[ev.UUID]
 	mine := &turn{done: make(chan struct{})}
@@ -61,6 +76,9 @@ func (h *Handler) Stage(stage context.Context, ev event.Event) (func(context.Con
 	}
 	return func(ctx context.Context) error {
 		defer release()
+		// Its room in the queue is the first attempt's: a retry (after
+		// a backoff the runner holds it for) takes none.
+		defer dequeue()
 		if prev != nil {
 			select {
 			case <-prev.done:
