@@ -4,8 +4,11 @@ package main
 
 import (
 	"os"
+	"runtime/metrics"
 	"runtime/pprof"
+	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -37,7 +40,9 @@ func testHooks(log zerolog.Logger) mailbox.Hooks {
 
 // Profiles of a benchmark's daemon: MAILSYNC_TEST_CPUPROFILE names a file
 // the CPU profile of the whole run goes to, MAILSYNC_TEST_HEAPPROFILE one
-// for the heap profile at its end (after SIGTERM). Test builds only.
+// for the heap profile at the end, at the highest heap seen (<file>.peak:
+// checked every second, written again when it grew by a tenth) and every
+// 30 seconds (<file>.<seconds since the start>). Test builds only.
 const (
 	cpuProfileEnv  = "MAILSYNC_TEST_CPUPROFILE"
 	heapProfileEnv = "MAILSYNC_TEST_HEAPPROFILE"
@@ -51,16 +56,49 @@ func testProfiles() func() {
 			cpu = f
 		}
 	}
+	heap := os.Getenv(heapProfileEnv)
+	writeHeap := func(path string) {
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if heap == "" {
+			return
+		}
+		sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		var peak uint64
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if n%30 == 0 {
+				writeHeap(heap + "." + strconv.Itoa(n))
+			}
+			metrics.Read(sample)
+			if v := sample[0].Value.Uint64(); v > peak+peak/10 {
+				peak = v
+				writeHeap(heap + ".peak")
+			}
+		}
+	}()
 	return func() {
+		close(stop)
+		<-done
 		if cpu != nil {
 			pprof.StopCPUProfile()
 			cpu.Close()
 		}
-		if p := os.Getenv(heapProfileEnv); p != "" {
-			if f, err := os.Create(p); err == nil {
-				_ = pprof.Lookup("heap").WriteTo(f, 0)
-				f.Close()
-			}
+		if heap != "" {
+			writeHeap(heap)
 		}
 	}
 }
