@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -81,18 +80,7 @@ func TestUpdateInPlace(t *testing.T) {
 	w := &postmap.Writer{Dir: dir, Type: "hash", Postmap: pf.Postmap, ConfigDir: pf.ConfigDir, CompactMin: -1}
 	const n = 200
 	lines := map[string]string{}
-	render := func() []byte {
-		keys := make([]string, 0, len(lines))
-		for k := range lines {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var b []byte
-		for _, k := range keys {
-			b = append(append(b, lines[k]...), '\n')
-		}
-		return b
-	}
+	render := func() []byte { return sortedSource(lines) }
 	for i := 0; i < n; i++ {
 		k := fmt.Sprintf("k%03d@example.org", i)
 		lines[k] = k + " v0@example.org"
@@ -181,14 +169,7 @@ func TestLargeChangeWrittenWhole(t *testing.T) {
 	w := &postmap.Writer{Dir: dir, Type: "hash", Postmap: pf.Postmap, ConfigDir: pf.ConfigDir}
 	const n = 400
 	lines := map[string]string{}
-	render := func() []byte {
-		keys := slices.Sorted(maps.Keys(lines))
-		var b []byte
-		for _, k := range keys {
-			b = append(append(b, lines[k]...), '\n')
-		}
-		return b
-	}
+	render := func() []byte { return sortedSource(lines) }
 	for i := 0; i < n; i++ {
 		k := fmt.Sprintf("k%03d@example.org", i)
 		lines[k] = k + " v0@example.org"
@@ -248,4 +229,13 @@ func dump(t *testing.T, pf *testenv.Postfix, table string) map[string]string {
 		}
 	}
 	return m
+}
+
+// sortedSource is a table's source holding lines' values, sorted by key.
+func sortedSource(lines map[string]string) []byte {
+	var b []byte
+	for _, k := range slices.Sorted(maps.Keys(lines)) {
+		b = append(append(b, lines[k]...), '\n')
+	}
+	return b
 }

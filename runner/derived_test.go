@@ -62,12 +62,8 @@ func (d *derived) Stage(ctx context.Context, ev event.Event) (func(context.Conte
 // another entry is not touched, and every event ends acked.
 func TestDerivedSkipsOvertakenEvents(t *testing.T) {
 	t.Parallel()
-	bus := testenv.StartNATS(t).Bus(t)
 	ctx := context.Background()
-	if _, err := bus.State.Put(ctx, stream.KeyCookie, []byte("c")); err != nil {
-		t.Fatal(err)
-	}
-	h := &derived{gate: make(chan struct{})}
+	bus, h := newDerivedBus(t)
 	startRunner(t, bus, h)
 	const n = 30
 	for i := 1; i <= n; i++ {
@@ -125,12 +121,8 @@ func TestDerivedSkipsOvertakenEvents(t *testing.T) {
 // whole.
 func TestDerivedGetsNewOnlyDeadLetterWhole(t *testing.T) {
 	t.Parallel()
-	bus := testenv.StartNATS(t).Bus(t)
 	ctx := context.Background()
-	if _, err := bus.State.Put(ctx, stream.KeyCookie, []byte("c")); err != nil {
-		t.Fatal(err)
-	}
-	h := &derived{gate: make(chan struct{})}
+	bus, h := newDerivedBus(t)
 	close(h.gate)
 	startRunner(t, bus, h)
 	for _, uuid := range []string{"a", "bad"} {
@@ -158,4 +150,15 @@ func TestDerivedGetsNewOnlyDeadLetterWhole(t *testing.T) {
 	if len(h.staged) != 2 || h.withOld != 0 {
 		t.Errorf("staged %v, %d of them with Old; want a:1 and bad:1, none with Old", h.staged, h.withOld)
 	}
+}
+
+// newDerivedBus is a fresh bus whose listener has finished its refresh
+// (the cookie is set) and a Derived handler held at its gate.
+func newDerivedBus(t *testing.T) (*stream.Bus, *derived) {
+	t.Helper()
+	bus := testenv.StartNATS(t).Bus(t)
+	if _, err := bus.State.Put(context.Background(), stream.KeyCookie, []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	return bus, &derived{gate: make(chan struct{})}
 }
