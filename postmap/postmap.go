@@ -278,26 +278,39 @@ func (w *Writer) incremental(changed, n int) bool {
 // status 1 without a message (postmap -d finding none of the keys, which is
 // the goal) is success. ctx ending kills postmap.
 func (w *Writer) Run(ctx context.Context, stdin *os.File, notFoundOK bool, args ...string) error {
-	if w.ConfigDir != "" {
-		args = append([]string{"-c", w.ConfigDir}, args...)
-	}
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, w.Postmap, args...)
+	cmd, stderr := w.command(ctx, args...)
 	if stdin != nil {
 		// A file, not a pipe: postmap reads it whole even if mailsync dies
 		// meanwhile, so a crash never applies half a change.
 		cmd.Stdin = stdin
 	}
-	cmd.Stderr = &stderr
 	err := cmd.Run()
 	var exit *exec.ExitError
 	if err != nil && notFoundOK && errors.As(err, &exit) && exit.ExitCode() == 1 && stderr.Len() == 0 {
 		err = nil
 	}
 	if err != nil {
-		return fmt.Errorf("postmap %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		return failed(cmd, err, stderr)
 	}
 	return nil
+}
+
+// command is postmap with args, reading the config dir if one is set, its
+// stderr kept for failed.
+func (w *Writer) command(ctx context.Context, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	if w.ConfigDir != "" {
+		args = append([]string{"-c", w.ConfigDir}, args...)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, w.Postmap, args...)
+	cmd.Stderr = &stderr
+	return cmd, &stderr
+}
+
+// failed is the error of command's cmd ending in err: its arguments and
+// what it said.
+func failed(cmd *exec.Cmd, err error, stderr *bytes.Buffer) error {
+	return fmt.Errorf("postmap %s: %w: %s", strings.Join(cmd.Args[1:], " "), err, strings.TrimSpace(stderr.String()))
 }
 
 func syncFile(path string, mode os.FileMode) error {

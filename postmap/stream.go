@@ -1,12 +1,10 @@
 package postmap
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 )
@@ -52,15 +50,9 @@ func (w *Writer) Stream(ctx context.Context, name string) (*Stream, error) {
 		os.Remove(f.Name())
 		return nil, fmt.Errorf("postmap %s: %w", name, err)
 	}
-	args := []string{"-i", w.Type + ":" + f.Name()}
-	if w.ConfigDir != "" {
-		args = append([]string{"-c", w.ConfigDir}, args...)
-	}
 	cctx, cancel := context.WithCancel(ctx)
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(cctx, w.Postmap, args...)
+	cmd, stderr := w.command(cctx, "-i", w.Type+":"+f.Name())
 	cmd.Stdin = pr
-	cmd.Stderr = &stderr
 	err = cmd.Start()
 	pr.Close()
 	if err != nil {
@@ -68,7 +60,7 @@ func (w *Writer) Stream(ctx context.Context, name string) (*Stream, error) {
 		pw.Close()
 		f.Close()
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("postmap %s: %w", strings.Join(args, " "), err)
+		return nil, fmt.Errorf("postmap %s: %w", strings.Join(cmd.Args[1:], " "), err)
 	}
 	s.f, s.cancel = f, cancel
 	// Lines are queued, not written by Put: a caller computing them is
@@ -90,7 +82,7 @@ func (w *Writer) Stream(ctx context.Context, name string) (*Stream, error) {
 	go func() {
 		err := cmd.Wait()
 		if err != nil {
-			err = fmt.Errorf("postmap %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+			err = failed(cmd, err, stderr)
 		}
 		s.built <- err
 	}()
