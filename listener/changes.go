@@ -5,7 +5,6 @@ package listener
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"mailsync/event"
@@ -116,7 +115,7 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 	entry.CSN = l.cfg.Flavor.ChangeID(Sent{Entry: m, DN: m.DN, Attrs: attrs, Cookie: m.Cookie, Start: rf.cookie})
 	old, had := l.known[uuid]
 	now := compact(entry)
-	if had && old.dn == now.dn && old.sum == now.sum && old.kind == now.kind {
+	if had && old == now {
 		// Nothing mailsync follows changed (a poison entry set back to
 		// what was last published is fixed so): Change's Unchanged, told
 		// by the digest without reading the published state.
@@ -124,11 +123,10 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 	}
 	var prev *event.Entry
 	if had {
-		oldAttrs, err := l.oldState(ctx, uuid)
-		if err != nil {
+		var err error
+		if prev, err = l.oldState(ctx, uuid); err != nil {
 			return err
 		}
-		prev = &event.Entry{UUID: uuid, DN: old.dn, Kind: old.kind, Attrs: oldAttrs, CSN: old.csn}
 	}
 	ev, outcome := Change(uuid, prev, m.DN, attrs)
 	if outcome != Publish {
@@ -144,14 +142,6 @@ func (l *Listener) queueEntry(ctx context.Context, uuid string, m *syncrepl.Mess
 	if err := l.clearPoison(ctx, uuid); err != nil {
 		return err
 	}
-	// The message's strings share one allocation with all its values;
-	// what stays in memory for good gets its own.
-	if had && old.dn == now.dn {
-		now.dn = old.dn
-	} else {
-		now.dn = strings.Clone(now.dn)
-	}
-	now.csn = strings.Clone(now.csn)
 	l.known[uuid] = now
 	l.stage(uuid, &entry)
 	l.pending = append(l.pending, pendingPub{ev: ev, entry: &entry})
@@ -163,18 +153,17 @@ func (l *Listener) queueDelete(ctx context.Context, uuid string) error {
 	if err := l.clearPoison(ctx, uuid); err != nil {
 		return err
 	}
-	old, had := l.known[uuid]
-	if !had {
+	if _, had := l.known[uuid]; !had {
 		return nil
 	}
-	oldAttrs, err := l.oldState(ctx, uuid)
+	old, err := l.oldState(ctx, uuid)
 	if err != nil {
 		return err
 	}
 	delete(l.known, uuid)
 	l.stage(uuid, nil)
-	l.pendingBytes += attrsSize(oldAttrs)
-	ev, _ := Change(uuid, &event.Entry{UUID: uuid, DN: old.dn, Kind: old.kind, Attrs: oldAttrs, CSN: old.csn}, "", nil)
+	l.pendingBytes += attrsSize(old.Attrs)
+	ev, _ := Change(uuid, old, "", nil)
 	ev.At = time.Now().UTC()
 	l.pending = append(l.pending, pendingPub{ev: ev})
 	return nil

@@ -71,15 +71,19 @@ func (s *stagedStates) reset() {
 	s.mu.Unlock()
 }
 
+// knownEntry is what the listener keeps in memory of an entry it
+// published: enough to tell a change from none (kind and digests of the DN
+// and the attributes). What the event of a change needs of the old state
+// (its DN, CSN and attributes) is read from the state staged or stored:
+// at 100k entries a copy of every DN and CSN here was some 10 MB.
 type knownEntry struct {
-	dn   string
-	kind event.Kind
-	csn  string
-	sum  uint64
+	kind  event.Kind
+	dnSum uint64
+	sum   uint64
 }
 
 func compact(e event.Entry) knownEntry {
-	return knownEntry{dn: e.DN, kind: e.Kind, csn: e.CSN, sum: attrSum(e.Attrs)}
+	return knownEntry{kind: e.Kind, dnSum: fnvString(fnvOffset64, e.DN), sum: attrSum(e.Attrs)}
 }
 
 // attrSum is a 64-bit FNV-1a digest of the attributes in a canonical order.
@@ -119,11 +123,12 @@ func fnvByte(h uint64, b byte) uint64 {
 	return h * fnvPrime64
 }
 
-// oldState returns what the listener last published for uuid.
-func (l *Listener) oldState(ctx context.Context, uuid string) (event.Attrs, error) {
+// oldState returns what the listener last published for uuid: the state
+// staged for the bucket, or the one stored there.
+func (l *Listener) oldState(ctx context.Context, uuid string) (*event.Entry, error) {
 	s, ok := l.staged.get(uuid)
 	if ok && s.entry != nil {
-		return s.entry.Attrs, nil
+		return s.entry, nil
 	}
 	kv, err := l.bus.Entries.Get(ctx, uuid)
 	if err != nil {
@@ -133,7 +138,8 @@ func (l *Listener) oldState(ctx context.Context, uuid string) (event.Attrs, erro
 	if err := json.Unmarshal(kv.Value(), &e); err != nil {
 		return nil, fmt.Errorf("decode stored state of %s: %w", uuid, err)
 	}
-	return e.Attrs, nil
+	e.UUID = uuid
+	return &e, nil
 }
 
 type pendingPub struct {
