@@ -174,7 +174,7 @@ func sharedGroupKeys(es []entry, cs []contribution, current []bool) (groups map[
 				keys = append(keys, a)
 			}
 		}
-		for _, v := range e.attrs[event.AttrAlternativeAddress] {
+		for _, v := range e.attrs.get(event.AttrAlternativeAddress) {
 			add(event.AttrAlternativeAddress, v)
 		}
 		if v := e.attrs.First(event.AttrPrimaryAddress); v != "" {

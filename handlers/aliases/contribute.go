@@ -70,7 +70,7 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 	}
 	addrs := func(attr string) []string {
 		var out []string
-		for _, v := range a[attr] {
+		for _, v := range a.get(attr) {
 			if v = addr(attr, v); v != "" {
 				out = append(out, v)
 			}
@@ -101,7 +101,7 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 		primary = addr(event.AttrPrimaryAddress, a.First(event.AttrPrimaryAddress))
 	}
 	home := a.First(event.AttrHomeServer)
-	if !validHome(e.kind, a) {
+	if !validHome(e.kind, home) {
 		// A mailbox whose home server the rule refuses exists nowhere
 		// (the mailbox and homeserver handlers refuse it too): no map
 		// accepts mail for it.
@@ -170,7 +170,7 @@ func (m *model) contributeInto(c *contribution, e *entry) *contribution {
 			put(alt, primary)
 		}
 	case event.KindDomain:
-		for _, v := range a[event.AttrCN] {
+		for _, v := range a.get(event.AttrCN) {
 			d, err := address.Domain(event.AttrCN, v)
 			if err != nil {
 				c.invalid = append(c.invalid, err)

@@ -18,7 +18,7 @@ type entry struct {
 	dn    string
 	ndn   string
 	kind  event.Kind
-	attrs event.Attrs
+	attrs attrList // what the contribution is computed from
 	// members are the normalised uniqueMember DNs of a group, in order,
 	// with the spelling found in the directory alongside for reports.
 	members    []string
@@ -44,9 +44,9 @@ func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 	if kind == "" {
 		kind, _ = event.KindOf(attrs)
 	}
-	*e = entry{uuid: uuid, dn: dn, ndn: identity.NormDN(dn), kind: kind, attrs: attrs}
+	*e = entry{uuid: uuid, dn: dn, ndn: identity.NormDN(dn), kind: kind, attrs: keptAttrs(kind, attrs)}
 	if kind != event.KindGroup {
-		if v := attrs.First(event.AttrPrimaryAddress); v != "" && validHome(kind, attrs) {
+		if v := attrs.First(event.AttrPrimaryAddress); v != "" && validHome(kind, attrs.First(event.AttrHomeServer)) {
 			if a, err := address.Check(event.AttrPrimaryAddress, v); err == nil {
 				e.memberAddr = a
 			}
@@ -62,8 +62,7 @@ func (e *entry) init(uuid, dn string, kind event.Kind, attrs event.Attrs) {
 
 // validHome reports whether a user's or shared folder's home server, if
 // any, is one the address rule accepts; other kinds have no mailbox.
-func validHome(kind event.Kind, a event.Attrs) bool {
-	home := a.First(event.AttrHomeServer)
+func validHome(kind event.Kind, home string) bool {
 	if home == "" || (kind != event.KindUser && kind != event.KindFolder) {
 		return true
 	}
