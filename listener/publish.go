@@ -161,7 +161,10 @@ func (l *Listener) flush(ctx context.Context) error {
 	}
 	l.batches++
 	b := &batch{n: l.batches, pubs: l.pending, entries: len(l.known), done: make(chan struct{})}
-	l.pending, l.pendingBytes = make([]pendingPub, 0, l.cfg.BatchSize), 0
+	// The next batch is sized like this one: a refresh's are full, and in
+	// persist mode a batch is a change or two (BatchSize each, ~100 KB,
+	// was most of what a burst of adds allocated here).
+	l.pending, l.pendingBytes = make([]pendingPub, 0, len(b.pubs)), 0
 	if l.pipe != nil {
 		return l.pipe.submit(b)
 	}

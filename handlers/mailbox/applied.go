@@ -39,9 +39,13 @@ type appliedStore struct {
 
 	mu    sync.Mutex
 	cache map[string]appliedRecord // the log's records, and earlier files read
-	pend  []byte                   // lines not written yet
-	recs  []appliedLine            // their records, cached once durable
-	next  *appliedFlush            // the round those lines join; nil when none waits
+	// legacy names the entries with a file of the earlier layout not read
+	// yet, listed once at open (nothing writes them since): an entry
+	// without a record costs no failed open on every get.
+	legacy map[string]bool
+	pend   []byte        // lines not written yet
+	recs   []appliedLine // their records, cached once durable
+	next   *appliedFlush // the round those lines join; nil when none waits
 
 	flushMu sync.Mutex // held by the round whose write runs; guards the fields below
 	log     *os.File
@@ -93,7 +97,31 @@ func newAppliedStore(dir string) (*appliedStore, error) {
 		f.Close()
 		return nil, fmt.Errorf("mailbox applied states: %w", err)
 	}
-	return &appliedStore{dir: dir, cache: cache, log: f, size: size, lines: lines}, nil
+	legacy, err := legacyApplied(dir)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &appliedStore{dir: dir, cache: cache, legacy: legacy, log: f, size: size, lines: lines}, nil
+}
+
+// legacyApplied lists the entries with a record file of the earlier layout
+// (<uuid>.json) in dir.
+func legacyApplied(dir string) (map[string]bool, error) {
+	legacy := map[string]bool{}
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return legacy, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mailbox applied states: %w", err)
+	}
+	for _, e := range ents {
+		if u, ok := strings.CutSuffix(e.Name(), ".json"); ok && validUUID(u) && !e.IsDir() {
+			legacy[u] = true
+		}
+	}
+	return legacy, nil
 }
 
 // readAppliedLog reads the log at path (none: empty): the last record of
@@ -132,9 +160,13 @@ func readAppliedLog(path string) (map[string]appliedRecord, int, int64, error) {
 func (s *appliedStore) get(uuid string) (*State, bool, error) {
 	s.mu.Lock()
 	r, ok := s.cache[uuid]
+	legacy := s.legacy[uuid]
 	s.mu.Unlock()
+	if !ok && !legacy {
+		return nil, false, nil
+	}
 	if !ok {
-		// A record of the earlier layout, if there is one.
+		// The record of the earlier layout.
 		data, err := os.ReadFile(filepath.Join(s.dir, uuid+".json"))
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, false, nil
@@ -151,6 +183,7 @@ func (s *appliedStore) get(uuid string) (*State, bool, error) {
 		if _, logged := s.cache[uuid]; !logged {
 			s.cache[uuid] = r
 		}
+		delete(s.legacy, uuid)
 		s.mu.Unlock()
 		return s.get(uuid)
 	}

@@ -375,7 +375,8 @@ func (h *Handler) execute(ctx context.Context, ev event.Event, p Plan) error {
 		if errors.Is(err, dovecotadm.ErrUnknownUser) {
 			err = h.unknownUser(ctx, ev, err)
 		}
-		if s.Path != "" {
+		if s.Path != "" && (s.Kind != StepCreate || err != nil) {
+			// A create that succeeded indexed the marker it wrote.
 			h.homes.update(s.Path)
 		}
 		if s.Kind == StepMove {

@@ -14,7 +14,8 @@ import (
 )
 
 // createKind makes the mailbox of addr with folders (nil: the default
-// ones), or a public folder's maildir for a public key.
+// ones), or a public folder's maildir for a public key. Once it returns
+// nil, the home index has the home by the marker written.
 func (h *Handler) createKind(ctx context.Context, ev event.Event, addr string, folders []string) error {
 	if publicName(addr) != "" {
 		home, _, err := h.locate(ev, addr)
@@ -35,7 +36,14 @@ func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, f
 	if err != nil {
 		return err
 	}
-	m, marked := readMarker(home)
+	// Without a home there is no marker to read, and no mailboxes to list
+	// before the create.
+	had, _ := exists(home)
+	var m marker
+	marked := false
+	if had {
+		m, marked = readMarker(home)
+	}
 	if marked && m.UUID != ev.UUID {
 		return fault.Permanentf("create mailbox %s for %s: home %s belongs to entry %s (uuid %s), "+
 			"which had the address %q; not reused", addr, where(ev), home, m.DN, m.UUID, m.Address)
@@ -49,12 +57,11 @@ func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, f
 		// address since asks Dovecot as below (which also clears a
 		// negative auth cache entry of the address).
 		if _, known, err := h.applied.get(ev.UUID); err == nil && !known {
-			return h.mark(ev, home, index, addr)
+			return h.mark(ev, home, index, addr, m, marked)
 		}
 	}
-	// Without a home there are no mailboxes to list first.
 	createMailbox := h.adm.CreateMailbox
-	if ok, _ := exists(home); !ok {
+	if !had {
 		createMailbox = h.adm.CreateNewMailbox
 	}
 	err = createMailbox(ctx, addr, folders...)
@@ -69,17 +76,21 @@ func (h *Handler) createWith(ctx context.Context, ev event.Event, addr string, f
 	if err != nil {
 		return fmt.Errorf("create mailbox of %s: %w", where(ev), err)
 	}
-	return h.mark(ev, home, index, addr)
+	return h.mark(ev, home, index, addr, m, marked)
 }
 
 // mark writes the owner marker of the home at addr, confined again right
-// before.
-func (h *Handler) mark(ev event.Event, home, index, addr string) error {
+// before, over the marker the caller read there before the create (old;
+// ok false: none), and indexes the home by it: the marker is not read
+// back.
+func (h *Handler) mark(ev event.Event, home, index, addr string, old marker, ok bool) error {
 	if err := h.confine(ev, home, index); err != nil {
 		return err
 	}
-	if err := writeMarker(home, marker{UUID: ev.UUID, DN: ev.DN, Address: addr}); err != nil {
+	m := marker{UUID: ev.UUID, DN: ev.DN, Address: addr}
+	if err := writeMarkerOver(home, old, ok, m); err != nil {
 		return fault.Retryable(fmt.Errorf("mark home %s of %s: %w", home, where(ev), err))
 	}
+	h.homes.set(home, m, true)
 	return nil
 }

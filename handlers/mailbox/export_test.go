@@ -23,6 +23,10 @@ func AppliedRecord(stateDir, uuid string) (st *State, ok bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	s := &appliedStore{dir: dir, cache: cache}
+	legacy, err := legacyApplied(dir)
+	if err != nil {
+		return nil, false, err
+	}
+	s := &appliedStore{dir: dir, cache: cache, legacy: legacy}
 	return s.get(uuid)
 }

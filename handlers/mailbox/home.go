@@ -117,8 +117,17 @@ func readMarker(home string) (marker, bool) {
 	return m, true
 }
 
+// writeMarker makes m the marker of home, unless it is already.
 func writeMarker(home string, m marker) error {
-	if old, ok := readMarker(home); ok && old == m {
+	old, ok := readMarker(home)
+	return writeMarkerOver(home, old, ok, m)
+}
+
+// writeMarkerOver is writeMarker for a caller that has just read the
+// marker there (old; ok false: none), under the entry's lock: no second
+// read.
+func writeMarkerOver(home string, old marker, ok bool, m marker) error {
+	if ok && old == m {
 		return nil
 	}
 	data, _ := json.Marshal(m)

@@ -41,6 +41,12 @@ func (x *homeIndex) scan(l Layout) error {
 // update reads the marker at home again.
 func (x *homeIndex) update(home string) {
 	m, ok := readMarker(home)
+	x.set(home, m, ok)
+}
+
+// set records m as the marker at home (ok false: none), for a caller that
+// has just written it.
+func (x *homeIndex) set(home string, m marker, ok bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if u, had := x.byPath[home]; had {

@@ -167,9 +167,11 @@ func (h *Handler) createPublic(ev event.Event, key, home string) error {
 			return fault.Retryable(fmt.Errorf("create public folder %s of %s: %w", home, where(ev), err))
 		}
 	}
-	if err := writeMarker(home, marker{UUID: ev.UUID, DN: ev.DN, Address: key}); err != nil {
+	m := marker{UUID: ev.UUID, DN: ev.DN, Address: key}
+	if err := writeMarker(home, m); err != nil {
 		return fault.Retryable(fmt.Errorf("mark home %s of %s: %w", home, where(ev), err))
 	}
+	h.homes.set(home, m, true)
 	return nil
 }
 
