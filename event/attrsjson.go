@@ -11,6 +11,7 @@ package event
 // between entries.
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"sync"
@@ -114,61 +115,47 @@ func decodeAttrs(data []byte) (Attrs, bool) {
 	var valBuf [32]valueSpan
 	attrs, vals := attrBuf[:0], valBuf[:0]
 	blob := 0 // bytes of the values not interned
-	p.ws()
-	if !p.byte('}') {
-		for {
-			p.ws()
-			lo, hi, ok := p.str()
-			if !ok {
-				return nil, false
-			}
-			name, known := followedName[string(data[lo:hi])] // no allocation
-			if !known {
-				name = string(data[lo:hi])
-			}
-			p.ws()
-			if !p.byte(':') {
-				return nil, false
-			}
-			p.ws()
-			if !p.byte('[') {
-				return nil, false
-			}
-			first := len(vals)
-			p.ws()
-			if !p.byte(']') {
-				for {
-					p.ws()
-					vlo, vhi, ok := p.str()
-					if !ok {
-						return nil, false
-					}
-					v := valueSpan{lo: vlo, hi: vhi}
-					if shared[name] {
-						v.s, v.inline = intern(data[vlo:vhi])
-					}
-					if !v.inline {
-						blob += vhi - vlo
-					}
-					vals = append(vals, v)
-					p.ws()
-					if p.byte(']') {
-						break
-					}
-					if !p.byte(',') {
-						return nil, false
-					}
-				}
-			}
-			attrs = append(attrs, attrSpan{name: name, lo: first, hi: len(vals)})
-			p.ws()
-			if p.byte('}') {
-				break
-			}
-			if !p.byte(',') {
-				return nil, false
-			}
+	ok := p.elements('}', func() bool {
+		lo, hi, ok := p.str()
+		if !ok {
+			return false
 		}
+		name, known := followedName[string(data[lo:hi])] // no allocation
+		if !known {
+			name = string(data[lo:hi])
+		}
+		p.ws()
+		if !p.byte(':') {
+			return false
+		}
+		p.ws()
+		if !p.byte('[') {
+			return false
+		}
+		first := len(vals)
+		listed := p.elements(']', func() bool {
+			vlo, vhi, ok := p.str()
+			if !ok {
+				return false
+			}
+			v := valueSpan{lo: vlo, hi: vhi}
+			if shared[name] {
+				v.s, v.inline = intern(data[vlo:vhi])
+			}
+			if !v.inline {
+				blob += vhi - vlo
+			}
+			vals = append(vals, v)
+			return true
+		})
+		if !listed {
+			return false
+		}
+		attrs = append(attrs, attrSpan{name: name, lo: first, hi: len(vals)})
+		return true
+	})
+	if !ok {
+		return nil, false
 	}
 	p.ws()
 	if p.i != len(data) {
@@ -225,8 +212,30 @@ func (p *attrParser) byte(c byte) bool {
 	return false
 }
 
+// elements reads the rest of a list after its opening bracket: elements
+// read by elem, separated by commas, up to close.
+func (p *attrParser) elements(close byte, elem func() bool) bool {
+	p.ws()
+	if p.byte(close) {
+		return true
+	}
+	for {
+		p.ws()
+		if !elem() {
+			return false
+		}
+		p.ws()
+		if p.byte(close) {
+			return true
+		}
+		if !p.byte(',') {
+			return false
+		}
+	}
+}
+
 func (p *attrParser) lit(s string) bool {
-	if strings.HasPrefix(string(p.data[p.i:]), s) {
+	if bytes.HasPrefix(p.data[p.i:], []byte(s)) {
 		p.i += len(s)
 		return true
 	}

@@ -142,8 +142,8 @@ type Listener struct {
 	hooks Hooks
 
 	// known is a compact mirror of KV "entries": enough to tell whether an
-	// entry changed; its attributes are read from KV when an event needs
-	// them as `old`. staged holds the states queued and not yet in KV.
+	// entry changed; its old state (DN, CSN, attributes) is read from KV
+	// when an event needs it as `old`. staged holds the states queued and not yet in KV.
 	known  map[string]knownEntry
 	staged stagedStates
 	// acks publishes events and states (set while the listener is active)
